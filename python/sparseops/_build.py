@@ -1,0 +1,25 @@
+"""build_info(): what this build of sparseops contains."""
+from __future__ import annotations
+
+from typing import Any
+
+from ._loader import load_extension
+
+_C = load_extension()
+
+
+def build_info() -> dict[str, Any]:
+    """Versions and build knobs of the loaded extension.
+
+    Keys: ``version``, ``torch_built_against``, ``build_type``, ``cuda`` (CUDA kernels compiled?),
+    ``cuda_version``, ``cuda_archs``, ``cutlass_version``, ``cusparselt_version``, ``cpu_threads``
+    (torch's intra-op threads now), ``cpu_isa`` (the CPU kernel variant in use: ``"avx512"`` or
+    ``"baseline"``; set ``SPARSEOPS_CPU_ISA=baseline`` before import to force the portable one) and
+    ``cpu_isa_compiled``.
+    """
+    return dict(_C.build_info())
+
+
+def cuda_compiled() -> bool:
+    """True when this build has CUDA kernels (independent of whether a GPU is present)."""
+    return bool(_C.build_info()["cuda"])

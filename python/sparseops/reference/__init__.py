@@ -1,0 +1,4 @@
+"""Pure-PyTorch references for every sparseops op: readable first, the oracle the tests compare to."""
+from .sparse24 import compress_24_ref, decompress_24_ref, nm_mask_ref
+
+__all__ = ["compress_24_ref", "decompress_24_ref", "nm_mask_ref"]

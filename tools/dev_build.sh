@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Developer loop: incremental CMake/ninja build of sparseops._C into build/dev, copied next to the
+# Python sources, so `PYTHONPATH=python pytest` tests the working tree without a pip install.
+# Builds are serialised machine-wide with a lock (2 cores: never two builds at once).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python}
+BUILD_DIR=${BUILD_DIR:-build/dev}
+exec 9>/tmp/sparseops-build.lock
+flock 9
+if [ ! -f "$BUILD_DIR/build.ninja" ]; then
+  cmake -S . -B "$BUILD_DIR" -G Ninja -DPython_EXECUTABLE="$(command -v "$PY")" \
+    -DSPARSEOPS_WITH_CUDA="${SPARSEOPS_WITH_CUDA:-auto}" -DSPARSEOPS_CUDA_ARCHS="${SPARSEOPS_CUDA_ARCHS:-80;90a}" \
+    -Dpybind11_DIR="$("$PY" -c 'import pybind11; print(pybind11.get_cmake_dir())')" >/dev/null
+fi
+ninja -C "$BUILD_DIR" "$@"
+cp "$BUILD_DIR"/_C*.so python/sparseops/
