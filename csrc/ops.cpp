@@ -3,7 +3,7 @@
 #include <torch/library.h>
 
 TORCH_LIBRARY(sparseops, m) {
-  // ---- sparse24: N:M masks and 2:4 formats ----
+  // ---- sparse24: N:M masks and 2:4 formats ------------------------------------------------------
   // Bool mask keeping, in every group of m consecutive elements along the last dim, the n with the
   // largest |score| (score defaults to w); ties go to the lower index.
   m.def("nm_mask(Tensor w, int n, int m, Tensor? score=None) -> Tensor");
@@ -11,4 +11,25 @@ TORCH_LIBRARY(sparseops, m) {
   // ("packed" | "cutlass", see csrc/common/sparse24_format.h).
   m.def("compress_24(Tensor w, bool prune=False, str layout=\"packed\") -> (Tensor, Tensor)");
   m.def("decompress_24(Tensor values, Tensor meta, str layout=\"packed\") -> Tensor");
+
+  // ---- sparse24: 2:4 GEMM on the packed layout (CPU kernel; CUDA small-M GEMV) -------------------
+  // y = act(x @ W^T + bias): x [M, K], W [N, K] given as packed (values [N, K/2], meta);
+  // activation in {"none", "relu", "gelu", "silu", "relu2"}; fp32 accumulation.
+  m.def("sparse24_linear(Tensor x, Tensor values, Tensor meta, Tensor? bias=None, str activation=\"none\") -> Tensor");
+
+  // ---- sparse24: CUDA GEMM backends (CUTLASS sm80 SparseGemm, cuSPARSELt) -----------------------
+  // Same maths with W in the "cutlass" layout.
+  m.def("sparse24_linear_cutlass(Tensor x, Tensor values, Tensor meta, Tensor? bias=None, str activation=\"none\") -> Tensor");
+  // cuSPARSELt's opaque compressed W [N, K] (uint8 buffer), and the GEMM on it. alg_id < 0: the
+  // cached default; search=True runs cuSPARSELt's algorithm search once per shape and caches it.
+  m.def("compress_24_cusparselt(Tensor w) -> Tensor");
+  m.def("sparse24_linear_cusparselt(Tensor x, Tensor compressed, int out_features, int in_features, Tensor? bias=None, str activation=\"none\", int alg_id=-1, bool search=False) -> Tensor");
+
+  // ---- sparse24: training ----------------------------------------------------------------------
+  // SR-STE: forward (w * mask, mask) with mask = nm_mask(w, n, m); backward (nm_srste_backward)
+  // grad_w = grad * (mask + pruned_grad_scale * (1 - mask)) + decay * (1 - mask) * w.
+  m.def("nm_srste(Tensor w, int n=2, int m=4) -> (Tensor, Tensor)");
+  m.def("nm_srste_backward(Tensor grad, Tensor w, Tensor mask, float decay, float pruned_grad_scale) -> Tensor");
+  // Mask that is 2:4 along both rows and columns of every 4x4 block, maximising the kept |w|.
+  m.def("transposable_mask_24(Tensor w) -> Tensor");
 }
