@@ -15,6 +15,7 @@ from . import _build  # noqa: F401  (loads the extension that defines the ops)
 _ops = torch.ops.sparseops
 
 LAYOUTS = ("packed", "cutlass")
+CUDA_ONLY_LAYOUTS = ("cusparselt",)
 _FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
@@ -28,6 +29,8 @@ class Sparse24(NamedTuple):
       ``2j+1`` in the high nibble of byte ``j``.
     - ``layout="cutlass"`` (fp16/bf16, rows % 32 == 0, cols % 16 == 0): ``int16 [rows, cols/16]`` in the
       reordered layout the CUTLASS sm80 sparse GEMM reads (see ``csrc/common/sparse24_format.h``).
+    - ``layout="cusparselt"`` (CUDA only): ``values`` is cuSPARSELt's opaque compressed buffer (uint8,
+      values and metadata together), ``meta`` an empty tensor, and ``dense_shape`` = (rows, cols).
 
     A NamedTuple of plain tensors (no tensor subclass), so it passes through ``torch.compile``,
     ``state_dict`` and pickling unchanged.
@@ -36,9 +39,12 @@ class Sparse24(NamedTuple):
     values: Tensor
     meta: Tensor
     layout: str = "packed"
+    dense_shape: Optional[tuple[int, int]] = None  # set for layouts whose values do not imply it
 
     @property
     def shape(self) -> torch.Size:
+        if self.dense_shape is not None:
+            return torch.Size(self.dense_shape)
         return torch.Size((self.values.shape[0], 2 * self.values.shape[1]))
 
     @property
@@ -100,7 +106,7 @@ def compress_24(w: Tensor, *, prune: bool = False, layout: str = "packed") -> Sp
         prune: keep the 2 largest-magnitude elements of every group (ties to the lower index) instead
             of requiring ``w`` to be 2:4 already. Without it, a group with more than 2 non-zeros is an
             error naming its row and columns.
-        layout: ``"packed"`` or ``"cutlass"`` (see :class:`Sparse24`).
+        layout: ``"packed"``, ``"cutlass"`` or (CUDA) ``"cusparselt"`` (see :class:`Sparse24`).
 
     Groups with fewer than 2 non-zeros keep their lowest-index zeros, so the round trip
     ``decompress_24(compress_24(w)) == w`` is exact for 2:4 input.
@@ -109,8 +115,13 @@ def compress_24(w: Tensor, *, prune: bool = False, layout: str = "packed") -> Sp
     error report (read back: a device sync).
     Differentiable: the gradient of ``values`` flows back to the kept positions of ``w``.
     """
+    if layout in CUDA_ONLY_LAYOUTS:
+        if prune:
+            w = w * nm_mask(w, 2, 4)
+        buffer = _ops.compress_24_cusparselt(w)
+        return Sparse24(buffer, buffer.new_empty((0,)), layout, (w.shape[0], w.shape[1]))
     if layout not in LAYOUTS:
-        raise ValueError(f"compress_24: expected layout in {LAYOUTS} (got {layout!r})")
+        raise ValueError(f"compress_24: expected layout in {LAYOUTS + CUDA_ONLY_LAYOUTS} (got {layout!r})")
     values, meta = _ops.compress_24(w, prune, layout)
     return Sparse24(values, meta, layout)
 
@@ -123,6 +134,8 @@ def decompress_24(s: Sparse24) -> Tensor:
     """
     if not isinstance(s, Sparse24):
         raise TypeError(f"decompress_24: expected a Sparse24 (got {type(s).__name__})")
+    if s.layout in CUDA_ONLY_LAYOUTS:
+        raise ValueError(f"decompress_24: layout {s.layout!r} is opaque and cannot be decompressed; keep a packed copy")
     return _ops.decompress_24(s.values, s.meta, s.layout)
 
 
