@@ -26,9 +26,12 @@ TORCH_LIBRARY(sparseops, m) {
   m.def("sparse24_linear_cusparselt(Tensor x, Tensor compressed, int out_features, int in_features, Tensor? bias=None, str activation=\"none\", int alg_id=-1, bool search=False) -> Tensor");
 
   // ---- sparse24: training ----------------------------------------------------------------------
-  // SR-STE: forward (w * mask, mask) with mask = nm_mask(w, n, m); backward (nm_srste_backward)
+  // SR-STE: forward (w * mask, mask) with mask = nm_mask(w, n, m) (a NaN ranks as the largest
+  // magnitude instead of raising: no device sync per step); backward (nm_srste_backward)
   // grad_w = grad * (mask + pruned_grad_scale * (1 - mask)) + decay * (1 - mask) * w.
-  m.def("nm_srste(Tensor w, int n=2, int m=4) -> (Tensor, Tensor)");
+  // decay and pruned_grad_scale are unused by the forward kernels: they are forward arguments only so
+  // that register_autograd's setup_context can hand them to the backward (one op, compile-friendly).
+  m.def("nm_srste(Tensor w, int n=2, int m=4, float decay=0.0002, float pruned_grad_scale=1.0) -> (Tensor, Tensor)");
   m.def("nm_srste_backward(Tensor grad, Tensor w, Tensor mask, float decay, float pruned_grad_scale) -> Tensor");
   // Mask that is 2:4 along both rows and columns of every 4x4 block, maximising the kept |w|.
   m.def("transposable_mask_24(Tensor w) -> Tensor");
