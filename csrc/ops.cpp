@@ -31,8 +31,11 @@ TORCH_LIBRARY(sparseops, m) {
   // grad_w = grad * (mask + pruned_grad_scale * (1 - mask)) + decay * (1 - mask) * w.
   // decay and pruned_grad_scale are unused by the forward kernels: they are forward arguments only so
   // that register_autograd's setup_context can hand them to the backward (one op, compile-friendly).
-  m.def("nm_srste(Tensor w, int n=2, int m=4, float decay=0.0002, float pruned_grad_scale=1.0) -> (Tensor, Tensor)");
-  m.def("nm_srste_backward(Tensor grad, Tensor w, Tensor mask, float decay, float pruned_grad_scale) -> Tensor");
+  // pruned_grad_scale is a float32 one-element tensor (None = 1), on the CPU or on w's device, read by
+  // the kernel itself: a schedule updating it in place changes no Python constant, so torch.compile
+  // does not recompile per step and CUDA needs no sync.
+  m.def("nm_srste(Tensor w, int n=2, int m=4, float decay=0.0002, Tensor? pruned_grad_scale=None) -> (Tensor, Tensor)");
+  m.def("nm_srste_backward(Tensor grad, Tensor w, Tensor mask, float decay, Tensor? pruned_grad_scale=None) -> Tensor");
   // Mask that is 2:4 along both rows and columns of every 4x4 block, maximising the kept |w|.
   m.def("transposable_mask_24(Tensor w) -> Tensor");
 }

@@ -42,7 +42,7 @@ void srste_forward_groups(const scalar_t* w, scalar_t* out, bool* mask, int64_t 
 }
 
 std::tuple<at::Tensor, at::Tensor> nm_srste_cpu(const at::Tensor& w, int64_t n, int64_t m, double decay,
-                                                double pruned_grad_scale) {
+                                                const std::optional<at::Tensor>& pruned_grad_scale) {
   check_nm_srste_inputs(w, n, m, decay, pruned_grad_scale);
   check_device_type("nm_srste", "w", w, at::kCPU);
   const at::Tensor wc = w.contiguous();
@@ -118,13 +118,13 @@ void srste_backward_chunk(const scalar_t* grad, const scalar_t* w, const bool* m
 }
 
 at::Tensor nm_srste_backward_cpu(const at::Tensor& grad, const at::Tensor& w, const at::Tensor& mask, double decay,
-                                 double pruned_grad_scale) {
-  check_nm_srste_backward_inputs(grad, w, mask, decay, pruned_grad_scale);
+                                 const std::optional<at::Tensor>& pruned_grad_scale) {
+  const ScaleArg scale = check_nm_srste_backward_inputs(grad, w, mask, decay, pruned_grad_scale);
   check_device_type("nm_srste_backward", "w", w, at::kCPU);
   const at::Tensor gc = grad.contiguous(), wc = w.contiguous(), mc = mask.contiguous();
   at::Tensor out = at::empty(wc.sizes(), wc.options());
   const int64_t numel = wc.numel();
-  const float scale_f = static_cast<float>(pruned_grad_scale), decay_f = static_cast<float>(decay);
+  const float scale_f = scale.value, decay_f = static_cast<float>(decay);
   constexpr int64_t kGrain = 32768;
   SPARSEOPS_DISPATCH_FLOAT_HALF_BF16(wc.scalar_type(), "nm_srste_backward", [&] {
     const scalar_t* gp = gc.const_data_ptr<scalar_t>();

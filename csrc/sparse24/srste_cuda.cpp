@@ -9,7 +9,7 @@ namespace sparseops::sparse24 {
 namespace {
 
 std::tuple<at::Tensor, at::Tensor> nm_srste_cuda(const at::Tensor& w, int64_t n, int64_t m, double decay,
-                                                 double pruned_grad_scale) {
+                                                 const std::optional<at::Tensor>& pruned_grad_scale) {
   check_nm_srste_inputs(w, n, m, decay, pruned_grad_scale);
   check_device_type("nm_srste", "w", w, at::kCUDA);
   const c10::cuda::OptionalCUDAGuard guard(w.device());
@@ -23,14 +23,14 @@ std::tuple<at::Tensor, at::Tensor> nm_srste_cuda(const at::Tensor& w, int64_t n,
 }
 
 at::Tensor nm_srste_backward_cuda(const at::Tensor& grad, const at::Tensor& w, const at::Tensor& mask, double decay,
-                                  double pruned_grad_scale) {
-  check_nm_srste_backward_inputs(grad, w, mask, decay, pruned_grad_scale);
+                                  const std::optional<at::Tensor>& pruned_grad_scale) {
+  const ScaleArg scale = check_nm_srste_backward_inputs(grad, w, mask, decay, pruned_grad_scale);
   check_device_type("nm_srste_backward", "w", w, at::kCUDA);
   const c10::cuda::OptionalCUDAGuard guard(w.device());
   const at::Tensor gc = grad.contiguous(), wc = w.contiguous(), mc = mask.contiguous();
   at::Tensor out = at::empty(wc.sizes(), wc.options());
   NmSrsteBackwardParams p{gc.const_data_ptr(), wc.const_data_ptr(), mc.const_data_ptr<bool>(), out.mutable_data_ptr(),
-                          wc.numel(), static_cast<float>(decay), static_cast<float>(pruned_grad_scale),
+                          wc.numel(), static_cast<float>(decay), scale.value, scale.device_ptr,
                           to_device_dtype("nm_srste_backward", wc.scalar_type())};
   SPARSEOPS_CUDA_CHECK(launch_nm_srste_backward(p, current_stream()));
   return out;

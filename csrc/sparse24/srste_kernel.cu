@@ -36,7 +36,8 @@ __global__ void nm_srste_kernel(const scalar_t* __restrict__ w, scalar_t* __rest
 template <typename scalar_t>
 __global__ void nm_srste_backward_kernel(const scalar_t* __restrict__ grad, const scalar_t* __restrict__ w,
                                          const bool* __restrict__ mask, scalar_t* __restrict__ grad_w, int64_t numel,
-                                         float decay, float scale) {
+                                         float decay, float scale_value, const float* __restrict__ scale_ptr) {
+  const float scale = scale_ptr != nullptr ? *scale_ptr : scale_value;
   for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < numel; i += (int64_t)gridDim.x * blockDim.x) {
     const float g = to_float(grad[i]);
     // kept: grad; pruned: grad * scale + decay * w (the SR-STE formula as a select, as on CPU).
@@ -68,7 +69,7 @@ cudaError_t launch_nm_srste_backward(const NmSrsteBackwardParams& p, cudaStream_
   return SPARSEOPS_CUDA_DISPATCH(p.dtype, [&] {
     nm_srste_backward_kernel<scalar_t><<<grid_for(p.numel, kBlock), kBlock, 0, stream>>>(
         static_cast<const scalar_t*>(p.grad), static_cast<const scalar_t*>(p.w), p.mask,
-        static_cast<scalar_t*>(p.grad_w), p.numel, p.decay, p.pruned_grad_scale);
+        static_cast<scalar_t*>(p.grad_w), p.numel, p.decay, p.pruned_grad_scale, p.pruned_grad_scale_ptr);
     return cudaGetLastError();
   });
 }

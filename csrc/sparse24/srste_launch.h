@@ -25,7 +25,9 @@ struct NmSrsteBackwardParams {
   const bool* mask;   // [numel]
   void* grad_w;       // [numel], dtype
   int64_t numel;
-  float decay, pruned_grad_scale;
+  float decay;
+  float pruned_grad_scale;              // used when pruned_grad_scale_ptr is null
+  const float* pruned_grad_scale_ptr;   // device float32, or null
   DType dtype;
 };
 cudaError_t launch_nm_srste_backward(const NmSrsteBackwardParams& p, cudaStream_t stream);
