@@ -144,13 +144,13 @@ def test_nm_srste_opcheck(device, dtype):
     for n, m, shape in [(2, 4, (3, 8)), (1, 4, (5, 4)), (4, 8, (2, 3, 16))]:
         for requires_grad in (False, True):
             w = torch.randn(shape, dtype=dtype, device=device, requires_grad=requires_grad)
-            torch.library.opcheck(ops.nm_srste.default, (w, n, m, 2e-4, None))
-            torch.library.opcheck(ops.nm_srste.default, (w, n, m, 0.1, torch.tensor(0.5)))
+            torch.library.opcheck(ops.nm_srste, (w, n, m, 2e-4, None))
+            torch.library.opcheck(ops.nm_srste, (w, n, m, 0.1, torch.tensor(0.5)))
         w = torch.randn(shape, dtype=dtype, device=device)
         grad = torch.randn(shape, dtype=dtype, device=device)
         _, mask = ops.nm_srste(w, n, m)
-        torch.library.opcheck(ops.nm_srste_backward.default, (grad, w, mask, 0.1, torch.tensor(0.5)))
-        torch.library.opcheck(ops.nm_srste_backward.default, (grad, w, mask, 0.0, None))
+        torch.library.opcheck(ops.nm_srste_backward, (grad, w, mask, 0.1, torch.tensor(0.5)))
+        torch.library.opcheck(ops.nm_srste_backward, (grad, w, mask, 0.0, None))
 
 
 def test_nm_srste_compile_fullgraph_no_recompile_per_scale():
@@ -283,7 +283,7 @@ def test_transposable_mask_non_contiguous_and_inf():
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_transposable_mask_opcheck(device, dtype):
     for shape in [(4, 4), (8, 12)]:
-        torch.library.opcheck(ops.transposable_mask_24.default, (torch.randn(shape, device=device).to(dtype),))
+        torch.library.opcheck(ops.transposable_mask_24, (torch.randn(shape, device=device).to(dtype),))
 
 
 def test_transposable_mask_compile_fullgraph():
