@@ -1,0 +1,18 @@
+"""Modules built on sparseops kernels."""
+from .sparse_linear import (
+    InputNorms,
+    NMSparseLinear,
+    SparseLinear24,
+    collect_input_norms,
+    set_gradient_flow_step,
+    sparsify_,
+)
+
+__all__ = [
+    "InputNorms",
+    "NMSparseLinear",
+    "SparseLinear24",
+    "collect_input_norms",
+    "set_gradient_flow_step",
+    "sparsify_",
+]
