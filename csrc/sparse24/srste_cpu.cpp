@@ -1,10 +1,8 @@
 // nm_srste / nm_srste_backward on CPU.
 //   forward: one pass over w, groups of m split across threads: mask (top-n |w| per group, ties to the
 //            lower index, NaN ranked largest) and w where kept / 0 elsewhere, written together.
-//   backward: elementwise, vectorised with at::vec in float32 (fp16/bf16 converted on load/store).
+//   backward: elementwise in float32 (fp16/bf16 converted on load/store), a loop the compiler vectorises.
 #include <ATen/Parallel.h>
-#include <ATen/cpu/vec/functional.h>
-#include <ATen/cpu/vec/vec.h>
 #include <torch/library.h>
 
 #include <cmath>
@@ -17,7 +15,39 @@
 namespace sparseops::sparse24 {
 namespace {
 
-// M > 0: group size known at compile time (unrolled); M == 0: runtime m.
+// Magnitude with NaN ranked largest (ties to the lower index, as +inf).
+inline float srste_mag(float v) { return std::isnan(v) ? std::numeric_limits<float>::infinity() : std::fabs(v); }
+
+// m == 4: the same keep rule as top_n_mask (rank = number of elements that are larger, or equal with
+// a lower index; keep rank < n) from the 6 pairwise comparisons instead of 16, branch-free.
+template <typename scalar_t>
+void srste_forward_groups4(const scalar_t* w, scalar_t* out, bool* mask, int64_t groups, int n) {
+  at::parallel_for(0, groups, 8192, [&](int64_t begin, int64_t end) {
+    for (int64_t g = begin; g < end; ++g) {
+      const scalar_t* wg = w + 4 * g;
+      const float a0 = srste_mag(static_cast<float>(wg[0])), a1 = srste_mag(static_cast<float>(wg[1]));
+      const float a2 = srste_mag(static_cast<float>(wg[2])), a3 = srste_mag(static_cast<float>(wg[3]));
+      int r0 = 0, r1 = 0, r2 = 0, r3 = 0;
+      bool c;  // pair (j, k), j < k: k outranks j iff a_k > a_j, else j outranks k
+      c = a1 > a0; r0 += c; r1 += !c;
+      c = a2 > a0; r0 += c; r2 += !c;
+      c = a3 > a0; r0 += c; r3 += !c;
+      c = a2 > a1; r1 += c; r2 += !c;
+      c = a3 > a1; r1 += c; r3 += !c;
+      c = a3 > a2; r2 += c; r3 += !c;
+      const bool k0 = r0 < n, k1 = r1 < n, k2 = r2 < n, k3 = r3 < n;
+      bool* mg = mask + 4 * g;
+      scalar_t* og = out + 4 * g;
+      mg[0] = k0; mg[1] = k1; mg[2] = k2; mg[3] = k3;
+      og[0] = k0 ? wg[0] : scalar_t(0);
+      og[1] = k1 ? wg[1] : scalar_t(0);
+      og[2] = k2 ? wg[2] : scalar_t(0);
+      og[3] = k3 ? wg[3] : scalar_t(0);
+    }
+  });
+}
+
+// Any m (<= 16): the shared top_n_mask.
 template <int M, typename scalar_t>
 void srste_forward_groups(const scalar_t* w, scalar_t* out, bool* mask, int64_t groups, int n, int m_runtime) {
   const int m = M > 0 ? M : m_runtime;
@@ -28,8 +58,7 @@ void srste_forward_groups(const scalar_t* w, scalar_t* out, bool* mask, int64_t 
       const scalar_t* wg = w + g * m;
       for (int j = 0; j < m; ++j) {
         const float v = static_cast<float>(wg[j]);
-        // NaN ranks as the largest magnitude (ties to the lower index): it stays in the output.
-        mag[j] = std::isnan(v) ? std::numeric_limits<float>::infinity() : std::fabs(v);
+        mag[j] = srste_mag(v);  // NaN ranks as the largest magnitude: it stays in the output
       }
       const uint32_t keep = top_n_mask(mag, n, m);
       for (int j = 0; j < m; ++j) {
@@ -54,7 +83,7 @@ std::tuple<at::Tensor, at::Tensor> nm_srste_cpu(const at::Tensor& w, int64_t n, 
     scalar_t* op = out.mutable_data_ptr<scalar_t>();
     bool* mp = mask.mutable_data_ptr<bool>();
     if (m == 4) {
-      srste_forward_groups<4>(wp, op, mp, groups, static_cast<int>(n), 4);
+      srste_forward_groups4(wp, op, mp, groups, static_cast<int>(n));
     } else {
       srste_forward_groups<0>(wp, op, mp, groups, static_cast<int>(n), static_cast<int>(m));
     }
@@ -62,58 +91,18 @@ std::tuple<at::Tensor, at::Tensor> nm_srste_cpu(const at::Tensor& w, int64_t n, 
   return {out, mask};
 }
 
-using fVec = at::vec::Vectorized<float>;
-
 // grad_w = kept ? grad : grad * scale + decay * w   (the SR-STE formula written as a select, so a
-// kept element's gradient is exactly grad, even where w is inf). One fVec-wide chunk in float32.
-inline fVec srste_grad(const fVec& g, const fVec& x, const fVec& keep, const fVec& scale, const fVec& decay) {
-  const fVec pruned = g * scale + decay * x;
-  return fVec::blendv(pruned, g, keep != fVec(0.0f));
-}
-
-inline fVec load_keep(const bool* mask, int64_t count) {
-  alignas(64) float kf[fVec::size()] = {};
-  for (int64_t j = 0; j < count; ++j) kf[j] = mask[j] ? 1.0f : 0.0f;
-  return fVec::loadu(kf);
-}
-
-void srste_backward_chunk(const float* grad, const float* w, const bool* mask, float* out, int64_t begin, int64_t end,
-                          float scale_s, float decay_s) {
-  const fVec scale(scale_s), decay(decay_s);
-  int64_t i = begin;
-  for (; i + fVec::size() <= end; i += fVec::size()) {
-    srste_grad(fVec::loadu(grad + i), fVec::loadu(w + i), load_keep(mask + i, fVec::size()), scale, decay)
-        .store(out + i);
-  }
-  if (i < end) {
-    const int64_t rest = end - i;
-    srste_grad(fVec::loadu(grad + i, rest), fVec::loadu(w + i, rest), load_keep(mask + i, rest), scale, decay)
-        .store(out + i, rest);
-  }
-}
-
-// fp16 / bf16: a Vectorized<scalar_t> holds two fVecs' worth; convert, compute in float32, round once.
+// kept element's gradient is exactly grad, even where w is inf). float32 maths, one rounding to the
+// output dtype. A plain loop: GCC vectorises it (the float path with the baseline SSE2, the 16-bit
+// conversions as far as the ISA allows); at::vec's generic (non-AVX) Vectorized ran 3x slower here.
 template <typename scalar_t>
-void srste_backward_chunk(const scalar_t* grad, const scalar_t* w, const bool* mask, scalar_t* out, int64_t begin,
-                            int64_t end, float scale_s, float decay_s) {
-  using bVec = at::vec::Vectorized<scalar_t>;
-  const fVec scale(scale_s), decay(decay_s);
-  const int64_t half = fVec::size();
-  for (int64_t i = begin; i < end; i += bVec::size()) {
-    const int64_t count = std::min<int64_t>(bVec::size(), end - i);
-    const bVec gb = count == bVec::size() ? bVec::loadu(grad + i) : bVec::loadu(grad + i, count);
-    const bVec wb = count == bVec::size() ? bVec::loadu(w + i) : bVec::loadu(w + i, count);
-    auto [g0, g1] = at::vec::convert_to_float<scalar_t>(gb);
-    auto [w0, w1] = at::vec::convert_to_float<scalar_t>(wb);
-    const fVec k0 = load_keep(mask + i, std::min(count, half));
-    const fVec k1 = load_keep(mask + i + half, std::max<int64_t>(0, count - half));
-    const bVec r = at::vec::convert_from_float<scalar_t>(srste_grad(g0, w0, k0, scale, decay),
-                                                         srste_grad(g1, w1, k1, scale, decay));
-    if (count == bVec::size()) {
-      r.store(out + i);
-    } else {
-      r.store(out + i, count);
-    }
+void srste_backward_range(const scalar_t* __restrict__ grad, const scalar_t* __restrict__ w,
+                          const bool* __restrict__ mask, scalar_t* __restrict__ out, int64_t begin, int64_t end,
+                          float scale, float decay) {
+  for (int64_t i = begin; i < end; ++i) {
+    const float g = static_cast<float>(grad[i]);
+    const float pruned = g * scale + decay * static_cast<float>(w[i]);
+    out[i] = static_cast<scalar_t>(mask[i] ? g : pruned);
   }
 }
 
@@ -132,7 +121,7 @@ at::Tensor nm_srste_backward_cpu(const at::Tensor& grad, const at::Tensor& w, co
     const bool* mp = mc.const_data_ptr<bool>();
     scalar_t* op = out.mutable_data_ptr<scalar_t>();
     at::parallel_for(0, numel, kGrain, [&](int64_t begin, int64_t end) {
-      srste_backward_chunk(gp, wp, mp, op, begin, end, scale_f, decay_f);  // float overload or the fp16/bf16 template
+      srste_backward_range(gp, wp, mp, op, begin, end, scale_f, decay_f);
     });
   });
   return out;
