@@ -58,13 +58,14 @@ at::Tensor sparse24_linear_cuda(const at::Tensor& x, const at::Tensor& values, c
   const at::Tensor xc = x.contiguous();
   const at::Tensor vc = values.contiguous();
   const at::Tensor mc = meta.contiguous();
-  const std::optional<at::Tensor> bc = bias.has_value() ? std::optional<at::Tensor>(bias->contiguous()) : std::nullopt;
+  at::Tensor bc;  // undefined without bias
+  if (bias.has_value()) bc = bias->contiguous();
   const cudaStream_t stream = current_stream();
 
   if (M <= kGemvMaxM) {
     at::Tensor y = at::empty({M, N}, xc.options());
     Gemv24Params p{xc.const_data_ptr(), vc.const_data_ptr(), mc.const_data_ptr<uint8_t>(),
-                   bc.has_value() ? bc->const_data_ptr() : nullptr, y.mutable_data_ptr(), M, N, K, K, act, dtype,
+                   bc.defined() ? bc.const_data_ptr() : nullptr, y.mutable_data_ptr(), M, N, K, K, act, dtype,
                    K % 16 == 0 && aligned16(xc.const_data_ptr()) && aligned16(vc.const_data_ptr())};
     SPARSEOPS_CUDA_CHECK(launch_gemv24(p, stream));
     return y;
@@ -80,10 +81,10 @@ at::Tensor sparse24_linear_cuda(const at::Tensor& x, const at::Tensor& values, c
     SPARSEOPS_CUDA_CHECK(launch_decompress_24(dp, stream));
   }
   if (act == Act::kNone) {
-    return bc.has_value() ? at::addmm(*bc, xc, w.t()) : at::mm(xc, w.t());
+    return bc.defined() ? at::addmm(bc, xc, w.t()) : at::mm(xc, w.t());
   }
   at::Tensor y = at::mm(xc, w.t());
-  BiasActParams ep{y.mutable_data_ptr(), bc.has_value() ? bc->const_data_ptr() : nullptr, M, N, act, dtype};
+  BiasActParams ep{y.mutable_data_ptr(), bc.defined() ? bc.const_data_ptr() : nullptr, M, N, act, dtype};
   SPARSEOPS_CUDA_CHECK(launch_bias_act(ep, stream));
   return y;
 }

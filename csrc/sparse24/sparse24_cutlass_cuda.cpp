@@ -68,8 +68,9 @@ at::Tensor sparse24_linear_cutlass_cuda(const at::Tensor& x, const at::Tensor& v
   const int64_t M = x.size(0), K = x.size(1), N = values.size(0);
   const DType dtype = to_device_dtype(kOp, x.scalar_type());
   const cudaStream_t stream = current_stream();
-  const std::optional<at::Tensor> bc = bias.has_value() ? std::optional<at::Tensor>(bias->contiguous()) : std::nullopt;
-  const void* bias_ptr = bc.has_value() ? bc->const_data_ptr() : nullptr;
+  at::Tensor bc;  // undefined without bias
+  if (bias.has_value()) bc = bias->contiguous();
+  const void* bias_ptr = bc.defined() ? bc.const_data_ptr() : nullptr;
 
   at::Tensor y = at::empty({M, N}, x.options());
   if (M == 0 || N == 0) return y;
