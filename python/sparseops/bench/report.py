@@ -118,7 +118,7 @@ def write_plot(path: str, results: list[dict[str, Any]], title: str) -> Optional
         ax.bar_label(bars, labels=[f"{x:.2f}x" for x in xs], fontsize=7, padding=2)
     ax.axvline(1.0, color="black", linewidth=0.8)
     ax.set_xscale("log")
-    lo, hi = min(every) / 1.5, max(every) * 1.5
+    lo, hi = min(every) / 1.6, max(every) * 2.0  # room for the value labels
     ax.set_xlim(lo, hi)
     nice = [m * 10.0**e for e in range(-3, 4) for m in (1, 2, 5)]
     ax.set_xticks([t for t in nice if lo <= t <= hi], [f"{t:g}x" for t in nice if lo <= t <= hi])
