@@ -262,14 +262,12 @@ at::Tensor sparse24_linear_cusparselt_cuda(const at::Tensor& x, const at::Tensor
                 " bytes (cuSPARSELt's size for a [", N, ", ", K, "] ", x.scalar_type(), " weight), got ",
                 compressed.numel(), "; compress it with compress_24_cusparselt from a weight of this shape and dtype");
   }
-  at::Tensor y_full;
   if (M == 0) return at::empty({0, N}, x.options());
 
   const int64_t m_pad = (M + kCsltMMultiple - 1) / kCsltMMultiple * kCsltMMultiple;
   at::Tensor xp = x.contiguous();
-  if (m_pad != M || reinterpret_cast<uintptr_t>(xp.const_data_ptr()) % 16 != 0) {
-    xp = at::constant_pad_nd(xp, {0, 0, 0, m_pad - M}, 0);
-  }
+  if (reinterpret_cast<uintptr_t>(xp.const_data_ptr()) % 16 != 0) xp = xp.clone();
+  if (m_pad != M) xp = at::constant_pad_nd(xp, {0, 0, 0, m_pad - M}, 0);
   at::Tensor wc = compressed.contiguous();
   if (reinterpret_cast<uintptr_t>(wc.const_data_ptr()) % 16 != 0) wc = wc.clone();
   std::optional<at::Tensor> bc;
@@ -300,7 +298,7 @@ at::Tensor sparse24_linear_cusparselt_cuda(const at::Tensor& x, const at::Tensor
     }
   }
 
-  y_full = at::empty({m_pad, N}, x.options());
+  at::Tensor y_full = at::empty({m_pad, N}, x.options());
   at::Tensor workspace = at::empty({static_cast<int64_t>(std::max<size_t>(plan->workspace, 1))}, x.options().dtype(at::kByte));
   const float alpha = 1.0f, beta = 0.0f;
   cudaStream_t stream = current_stream();
