@@ -249,7 +249,7 @@ def _cutlass_sample(m, with_bias, requires_grad):
 @pytest.mark.parametrize("requires_grad", [False, True])
 def test_opcheck_cutlass(m, with_bias, requires_grad):
     _needs_sm80()
-    torch.library.opcheck(_ops.sparse24_linear_cutlass.default, _cutlass_sample(m, with_bias, requires_grad))
+    torch.library.opcheck(_ops.sparse24_linear_cutlass, _cutlass_sample(m, with_bias, requires_grad))
 
 
 @cuda
@@ -257,9 +257,9 @@ def test_opcheck_cutlass(m, with_bias, requires_grad):
 def test_opcheck_cusparselt(with_bias):
     x, w, bias = _inputs(9, 64, 128, torch.float16, with_bias)
     s = compress_24(w, layout="cusparselt")
-    torch.library.opcheck(_ops.sparse24_linear_cusparselt.default, (x, s.values, 64, 128, bias, "silu", -1, False))
+    torch.library.opcheck(_ops.sparse24_linear_cusparselt, (x, s.values, 64, 128, bias, "silu", -1, False))
     # The compressed size is cuSPARSELt's own (a data-dependent size for fake tensors): schema only.
-    torch.library.opcheck(_ops.compress_24_cusparselt.default, (w,), test_utils=("test_schema",))
+    torch.library.opcheck(_ops.compress_24_cusparselt, (w,), test_utils=("test_schema",))
 
 
 @cuda
@@ -268,7 +268,7 @@ def test_opcheck_packed(m):
     pytest.importorskip("sparseops.linear24", reason="the packed op's fake lives in sparseops.linear24")
     x, w, bias = _inputs(m, 64, 128, torch.bfloat16, True)
     s = compress_24(w)
-    torch.library.opcheck(_ops.sparse24_linear.default, (x, s.values, s.meta, bias, "relu"))
+    torch.library.opcheck(_ops.sparse24_linear, (x, s.values, s.meta, bias, "relu"))
 
 
 @cuda
