@@ -181,7 +181,11 @@ std::shared_ptr<Plan> make_plan(const cusparseLtHandle_t* h, int64_t m_pad, int6
   p->stage = 5;
   if (alg_id >= 0) {
     int max_id = -1;
-    cusparseLtMatmulAlgGetAttribute(h, &p->alg_sel, CUSPARSELT_MATMUL_ALG_CONFIG_MAX_ID, &max_id, sizeof(max_id));
+    SPARSEOPS_CSLT_CHECK(op, "reading CUSPARSELT_MATMUL_ALG_CONFIG_MAX_ID",
+                         cusparseLtMatmulAlgGetAttribute(h, &p->alg_sel, CUSPARSELT_MATMUL_ALG_CONFIG_MAX_ID, &max_id,
+                                                         sizeof(max_id)));
+    TORCH_CHECK(alg_id <= max_id, op, ": alg_id ", alg_id, " is out of range: cuSPARSELt reports config ids up to ",
+                max_id, " for this problem");
     const cusparseStatus_t st =
         cusparseLtMatmulAlgSetAttribute(h, &p->alg_sel, CUSPARSELT_MATMUL_ALG_CONFIG_ID, &alg_id, sizeof(alg_id));
     TORCH_CHECK(st == CUSPARSE_STATUS_SUCCESS, op, ": alg_id ", alg_id, " was rejected by cuSPARSELt (",
