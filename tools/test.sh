@@ -7,4 +7,4 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="${VENV:-$ROOT/.venv}"
 cd "$ROOT"
 # Run from the checkout but import the installed sparseops (python/ is not on sys.path).
-exec "$VENV/bin/python" -m pytest tests -q -rs "$@"
+exec "$VENV/bin/python" -m pytest tests -q "$@"

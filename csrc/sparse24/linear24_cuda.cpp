@@ -1,0 +1,96 @@
+// sparse24_linear, CUDA glue (packed layout): y = act(x @ W^T + bias).
+//   M <= kGemvMaxM (16): the 2:4 GEMV of linear24_kernel.cu, M never padded.
+//   M >  16:             W is decompressed into a dense temporary (N x K, x's dtype) and multiplied with
+//                        cuBLAS (at::mm / at::addmm), then bias + activation run as one elementwise pass.
+//                        Use the "cutlass" or "cusparselt" layouts for sparse tensor cores at large M.
+#include <torch/library.h>
+
+#include "common/cuda_glue.h"
+#include "sparse24/linear24_launch.h"
+#include "sparse24/sparse24_checks.h"
+#include "sparse24/sparse24_launch.h"
+
+namespace sparseops::sparse24 {
+namespace {
+
+constexpr const char* kOp = "sparse24_linear";
+
+bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
+
+Act check_linear24_cuda_inputs(const at::Tensor& x, const at::Tensor& values, const at::Tensor& meta,
+                               const std::optional<at::Tensor>& bias, c10::string_view activation) {
+  Act act;
+  TORCH_CHECK(parse_activation(std::string_view(activation.data(), activation.size()), &act), kOp,
+              ": expected activation in {", kActivationNames, "} (got \"", std::string(activation), "\")");
+  check_dtype(kOp, "x", x, {at::kFloat, at::kHalf, at::kBFloat16});
+  check_dim(kOp, "x", x, 2);
+  check_dim(kOp, "values", values, 2);
+  check_dim(kOp, "meta", meta, 2);
+  check_device_type(kOp, "x", x, at::kCUDA);
+  check_same_device(kOp, "values", values, "x", x);
+  check_same_device(kOp, "meta", meta, "x", x);
+  TORCH_CHECK_TYPE(values.scalar_type() == x.scalar_type(), kOp, ": expected values.dtype == x.dtype (got ",
+                   values.scalar_type(), " vs ", x.scalar_type(), ")");
+  check_dtype(kOp, "meta", meta, {at::kByte});
+  const int64_t K = x.size(1), N = values.size(0);
+  TORCH_CHECK(K % 4 == 0, kOp, ": expected x.size(1) (in_features) to be divisible by 4 (got ", K, ")");
+  TORCH_CHECK(2 * values.size(1) == K, kOp, ": expected x.size(-1) == 2 * values.size(1) (got ", K, " vs ",
+              2 * values.size(1), ")");
+  TORCH_CHECK(meta.size(0) == N && meta.size(1) == packed_meta_cols(K), kOp, ": expected meta of shape [", N, ", ",
+              packed_meta_cols(K), "] (the \"packed\" layout) for values of shape ", values.sizes(), " (got ",
+              meta.sizes(), ")");
+  if (bias.has_value()) {
+    check_same_device(kOp, "bias", *bias, "x", x);
+    TORCH_CHECK_TYPE(bias->scalar_type() == x.scalar_type(), kOp, ": expected bias.dtype == x.dtype (got ",
+                     bias->scalar_type(), " vs ", x.scalar_type(), ")");
+    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == N, kOp, ": expected bias of shape [", N, "] (got ",
+                bias->sizes(), ")");
+  }
+  return act;
+}
+
+at::Tensor sparse24_linear_cuda(const at::Tensor& x, const at::Tensor& values, const at::Tensor& meta,
+                                const std::optional<at::Tensor>& bias, c10::string_view activation) {
+  const Act act = check_linear24_cuda_inputs(x, values, meta, bias, activation);
+  const c10::cuda::OptionalCUDAGuard guard(x.device());
+  const int64_t M = x.size(0), K = x.size(1), N = values.size(0);
+  const DType dtype = to_device_dtype(kOp, x.scalar_type());
+  const at::Tensor xc = x.contiguous();
+  const at::Tensor vc = values.contiguous();
+  const at::Tensor mc = meta.contiguous();
+  at::Tensor bc;  // undefined without bias
+  if (bias.has_value()) bc = bias->contiguous();
+  const cudaStream_t stream = current_stream();
+
+  if (M <= kGemvMaxM) {
+    at::Tensor y = at::empty({M, N}, xc.options());
+    Gemv24Params p{xc.const_data_ptr(), vc.const_data_ptr(), mc.const_data_ptr<uint8_t>(),
+                   bc.defined() ? bc.const_data_ptr() : nullptr, y.mutable_data_ptr(), M, N, K, K, act, dtype,
+                   K % 16 == 0 && aligned16(xc.const_data_ptr()) && aligned16(vc.const_data_ptr())};
+    SPARSEOPS_CUDA_CHECK(launch_gemv24(p, stream));
+    return y;
+  }
+
+  // Large M: dense cuBLAS on the decompressed weight (extra memory: N x K in x's dtype).
+  at::Tensor w = at::empty({N, K}, vc.options());
+  if (N * K > 0) {
+    // meta validity is not re-checked here (it would cost a device sync); codes from compress_24 are valid.
+    at::Tensor unused_slot = make_first_index_slot(vc);
+    Decompress24Params dp{vc.const_data_ptr(), mc.const_data_ptr(), w.mutable_data_ptr(), N, K, false, dtype,
+                          slot_ptr(unused_slot)};
+    SPARSEOPS_CUDA_CHECK(launch_decompress_24(dp, stream));
+  }
+  if (act == Act::kNone) {
+    return bc.defined() ? at::addmm(bc, xc, w.t()) : at::mm(xc, w.t());
+  }
+  at::Tensor y = at::mm(xc, w.t());
+  BiasActParams ep{y.mutable_data_ptr(), bc.defined() ? bc.const_data_ptr() : nullptr, M, N, act, dtype};
+  SPARSEOPS_CUDA_CHECK(launch_bias_act(ep, stream));
+  return y;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(sparseops, CUDA, m) { m.impl("sparse24_linear", &sparse24_linear_cuda); }
+
+}  // namespace sparseops::sparse24
