@@ -271,3 +271,18 @@ def test_nm_sparse_linear_learns_a_sparse_target():
         opt.step()
     assert F.mse_loss(layer(x), y).item() < 1e-3
     assert torch.equal(layer.mask(), teacher != 0)
+
+
+@pytest.mark.requires_cuda
+@pytest.mark.parametrize("layout", ["packed", "cutlass", "cusparselt"])
+def test_sparse_linear_cuda_layouts(layout):
+    lin = nn.Linear(128, 64).half()
+    sl = SparseLinear24.from_dense(lin, layout=layout).cuda()
+    x = torch.randn(32, 128, dtype=torch.float16, device="cuda")
+    expected = F.linear(x.float(), sl.to_dense().float(), sl.bias.float()).half()
+    torch.testing.assert_close(sl(x), expected, rtol=2e-2, atol=2e-2)
+    assert sl.weight24().layout == layout
+    # state_dict holds the packed layout only; a fresh module rebuilds its layout on load.
+    fresh = SparseLinear24(128, 64, dtype=torch.float16, device="cuda", layout=layout)
+    fresh.load_state_dict(sl.state_dict())
+    torch.testing.assert_close(fresh(x), sl(x), rtol=0, atol=0)
