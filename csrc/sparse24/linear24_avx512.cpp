@@ -1,0 +1,138 @@
+// sparse24_linear on CPU, AVX-512 small-M kernel (this file is compiled with -mavx512f/bw/vl/dq/bf16
+// -mfma -mf16c; linear24_cpu.cpp calls it only when sparseops::cpu_use_avx512()).
+//
+// Per W row, 8 groups at a time (32 input columns, 16 kept values, 4 meta bytes): the 4 meta bytes
+// become a 16-lane index vector, lane 2g+s = 4g + (index s of group g), computed with one variable
+// shift (the code of lane l sits at bits 2l..2l+1 of the 4 bytes read as a little-endian word). Each x
+// row then contributes values * permutex2var(x[0:16], idx, x[16:32]) to its accumulator. The index
+// vector and the converted values serve all M rows (up to 8 per pass), so W is streamed once.
+//
+// No torch headers here (see linear24_cpu.h): everything in this file is local to it.
+// GCC 12 reports its own _mm512_undefined_*() (self-initialised on purpose) as uninitialised when
+// reductions/casts inline; the warnings are false positives from the intrinsics headers.
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#include <immintrin.h>
+
+#include <cstring>
+
+#include "sparse24/linear24_cpu.h"
+
+namespace sparseops::sparse24 {
+namespace {
+
+struct LoadF32 {
+  using T = float;
+  static __m512 load(const float* p) { return _mm512_loadu_ps(p); }
+  static __m512 load(const float* p, __mmask16 k) { return _mm512_maskz_loadu_ps(k, p); }
+};
+
+struct LoadBF16 {
+  using T = uint16_t;
+  static __m512 widen(__m256i v) { return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(v), 16)); }
+  static __m512 load(const uint16_t* p) { return widen(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))); }
+  static __m512 load(const uint16_t* p, __mmask16 k) { return widen(_mm256_maskz_loadu_epi16(k, p)); }
+};
+
+struct LoadF16 {
+  using T = uint16_t;
+  static __m512 load(const uint16_t* p) { return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))); }
+  static __m512 load(const uint16_t* p, __mmask16 k) { return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(k, p)); }
+};
+
+// Lane 2g+s: 4g + bits [4g+2s, 4g+2s+1] of meta4 = 4 * (l / 2) + ((meta4 >> 2l) & 3).
+inline __m512i chunk_index(uint32_t meta4) {
+  const __m512i shifts = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+  const __m512i base = _mm512_setr_epi32(0, 0, 4, 4, 8, 8, 12, 12, 16, 16, 20, 20, 24, 24, 28, 28);
+  const __m512i codes = _mm512_srlv_epi32(_mm512_set1_epi32(static_cast<int>(meta4)), shifts);
+  return _mm512_add_epi32(_mm512_and_si512(codes, _mm512_set1_epi32(3)), base);
+}
+
+template <class L, int MR>
+inline void chunk_step(const typename L::T* v, const uint8_t* meta, const float* x, int64_t K, int64_t c,
+                       __m512 (&acc)[MR]) {
+  uint32_t meta4;
+  std::memcpy(&meta4, meta + 4 * c, 4);
+  const __m512i idx = chunk_index(meta4);
+  const __m512 w = L::load(v + 16 * c);
+  const float* xc = x + 32 * c;
+#pragma GCC unroll 8
+  for (int r = 0; r < MR; ++r) {
+    const float* xr = xc + r * K;
+    const __m512 xg = _mm512_permutex2var_ps(_mm512_loadu_ps(xr), idx, _mm512_loadu_ps(xr + 16));
+    acc[r] = _mm512_fmadd_ps(w, xg, acc[r]);
+  }
+}
+
+// sums[r] = <W row, x row r> for r < MR.
+template <class L, int MR>
+void row_dot(const typename L::T* v, const uint8_t* meta, int64_t K, const float* x, float* sums) {
+  const int64_t groups = K / 4, chunks = groups / 8, rem = groups % 8;
+  __m512 a0[MR], a1[MR];
+  for (int r = 0; r < MR; ++r) a0[r] = a1[r] = _mm512_setzero_ps();
+  int64_t c = 0;
+  for (; c + 1 < chunks; c += 2) {  // two accumulator sets: two independent FMA chains per row
+    chunk_step<L, MR>(v, meta, x, K, c, a0);
+    chunk_step<L, MR>(v, meta, x, K, c + 1, a1);
+  }
+  if (c < chunks) chunk_step<L, MR>(v, meta, x, K, c, a0);
+  if (rem > 0) {  // the last 1..7 groups: masked loads (zeros beyond the row), same index maths
+    uint32_t meta4 = 0;
+    for (int64_t b = 0; b < (rem + 1) / 2; ++b) meta4 |= static_cast<uint32_t>(meta[4 * chunks + b]) << (8 * b);
+    const __m512i idx = chunk_index(meta4);
+    const int64_t cols = 4 * rem;
+    const __mmask16 kv = static_cast<__mmask16>((1u << (2 * rem)) - 1);
+    const __mmask16 klo = static_cast<__mmask16>(cols >= 16 ? 0xFFFFu : (1u << cols) - 1);
+    const __mmask16 khi = static_cast<__mmask16>(cols > 16 ? (1u << (cols - 16)) - 1 : 0u);
+    const __m512 w = L::load(v + 16 * chunks, kv);
+    const float* xc = x + 32 * chunks;
+    for (int r = 0; r < MR; ++r) {
+      const float* xr = xc + r * K;
+      const __m512 xg = _mm512_permutex2var_ps(_mm512_maskz_loadu_ps(klo, xr), idx, _mm512_maskz_loadu_ps(khi, xr + 16));
+      a0[r] = _mm512_fmadd_ps(w, xg, a0[r]);
+    }
+  }
+  for (int r = 0; r < MR; ++r) sums[r] = _mm512_reduce_add_ps(_mm512_add_ps(a0[r], a1[r]));
+}
+
+template <class L>
+void rows(const void* values, const uint8_t* meta, int64_t K, const float* x, int64_t M, const float* bias,
+          int64_t n0, int64_t n1, float* z, int64_t ldz) {
+  using T = typename L::T;
+  const T* vp = static_cast<const T*>(values);
+  const int64_t half = K / 2, meta_cols = (K / 4 + 1) / 2;
+  float sums[8];
+  for (int64_t n = n0; n < n1; ++n) {
+    const T* vr = vp + n * half;
+    const uint8_t* mr = meta + n * meta_cols;
+    const float b = bias != nullptr ? bias[n] : 0.0f;
+    for (int64_t m0 = 0; m0 < M; m0 += 8) {
+      const int64_t mb = M - m0 < 8 ? M - m0 : 8;
+      const float* xm = x + m0 * K;
+      switch (mb) {
+        case 1: row_dot<L, 1>(vr, mr, K, xm, sums); break;
+        case 2: row_dot<L, 2>(vr, mr, K, xm, sums); break;
+        case 3: row_dot<L, 3>(vr, mr, K, xm, sums); break;
+        case 4: row_dot<L, 4>(vr, mr, K, xm, sums); break;
+        case 5: row_dot<L, 5>(vr, mr, K, xm, sums); break;
+        case 6: row_dot<L, 6>(vr, mr, K, xm, sums); break;
+        case 7: row_dot<L, 7>(vr, mr, K, xm, sums); break;
+        default: row_dot<L, 8>(vr, mr, K, xm, sums); break;
+      }
+      for (int64_t r = 0; r < mb; ++r) z[(m0 + r) * ldz + n] = sums[r] + b;
+    }
+  }
+}
+
+}  // namespace
+
+void linear24_rows_avx512(ElemType type, const void* values, const uint8_t* meta, int64_t K, const float* x,
+                          int64_t M, const float* bias, int64_t n0, int64_t n1, float* z, int64_t ldz) {
+  switch (type) {
+    case ElemType::kFloat: rows<LoadF32>(values, meta, K, x, M, bias, n0, n1, z, ldz); break;
+    case ElemType::kBFloat16: rows<LoadBF16>(values, meta, K, x, M, bias, n0, n1, z, ldz); break;
+    case ElemType::kHalf: rows<LoadF16>(values, meta, K, x, M, bias, n0, n1, z, ldz); break;
+  }
+}
+
+}  // namespace sparseops::sparse24

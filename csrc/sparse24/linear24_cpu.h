@@ -1,0 +1,24 @@
+#pragma once
+// Row kernels of the CPU sparse24_linear, shared by linear24_cpu.cpp (baseline, large-M path, checks,
+// registration) and linear24_avx512.cpp (compiled with -mavx512*).
+//
+// Deliberately free of torch headers: linear24_avx512.cpp includes only this file, so no inline
+// function from a shared header is ever compiled with AVX-512 instructions (the linker may keep any
+// one copy of an inline function, and an AVX-512 copy would then run on CPUs without it).
+#include <cstdint>
+
+namespace sparseops::sparse24 {
+
+enum class ElemType { kFloat, kHalf, kBFloat16 };
+
+// Small-M kernel: for every output row n in [n0, n1) and every m < M,
+//   z[m * ldz + n] = bias[n] + sum_k W[n, k] * x[m * K + k]     (fp32 accumulation)
+// W: values [N, K/2] (elements of type `type`, row stride K/2) and packed meta uint8 [N, ceil(K/8)]
+// (row stride ceil(K/8)); x: fp32 [M, K] contiguous; bias: N floats or nullptr. K % 4 == 0, K > 0.
+// Each W row is read once for all M rows (M is processed 8 rows at a time from L1).
+void linear24_rows_baseline(ElemType type, const void* values, const uint8_t* meta, int64_t K, const float* x,
+                            int64_t M, const float* bias, int64_t n0, int64_t n1, float* z, int64_t ldz);
+void linear24_rows_avx512(ElemType type, const void* values, const uint8_t* meta, int64_t K, const float* x,
+                          int64_t M, const float* bias, int64_t n0, int64_t n1, float* z, int64_t ldz);
+
+}  // namespace sparseops::sparse24
