@@ -49,7 +49,7 @@ inline __m512i chunk_index(uint32_t meta4) {
 }
 
 template <class L, int MR>
-inline void chunk_step(const typename L::T* v, const uint8_t* meta, const float* x, int64_t K, int64_t c,
+inline void chunk_step(const typename L::T* v, const uint8_t* meta, const float* x, int64_t ldx, int64_t c,
                        __m512 (&acc)[MR]) {
   uint32_t meta4;
   std::memcpy(&meta4, meta + 4 * c, 4);
@@ -58,24 +58,24 @@ inline void chunk_step(const typename L::T* v, const uint8_t* meta, const float*
   const float* xc = x + 32 * c;
 #pragma GCC unroll 8
   for (int r = 0; r < MR; ++r) {
-    const float* xr = xc + r * K;
+    const float* xr = xc + r * ldx;
     const __m512 xg = _mm512_permutex2var_ps(_mm512_loadu_ps(xr), idx, _mm512_loadu_ps(xr + 16));
     acc[r] = _mm512_fmadd_ps(w, xg, acc[r]);
   }
 }
 
-// sums[r] = <W row, x row r> for r < MR.
+// sums[r] = <W row piece, x row r piece> for r < MR: K columns (K % 4 == 0), x rows ldx apart.
 template <class L, int MR>
-void row_dot(const typename L::T* v, const uint8_t* meta, int64_t K, const float* x, float* sums) {
+void row_dot(const typename L::T* v, const uint8_t* meta, int64_t K, const float* x, int64_t ldx, float* sums) {
   const int64_t groups = K / 4, chunks = groups / 8, rem = groups % 8;
   __m512 a0[MR], a1[MR];
   for (int r = 0; r < MR; ++r) a0[r] = a1[r] = _mm512_setzero_ps();
   int64_t c = 0;
   for (; c + 1 < chunks; c += 2) {  // two accumulator sets: two independent FMA chains per row
-    chunk_step<L, MR>(v, meta, x, K, c, a0);
-    chunk_step<L, MR>(v, meta, x, K, c + 1, a1);
+    chunk_step<L, MR>(v, meta, x, ldx, c, a0);
+    chunk_step<L, MR>(v, meta, x, ldx, c + 1, a1);
   }
-  if (c < chunks) chunk_step<L, MR>(v, meta, x, K, c, a0);
+  if (c < chunks) chunk_step<L, MR>(v, meta, x, ldx, c, a0);
   if (rem > 0) {  // the last 1..7 groups: masked loads (zeros beyond the row), same index maths
     uint32_t meta4 = 0;
     for (int64_t b = 0; b < (rem + 1) / 2; ++b) meta4 |= static_cast<uint32_t>(meta[4 * chunks + b]) << (8 * b);
@@ -87,12 +87,32 @@ void row_dot(const typename L::T* v, const uint8_t* meta, int64_t K, const float
     const __m512 w = L::load(v + 16 * chunks, kv);
     const float* xc = x + 32 * chunks;
     for (int r = 0; r < MR; ++r) {
-      const float* xr = xc + r * K;
+      const float* xr = xc + r * ldx;
       const __m512 xg = _mm512_permutex2var_ps(_mm512_maskz_loadu_ps(klo, xr), idx, _mm512_maskz_loadu_ps(khi, xr + 16));
       a0[r] = _mm512_fmadd_ps(w, xg, a0[r]);
     }
   }
   for (int r = 0; r < MR; ++r) sums[r] = _mm512_reduce_add_ps(_mm512_add_ps(a0[r], a1[r]));
+}
+
+// Loop order, for the x rows to stay in L1 (48 KB) and W to be read from memory once: blocks of kRowBlock
+// W rows; within one, K pieces sized so that 8 x rows of a piece take ~24 KB; within a piece, the x rows
+// 8 at a time, and the block's W rows (their piece, from L2 after the first 8 x rows).
+constexpr int64_t kRowBlock = 64;
+
+template <class L, int MR>
+void block_piece(const typename L::T* vp, const uint8_t* mp, int64_t half, int64_t meta_cols, int64_t k0, int64_t kl,
+                 const float* x, int64_t K, const float* bias, int64_t nb0, int64_t nb1, float* z, int64_t ldz) {
+  float sums[MR];
+  for (int64_t n = nb0; n < nb1; ++n) {
+    row_dot<L, MR>(vp + n * half + k0 / 2, mp + n * meta_cols + k0 / 8, kl, x + k0, K, sums);
+    if (k0 == 0) {
+      const float b = bias != nullptr ? bias[n] : 0.0f;
+      for (int r = 0; r < MR; ++r) z[r * ldz + n] = sums[r] + b;
+    } else {
+      for (int r = 0; r < MR; ++r) z[r * ldz + n] += sums[r];
+    }
+  }
 }
 
 template <class L>
@@ -101,25 +121,27 @@ void rows(const void* values, const uint8_t* meta, int64_t K, const float* x, in
   using T = typename L::T;
   const T* vp = static_cast<const T*>(values);
   const int64_t half = K / 2, meta_cols = (K / 4 + 1) / 2;
-  float sums[8];
-  for (int64_t n = n0; n < n1; ++n) {
-    const T* vr = vp + n * half;
-    const uint8_t* mr = meta + n * meta_cols;
-    const float b = bias != nullptr ? bias[n] : 0.0f;
-    for (int64_t m0 = 0; m0 < M; m0 += 8) {
-      const int64_t mb = M - m0 < 8 ? M - m0 : 8;
-      const float* xm = x + m0 * K;
-      switch (mb) {
-        case 1: row_dot<L, 1>(vr, mr, K, xm, sums); break;
-        case 2: row_dot<L, 2>(vr, mr, K, xm, sums); break;
-        case 3: row_dot<L, 3>(vr, mr, K, xm, sums); break;
-        case 4: row_dot<L, 4>(vr, mr, K, xm, sums); break;
-        case 5: row_dot<L, 5>(vr, mr, K, xm, sums); break;
-        case 6: row_dot<L, 6>(vr, mr, K, xm, sums); break;
-        case 7: row_dot<L, 7>(vr, mr, K, xm, sums); break;
-        default: row_dot<L, 8>(vr, mr, K, xm, sums); break;
+  const int64_t mr_max = M < 8 ? M : 8;
+  // K piece: a multiple of 32 columns (whole 4-byte meta words), at least 256.
+  int64_t piece = (24 * 1024 / (4 * mr_max)) / 32 * 32;
+  piece = piece < 256 ? 256 : piece;
+  for (int64_t nb0 = n0; nb0 < n1; nb0 += kRowBlock) {
+    const int64_t nb1 = nb0 + kRowBlock < n1 ? nb0 + kRowBlock : n1;
+    for (int64_t k0 = 0; k0 < K; k0 += piece) {
+      const int64_t kl = K - k0 < piece ? K - k0 : piece;
+      for (int64_t m0 = 0; m0 < M; m0 += 8) {
+        const int64_t mb = M - m0 < 8 ? M - m0 : 8;
+        const float* xm = x + m0 * K;
+        float* zm = z + m0 * ldz;
+        switch (mb) {
+#define SPARSEOPS_PIECE(R) \
+  case R: block_piece<L, R>(vp, meta, half, meta_cols, k0, kl, xm, K, bias, nb0, nb1, zm, ldz); break;
+          SPARSEOPS_PIECE(1) SPARSEOPS_PIECE(2) SPARSEOPS_PIECE(3) SPARSEOPS_PIECE(4)
+          SPARSEOPS_PIECE(5) SPARSEOPS_PIECE(6) SPARSEOPS_PIECE(7) SPARSEOPS_PIECE(8)
+#undef SPARSEOPS_PIECE
+          default: break;
+        }
       }
-      for (int64_t r = 0; r < mb; ++r) z[(m0 + r) * ldz + n] = sums[r] + b;
     }
   }
 }
