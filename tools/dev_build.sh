@@ -6,8 +6,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python}
 BUILD_DIR=${BUILD_DIR:-build/dev}
-exec 9>/tmp/sparseops-build.lock
-flock 9
+if command -v flock >/dev/null 2>&1; then
+  exec 9>/tmp/sparseops-build.lock
+  flock 9
+fi
 if [ ! -f "$BUILD_DIR/build.ninja" ]; then
   cmake -S . -B "$BUILD_DIR" -G Ninja -DPython_EXECUTABLE="$(command -v "$PY")" \
     -DSPARSEOPS_WITH_CUDA="${SPARSEOPS_WITH_CUDA:-auto}" -DSPARSEOPS_CUDA_ARCHS="${SPARSEOPS_CUDA_ARCHS:-80;90a}" \

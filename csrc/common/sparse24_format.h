@@ -10,7 +10,7 @@
 //            the kept elements of each group in index order.
 //  "cutlass" (CUTLASS sm80 SparseGemm, 16-bit operands): int16 meta [rows, cols/16]; word (r, c)
 //            holds groups 4c..4c+3 of row r (group 4c in the low nibble) -- the packed bytes read as
-//            little-endian int16 -- stored at the ColumnMajorInterleaved<2> position with CUTLASS's
+//            little-endian int16 -- stored (rows % 32 == 0, cols % 32 == 0) at the ColumnMajorInterleaved<2> position with CUTLASS's
 //            row interleave and 2x2 swizzle (cutlass_meta_offset). values as in "packed".
 #include <cstdint>
 #include "common/host_device.h"
@@ -47,7 +47,7 @@ SPARSEOPS_HD bool code_valid(uint8_t code) { return code_first(code) < code_seco
 SPARSEOPS_HD int64_t packed_meta_cols(int64_t cols) { return (cols / 4 + 1) / 2; }
 SPARSEOPS_HD int64_t cutlass_meta_cols(int64_t cols) { return cols / 16; }
 constexpr int64_t kCutlassRowMultiple = 32;
-constexpr int64_t kCutlassColMultiple = 16;
+constexpr int64_t kCutlassColMultiple = 32;  // meta words come in 2x2 swizzled blocks
 
 // Linear int16 offset of metadata word (r, c) in CUTLASS's reordered layout (rows % 32 == 0).
 SPARSEOPS_HD int64_t cutlass_meta_offset(int64_t r, int64_t c, int64_t rows) {

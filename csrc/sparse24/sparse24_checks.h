@@ -62,7 +62,7 @@ inline Layout check_decompress_inputs(const at::Tensor& values, const at::Tensor
     check_dtype(op, "meta", meta, {at::kShort});
     check_dtype(op, "values (layout=\"cutlass\")", values, {at::kHalf, at::kBFloat16});
     TORCH_CHECK(rows % kCutlassRowMultiple == 0 && cols % kCutlassColMultiple == 0, op,
-                ": layout=\"cutlass\" expects rows % 32 == 0 and dense cols % 16 == 0 (got values shape ",
+                ": layout=\"cutlass\" expects rows % 32 == 0 and dense cols % 32 == 0 (got values shape ",
                 values.sizes(), ")");
     TORCH_CHECK(meta.size(0) == rows && meta.size(1) == cutlass_meta_cols(cols), op, ": expected meta of shape [",
                 rows, ", ", cutlass_meta_cols(cols), "] for values of shape ", values.sizes(), " (got ", meta.sizes(), ")");

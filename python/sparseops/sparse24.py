@@ -27,7 +27,7 @@ class Sparse24(NamedTuple):
 
     - ``layout="packed"`` (CPU and CUDA): ``uint8 [rows, ceil(cols/8)]``, group ``2j`` in the low and
       ``2j+1`` in the high nibble of byte ``j``.
-    - ``layout="cutlass"`` (fp16/bf16, rows % 32 == 0, cols % 16 == 0): ``int16 [rows, cols/16]`` in the
+    - ``layout="cutlass"`` (fp16/bf16, rows % 32 == 0, cols % 32 == 0): ``int16 [rows, cols/16]`` in the
       reordered layout the CUTLASS sm80 sparse GEMM reads (see ``csrc/common/sparse24_format.h``).
     - ``layout="cusparselt"`` (CUDA only): ``values`` is cuSPARSELt's opaque compressed buffer (uint8,
       values and metadata together), ``meta`` an empty tensor, and ``dense_shape`` = (rows, cols).
@@ -102,7 +102,7 @@ def compress_24(w: Tensor, *, prune: bool = False, layout: str = "packed") -> Sp
 
     Args:
         w: ``[rows, cols]`` with ``cols % 4 == 0``; float32/float16/bfloat16 (``layout="cutlass"``:
-            float16/bfloat16 with ``rows % 32 == 0`` and ``cols % 16 == 0``); CPU or CUDA.
+            float16/bfloat16 with ``rows % 32 == 0`` and ``cols % 32 == 0``); CPU or CUDA.
         prune: keep the 2 largest-magnitude elements of every group (ties to the lower index) instead
             of requiring ``w`` to be 2:4 already. Without it, a group with more than 2 non-zeros is an
             error naming its row and columns.
@@ -154,7 +154,7 @@ def _compress_24_fake(w: Tensor, prune: bool = False, layout: str = "packed") ->
     if layout == "packed":
         meta = w.new_empty((rows, _packed_meta_cols(cols)), dtype=torch.uint8)
     else:
-        torch._check(rows % 32 == 0 and cols % 16 == 0, lambda: "compress_24: layout='cutlass' needs rows%32, cols%16 == 0")
+        torch._check(rows % 32 == 0 and cols % 32 == 0, lambda: "compress_24: layout='cutlass' needs rows%32, cols%32 == 0")
         meta = w.new_empty((rows, cols // 16), dtype=torch.int16)
     return values, meta
 

@@ -1,0 +1,132 @@
+"""Timing: ``torch.utils.benchmark`` on CPU, CUDA events on GPU; and the machine's reference limits
+(copy bandwidth, dense-matmul peak) measured the same way."""
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import logging
+
+import torch
+
+# torch.utils.benchmark imports torch.utils.cpp_extension, which warns "No CUDA runtime is found" on
+# machines without a GPU when first imported: irrelevant here, so quieted for the import.
+_cpp_ext_log = logging.getLogger("torch.utils.cpp_extension")
+_level = _cpp_ext_log.level
+_cpp_ext_log.setLevel(logging.ERROR)
+try:
+    import torch.utils.benchmark as torch_benchmark
+finally:
+    _cpp_ext_log.setLevel(_level)
+
+
+@dataclass(frozen=True)
+class TimingSettings:
+    min_run_time: float  # seconds of timed calls per impl (CPU: blocked_autorange; GPU: reps budget)
+    gpu_warmup: int  # untimed calls before the GPU measurement
+    gpu_min_reps: int
+    gpu_max_reps: int
+    copy_bytes: int  # size of each buffer in the copy-bandwidth reference
+    matmul_n: int  # n of the n x n x n dense matmul peak reference
+
+
+# quick: everything registered must finish in under 2 minutes on 2 cores. smoke: for tests.
+FULL = TimingSettings(min_run_time=0.5, gpu_warmup=10, gpu_min_reps=20, gpu_max_reps=2000, copy_bytes=1 << 28, matmul_n=4096)
+QUICK = TimingSettings(min_run_time=0.1, gpu_warmup=3, gpu_min_reps=10, gpu_max_reps=500, copy_bytes=1 << 26, matmul_n=1024)
+SMOKE = TimingSettings(min_run_time=0.005, gpu_warmup=1, gpu_min_reps=3, gpu_max_reps=20, copy_bytes=1 << 22, matmul_n=256)
+
+
+@dataclass(frozen=True)
+class Timing:
+    median_s: float
+    iqr_s: float
+    runs: int  # timed calls in total
+
+
+class Timer:
+    """Times zero-argument callables on one device. Nothing but the call itself is inside the timed
+    region: inputs are bound beforehand, results are not copied or checked."""
+
+    def __init__(self, device: str, threads: int, settings: TimingSettings) -> None:
+        self.device = device
+        self.threads = threads
+        self.settings = settings
+        self._flush: Optional[torch.Tensor] = None
+        if device == "cuda":
+            # Twice the L2 so that zeroing it evicts everything the previous call left there.
+            l2 = int(getattr(torch.cuda.get_device_properties(torch.cuda.current_device()), "L2_cache_size", 0) or (64 << 20))
+            self._flush = torch.empty(2 * l2, dtype=torch.uint8, device="cuda")
+
+    @property
+    def method(self) -> str:
+        if self.device == "cuda":
+            return (
+                "CUDA events around each call, median over reps; "
+                f"{self.settings.gpu_warmup} warm-up calls excluded; L2 flushed (a {self._flush.numel() >> 20} MiB "
+                "buffer zeroed) before every timed call, outside the timed region"
+            )
+        return (
+            f"torch.utils.benchmark.Timer.blocked_autorange(min_run_time={self.settings.min_run_time}), "
+            f"median per call, num_threads={self.threads}; caches warm"
+        )
+
+    def __call__(self, fn: Callable[[], object]) -> Timing:
+        if self.device == "cuda":
+            return self._time_cuda(fn)
+        return self._time_cpu(fn)
+
+    def _time_cpu(self, fn: Callable[[], object]) -> Timing:
+        timer = torch_benchmark.Timer(stmt="fn()", globals={"fn": fn}, num_threads=self.threads)
+        m = timer.blocked_autorange(min_run_time=self.settings.min_run_time)
+        return Timing(median_s=m.median, iqr_s=m.iqr, runs=len(m.times) * m.number_per_run)
+
+    def _time_cuda(self, fn: Callable[[], object]) -> Timing:
+        s = self.settings
+        torch.cuda.synchronize()
+        for _ in range(s.gpu_warmup):
+            fn()
+        torch.cuda.synchronize()
+        # One timed call to size the number of reps to the time budget.
+        one = self._cuda_reps(fn, 1)[0]
+        reps = int(min(s.gpu_max_reps, max(s.gpu_min_reps, s.min_run_time / max(one, 1e-7))))
+        times = self._cuda_reps(fn, reps)
+        q = statistics.quantiles(times, n=4) if len(times) >= 2 else [times[0]] * 3
+        return Timing(median_s=statistics.median(times), iqr_s=q[2] - q[0], runs=reps)
+
+    def _cuda_reps(self, fn: Callable[[], object], reps: int) -> list[float]:
+        starts = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
+        ends = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
+        for start, end in zip(starts, ends):
+            self._flush.zero_()
+            start.record()
+            fn()
+            end.record()
+        torch.cuda.synchronize()
+        return [start.elapsed_time(end) / 1e3 for start, end in zip(starts, ends)]
+
+
+def copy_bandwidth(timer: Timer) -> tuple[float, str]:
+    """GB/s of ``dst.copy_(src)`` (bytes read + bytes written) on the timer's device, and how."""
+    nbytes = timer.settings.copy_bytes
+    if timer.device == "cuda":
+        nbytes = max(nbytes, 1 << 30)  # far beyond any L2; a few ms on a GPU
+    n = nbytes // 4
+    src = torch.randn(n, device=timer.device)
+    dst = torch.empty_like(src)
+    t = timer(lambda: dst.copy_(src))
+    gbps = 2 * src.nbytes / t.median_s / 1e9
+    return gbps, f"measured: copy of a {src.nbytes >> 20} MiB fp32 tensor (read + write) on {timer.device}"
+
+
+def matmul_peak(timer: Timer) -> tuple[float, str]:
+    """GFLOP/s of a dense n x n x n matmul (fp32 on CPU, bf16 on CUDA) on the timer's device, and how."""
+    n = 8192 if timer.device == "cuda" else timer.settings.matmul_n  # small GPU matmuls miss the peak
+    dtype = torch.bfloat16 if timer.device == "cuda" else torch.float32
+    a = torch.randn(n, n, device=timer.device, dtype=dtype)
+    b = torch.randn(n, n, device=timer.device, dtype=dtype)
+    out = torch.empty(n, n, device=timer.device, dtype=dtype)
+    t = timer(lambda: torch.mm(a, b, out=out))
+    gflops = 2 * n**3 / t.median_s / 1e9
+    name = str(dtype).replace("torch.", "")
+    return gflops, f"measured: torch.mm {n}x{n}x{n} {name} on {timer.device}"
