@@ -27,13 +27,6 @@ struct LoadF32 {
   static __m512 load(const float* p, __mmask16 k) { return _mm512_maskz_loadu_ps(k, p); }
 };
 
-struct LoadBF16 {
-  using T = uint16_t;
-  static __m512 widen(__m256i v) { return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(v), 16)); }
-  static __m512 load(const uint16_t* p) { return widen(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))); }
-  static __m512 load(const uint16_t* p, __mmask16 k) { return widen(_mm256_maskz_loadu_epi16(k, p)); }
-};
-
 struct LoadF16 {
   using T = uint16_t;
   static __m512 load(const uint16_t* p) { return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))); }
@@ -95,17 +88,118 @@ void row_dot(const typename L::T* v, const uint8_t* meta, int64_t K, const float
   for (int r = 0; r < MR; ++r) sums[r] = _mm512_reduce_add_ps(_mm512_add_ps(a0[r], a1[r]));
 }
 
+// ---- bf16: pairs of kept values meet pairs of gathered x in one vdpbf16ps ------------------------
+// 16 groups per step (64 columns, 32 kept values, 8 meta bytes). The values are already laid out as
+// one (first, second) bf16 pair per group; a two-source 16-bit permute gathers the matching
+// (x[4g + first], x[4g + second]) pair from x's 64 columns, and vdpbf16ps multiplies the pairs and adds
+// both products into one fp32 lane: 32 multiply-adds per permute + dot, twice the fp32 scheme's.
+struct PairIndexConsts {
+  alignas(64) uint16_t ctrl[32];   // vpshufb control: 16-bit lane l gets meta word l / 8
+  alignas(64) uint16_t shifts[32];  // 2 * (l % 8)
+  alignas(64) uint16_t base[32];    // 4 * (l / 2)
+  constexpr PairIndexConsts() : ctrl(), shifts(), base() {
+    for (int l = 0; l < 32; ++l) {
+      const int word = l / 8;  // the 128-bit lane; vpshufb indexes bytes within it (meta8 is in each qword)
+      ctrl[l] = static_cast<uint16_t>((2 * word) | ((2 * word + 1) << 8));
+      shifts[l] = static_cast<uint16_t>(2 * (l % 8));
+      base[l] = static_cast<uint16_t>(4 * (l / 2));
+    }
+  }
+};
+constexpr PairIndexConsts kPair{};
+
+// 16-bit lane 2g + s: 4g + bits [4g + 2s, 4g + 2s + 1] of meta8 (= bits 2l, 2l + 1).
+inline __m512i pair_index(uint64_t meta8) {
+  const __m512i ctrl = _mm512_load_si512(kPair.ctrl);
+  const __m512i words = _mm512_shuffle_epi8(_mm512_set1_epi64(static_cast<long long>(meta8)), ctrl);
+  const __m512i codes = _mm512_srlv_epi16(words, _mm512_load_si512(kPair.shifts));
+  return _mm512_add_epi16(_mm512_and_si512(codes, _mm512_set1_epi16(3)), _mm512_load_si512(kPair.base));
+}
+
+inline __m512 dot_pairs(__m512 acc, __m512i values, __m512i x_pairs) {
+  return _mm512_dpbf16_ps(acc, (__m512bh)values, (__m512bh)x_pairs);
+}
+
+template <int MR>
+void row_dot_bf16(const uint16_t* v, const uint8_t* meta, int64_t K, const uint16_t* x, int64_t ldx, float* sums) {
+  const int64_t groups = K / 4, chunks = groups / 16, rem = groups % 16;
+  __m512 a0[MR], a1[MR];
+  for (int r = 0; r < MR; ++r) a0[r] = a1[r] = _mm512_setzero_ps();
+  auto step = [&](int64_t c, __m512(&acc)[MR]) {
+    uint64_t meta8;
+    std::memcpy(&meta8, meta + 8 * c, 8);
+    const __m512i idx = pair_index(meta8);
+    const __m512i w = _mm512_loadu_si512(v + 32 * c);
+    const uint16_t* xc = x + 64 * c;
+#pragma GCC unroll 8
+    for (int r = 0; r < MR; ++r) {
+      const uint16_t* xr = xc + r * ldx;
+      const __m512i xg = _mm512_permutex2var_epi16(_mm512_loadu_si512(xr), idx, _mm512_loadu_si512(xr + 32));
+      acc[r] = dot_pairs(acc[r], w, xg);
+    }
+  };
+  int64_t c = 0;
+  for (; c + 1 < chunks; c += 2) {
+    step(c, a0);
+    step(c + 1, a1);
+  }
+  if (c < chunks) step(c, a0);
+  if (rem > 0) {  // the last 1..15 groups: masked loads (zeros beyond the row)
+    uint64_t meta8 = 0;
+    for (int64_t b = 0; b < (rem + 1) / 2; ++b) meta8 |= static_cast<uint64_t>(meta[8 * chunks + b]) << (8 * b);
+    const __m512i idx = pair_index(meta8);
+    const int64_t cols = 4 * rem;
+    const __mmask32 kv = static_cast<__mmask32>((1ull << (2 * rem)) - 1);
+    const __mmask32 klo = static_cast<__mmask32>(cols >= 32 ? 0xFFFFFFFFull : (1ull << cols) - 1);
+    const __mmask32 khi = static_cast<__mmask32>(cols > 32 ? (1ull << (cols - 32)) - 1 : 0ull);
+    const __m512i w = _mm512_maskz_loadu_epi16(kv, v + 32 * chunks);
+    const uint16_t* xc = x + 64 * chunks;
+    for (int r = 0; r < MR; ++r) {
+      const uint16_t* xr = xc + r * ldx;
+      const __m512i xg = _mm512_permutex2var_epi16(_mm512_maskz_loadu_epi16(klo, xr), idx,
+                                                   _mm512_maskz_loadu_epi16(khi, xr + 32));
+      a0[r] = dot_pairs(a0[r], w, xg);
+    }
+  }
+  for (int r = 0; r < MR; ++r) sums[r] = _mm512_reduce_add_ps(_mm512_add_ps(a0[r], a1[r]));
+}
+
+// ---- row loops ------------------------------------------------------------------------------------
+
+// The two schemes behind one interface: D::T (values), D::X (x), D::kChunk (columns per step).
+template <class L>
+struct PermScheme {
+  using T = typename L::T;
+  using X = float;
+  static constexpr int64_t kChunk = 32;
+  template <int MR>
+  static void dot(const T* v, const uint8_t* meta, int64_t K, const X* x, int64_t ldx, float* sums) {
+    row_dot<L, MR>(v, meta, K, x, ldx, sums);
+  }
+};
+
+struct PairScheme {
+  using T = uint16_t;
+  using X = uint16_t;
+  static constexpr int64_t kChunk = 64;
+  template <int MR>
+  static void dot(const T* v, const uint8_t* meta, int64_t K, const X* x, int64_t ldx, float* sums) {
+    row_dot_bf16<MR>(v, meta, K, x, ldx, sums);
+  }
+};
+
 // Loop order, for the x rows to stay in L1 (48 KB) and W to be read from memory once: blocks of kRowBlock
 // W rows; within one, K pieces sized so that 8 x rows of a piece take ~24 KB; within a piece, the x rows
 // 8 at a time, and the block's W rows (their piece, from L2 after the first 8 x rows).
 constexpr int64_t kRowBlock = 64;
 
-template <class L, int MR>
-void block_piece(const typename L::T* vp, const uint8_t* mp, int64_t half, int64_t meta_cols, int64_t k0, int64_t kl,
-                 const float* x, int64_t K, const float* bias, int64_t nb0, int64_t nb1, float* z, int64_t ldz) {
+template <class D, int MR>
+void block_piece(const typename D::T* vp, const uint8_t* mp, int64_t half, int64_t meta_cols, int64_t k0, int64_t kl,
+                 const typename D::X* x, int64_t ldx, const float* bias, int64_t nb0, int64_t nb1, float* z,
+                 int64_t ldz) {
   float sums[MR];
   for (int64_t n = nb0; n < nb1; ++n) {
-    row_dot<L, MR>(vp + n * half + k0 / 2, mp + n * meta_cols + k0 / 8, kl, x + k0, K, sums);
+    D::template dot<MR>(vp + n * half + k0 / 2, mp + n * meta_cols + k0 / 8, kl, x + k0, ldx, sums);
     if (k0 == 0) {
       const float b = bias != nullptr ? bias[n] : 0.0f;
       for (int r = 0; r < MR; ++r) z[r * ldz + n] = sums[r] + b;
@@ -115,15 +209,17 @@ void block_piece(const typename L::T* vp, const uint8_t* mp, int64_t half, int64
   }
 }
 
-template <class L>
-void rows(const void* values, const uint8_t* meta, int64_t K, const float* x, int64_t M, const float* bias,
-          int64_t n0, int64_t n1, float* z, int64_t ldz) {
-  using T = typename L::T;
+template <class D>
+void rows(const void* values, const uint8_t* meta, int64_t K, const void* xv, int64_t ldx, int64_t M,
+          const float* bias, int64_t n0, int64_t n1, float* z, int64_t ldz) {
+  using T = typename D::T;
+  using X = typename D::X;
   const T* vp = static_cast<const T*>(values);
+  const X* x = static_cast<const X*>(xv);
   const int64_t half = K / 2, meta_cols = (K / 4 + 1) / 2;
   const int64_t mr_max = M < 8 ? M : 8;
-  // K piece: a multiple of 32 columns (whole 4-byte meta words), at least 256.
-  int64_t piece = (24 * 1024 / (4 * mr_max)) / 32 * 32;
+  // K piece: whole steps (so whole meta bytes), at least 256 columns.
+  int64_t piece = static_cast<int64_t>(24 * 1024 / (sizeof(X) * mr_max)) / D::kChunk * D::kChunk;
   piece = piece < 256 ? 256 : piece;
   for (int64_t nb0 = n0; nb0 < n1; nb0 += kRowBlock) {
     const int64_t nb1 = nb0 + kRowBlock < n1 ? nb0 + kRowBlock : n1;
@@ -131,11 +227,11 @@ void rows(const void* values, const uint8_t* meta, int64_t K, const float* x, in
       const int64_t kl = K - k0 < piece ? K - k0 : piece;
       for (int64_t m0 = 0; m0 < M; m0 += 8) {
         const int64_t mb = M - m0 < 8 ? M - m0 : 8;
-        const float* xm = x + m0 * K;
+        const X* xm = x + m0 * ldx;
         float* zm = z + m0 * ldz;
         switch (mb) {
 #define SPARSEOPS_PIECE(R) \
-  case R: block_piece<L, R>(vp, meta, half, meta_cols, k0, kl, xm, K, bias, nb0, nb1, zm, ldz); break;
+  case R: block_piece<D, R>(vp, meta, half, meta_cols, k0, kl, xm, ldx, bias, nb0, nb1, zm, ldz); break;
           SPARSEOPS_PIECE(1) SPARSEOPS_PIECE(2) SPARSEOPS_PIECE(3) SPARSEOPS_PIECE(4)
           SPARSEOPS_PIECE(5) SPARSEOPS_PIECE(6) SPARSEOPS_PIECE(7) SPARSEOPS_PIECE(8)
 #undef SPARSEOPS_PIECE
@@ -148,12 +244,12 @@ void rows(const void* values, const uint8_t* meta, int64_t K, const float* x, in
 
 }  // namespace
 
-void linear24_rows_avx512(ElemType type, const void* values, const uint8_t* meta, int64_t K, const float* x,
-                          int64_t M, const float* bias, int64_t n0, int64_t n1, float* z, int64_t ldz) {
+void linear24_rows_avx512(ElemType type, const void* values, const uint8_t* meta, int64_t K, const void* x,
+                          int64_t ldx, int64_t M, const float* bias, int64_t n0, int64_t n1, float* z, int64_t ldz) {
   switch (type) {
-    case ElemType::kFloat: rows<LoadF32>(values, meta, K, x, M, bias, n0, n1, z, ldz); break;
-    case ElemType::kBFloat16: rows<LoadBF16>(values, meta, K, x, M, bias, n0, n1, z, ldz); break;
-    case ElemType::kHalf: rows<LoadF16>(values, meta, K, x, M, bias, n0, n1, z, ldz); break;
+    case ElemType::kFloat: rows<PermScheme<LoadF32>>(values, meta, K, x, ldx, M, bias, n0, n1, z, ldz); break;
+    case ElemType::kHalf: rows<PermScheme<LoadF16>>(values, meta, K, x, ldx, M, bias, n0, n1, z, ldz); break;
+    case ElemType::kBFloat16: rows<PairScheme>(values, meta, K, x, ldx, M, bias, n0, n1, z, ldz); break;
   }
 }
 

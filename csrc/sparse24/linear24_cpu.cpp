@@ -61,8 +61,8 @@ void apply_activation_(at::Tensor& t, Activation act) {
 // ---- portable small-M kernel ------------------------------------------------------------------
 
 template <typename T>
-void rows_baseline(const T* vp, const uint8_t* mp, int64_t K, const float* x, int64_t M, const float* bias, int64_t n0,
-                   int64_t n1, float* z, int64_t ldz) {
+void rows_baseline(const T* vp, const uint8_t* mp, int64_t K, const float* x, int64_t ldx, int64_t M, const float* bias,
+                   int64_t n0, int64_t n1, float* z, int64_t ldz) {
   const int64_t half = K / 2, meta_cols = packed_meta_cols(K), groups = K / 4;
   for (int64_t n = n0; n < n1; ++n) {
     const T* vr = vp + n * half;
@@ -74,9 +74,9 @@ void rows_baseline(const T* vp, const uint8_t* mp, int64_t K, const float* x, in
       for (int64_t g = 0; g < groups; ++g) {
         const uint8_t code = (mr[g / 2] >> (4 * (g % 2))) & 0xF;
         const float v0 = static_cast<float>(vr[2 * g]), v1 = static_cast<float>(vr[2 * g + 1]);
-        const float* xg = x + m0 * K + 4 * g;
+        const float* xg = x + m0 * ldx + 4 * g;
         for (int64_t r = 0; r < mb; ++r) {
-          acc[r] += v0 * xg[r * K + code_first(code)] + v1 * xg[r * K + code_second(code)];
+          acc[r] += v0 * xg[r * ldx + code_first(code)] + v1 * xg[r * ldx + code_second(code)];
         }
       }
       for (int64_t r = 0; r < mb; ++r) z[(m0 + r) * ldz + n] = acc[r] + b;
@@ -96,18 +96,30 @@ ElemType elem_type(at::ScalarType t) {
 void linear24_small_m(const at::Tensor& xc, const at::Tensor& vc, const at::Tensor& mc,
                       const std::optional<at::Tensor>& bias, Activation act, at::Tensor& out) {
   const int64_t M = xc.size(0), K = xc.size(1), N = vc.size(0);
-  const at::Tensor xf = xc.to(at::kFloat).contiguous();  // M <= gemv_max_m(): small
-  const at::Tensor bf = bias.has_value() ? bias->to(at::kFloat).contiguous() : at::Tensor();
-  at::Tensor z = out.scalar_type() == at::kFloat ? out : at::empty({M, N}, xf.options());
-  const auto kernel = cpu_use_avx512() ? &linear24_rows_avx512 : &linear24_rows_baseline;
+  const bool avx512 = cpu_use_avx512();
   const ElemType type = elem_type(vc.scalar_type());
+  // x as the kernel reads it (M <= gemv_max_m(): small): fp32, or bf16 for the AVX-512 bf16 kernel; rows
+  // padded to a 64-byte multiple + 64 bytes so that they do not start a multiple of 4 KiB apart (for
+  // K = 1024, 4096, ... 8 rows read in lockstep would share L1 sets).
+  const bool x_bf16 = avx512 && type == ElemType::kBFloat16;
+  const int64_t ldx = x_bf16 ? (K + 31) / 32 * 32 + 32 : (K + 15) / 16 * 16 + 16;
+  at::Tensor xk = at::empty({M, ldx}, xc.options().dtype(x_bf16 ? at::kBFloat16 : at::kFloat));
+  xk.narrow(1, 0, K).copy_(xc);
+  const at::Tensor bf = bias.has_value() ? bias->to(at::kFloat).contiguous() : at::Tensor();
+  at::Tensor z = out.scalar_type() == at::kFloat ? out : at::empty({M, N}, xc.options().dtype(at::kFloat));
   const void* vp = vc.const_data_ptr();
   const uint8_t* mp = mc.const_data_ptr<uint8_t>();
-  const float* xp = xf.const_data_ptr<float>();
+  const void* xp = xk.const_data_ptr();
   const float* bp = bf.defined() ? bf.const_data_ptr<float>() : nullptr;
   float* zp = z.mutable_data_ptr<float>();
   const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 15) / K);
-  at::parallel_for(0, N, grain, [&](int64_t n0, int64_t n1) { kernel(type, vp, mp, K, xp, M, bp, n0, n1, zp, N); });
+  at::parallel_for(0, N, grain, [&](int64_t n0, int64_t n1) {
+    if (avx512) {
+      linear24_rows_avx512(type, vp, mp, K, xp, ldx, M, bp, n0, n1, zp, N);
+    } else {
+      linear24_rows_baseline(type, vp, mp, K, static_cast<const float*>(xp), ldx, M, bp, n0, n1, zp, N);
+    }
+  });
   apply_activation_(z, act);
   if (!z.is_same(out)) out.copy_(z);
 }
@@ -193,16 +205,16 @@ at::Tensor sparse24_linear_cpu(const at::Tensor& x, const at::Tensor& values, co
 }  // namespace
 
 void linear24_rows_baseline(ElemType type, const void* values, const uint8_t* meta, int64_t K, const float* x,
-                            int64_t M, const float* bias, int64_t n0, int64_t n1, float* z, int64_t ldz) {
+                            int64_t ldx, int64_t M, const float* bias, int64_t n0, int64_t n1, float* z, int64_t ldz) {
   switch (type) {
     case ElemType::kFloat:
-      rows_baseline(static_cast<const float*>(values), meta, K, x, M, bias, n0, n1, z, ldz);
+      rows_baseline(static_cast<const float*>(values), meta, K, x, ldx, M, bias, n0, n1, z, ldz);
       break;
     case ElemType::kHalf:
-      rows_baseline(static_cast<const c10::Half*>(values), meta, K, x, M, bias, n0, n1, z, ldz);
+      rows_baseline(static_cast<const c10::Half*>(values), meta, K, x, ldx, M, bias, n0, n1, z, ldz);
       break;
     case ElemType::kBFloat16:
-      rows_baseline(static_cast<const c10::BFloat16*>(values), meta, K, x, M, bias, n0, n1, z, ldz);
+      rows_baseline(static_cast<const c10::BFloat16*>(values), meta, K, x, ldx, M, bias, n0, n1, z, ldz);
       break;
   }
 }
