@@ -193,12 +193,23 @@ struct PairScheme {
 // 8 at a time, and the block's W rows (their piece, from L2 after the first 8 x rows).
 constexpr int64_t kRowBlock = 64;
 
+// A K piece of a W row is a short stream (~1-6 KB, rows K/2 elements apart) that the hardware
+// prefetchers would pick up only after a few misses; it is prefetched one row ahead instead.
+inline void prefetch_bytes(const void* p, int64_t bytes) {
+  const char* c = static_cast<const char*>(p);
+  for (int64_t o = 0; o < bytes; o += 64) _mm_prefetch(c + o, _MM_HINT_T0);
+}
+
 template <class D, int MR>
 void block_piece(const typename D::T* vp, const uint8_t* mp, int64_t half, int64_t meta_cols, int64_t k0, int64_t kl,
                  const typename D::X* x, int64_t ldx, const float* bias, int64_t nb0, int64_t nb1, float* z,
                  int64_t ldz) {
   float sums[MR];
   for (int64_t n = nb0; n < nb1; ++n) {
+    if (n + 1 < nb1) {
+      prefetch_bytes(vp + (n + 1) * half + k0 / 2, kl / 2 * static_cast<int64_t>(sizeof(typename D::T)));
+      prefetch_bytes(mp + (n + 1) * meta_cols + k0 / 8, kl / 8);
+    }
     D::template dot<MR>(vp + n * half + k0 / 2, mp + n * meta_cols + k0 / 8, kl, x + k0, ldx, sums);
     if (k0 == 0) {
       const float b = bias != nullptr ? bias[n] : 0.0f;
