@@ -253,6 +253,102 @@ void rows(const void* values, const uint8_t* meta, int64_t K, const void* xv, in
   }
 }
 
+// ---- decompression of W row blocks (the large-M path's dense tiles) --------------------------------
+// Dense lane j: group g = j / 4, position p = j % 4, kept iff p is the group's first (value lane 2g)
+// or second (2g + 1) index: one zero-masking single-source permute per output vector.
+
+// fp32: 16 dense lanes from the 4 groups whose codes are meta16's nibbles; src_base: lane of their
+// first value in w.
+inline __m512 dense16_f32(__m512 w, uint32_t meta16, int src_base) {
+  const __m512i shifts = _mm512_setr_epi32(0, 0, 0, 0, 4, 4, 4, 4, 8, 8, 8, 8, 12, 12, 12, 12);
+  const __m512i pos = _mm512_setr_epi32(0, 1, 2, 3, 0, 1, 2, 3, 0, 1, 2, 3, 0, 1, 2, 3);
+  const __m512i base = _mm512_add_epi32(_mm512_setr_epi32(0, 0, 0, 0, 2, 2, 2, 2, 4, 4, 4, 4, 6, 6, 6, 6),
+                                        _mm512_set1_epi32(src_base));
+  const __m512i three = _mm512_set1_epi32(3);
+  const __m512i codes = _mm512_srlv_epi32(_mm512_set1_epi32(static_cast<int>(meta16)), shifts);
+  const __mmask16 k1 = _mm512_cmpeq_epi32_mask(_mm512_and_si512(codes, three), pos);
+  const __mmask16 k2 = _mm512_cmpeq_epi32_mask(_mm512_and_si512(_mm512_srli_epi32(codes, 2), three), pos);
+  const __m512i idx = _mm512_mask_add_epi32(base, k2, base, _mm512_set1_epi32(1));
+  return _mm512_maskz_permutexvar_ps(static_cast<__mmask16>(k1 | k2), idx, w);
+}
+
+// 16-bit: 32 dense lanes (groups 8h..8h+7 of a 16-group step) from meta bytes 4h..4h+3 of meta8.
+struct Dense16Consts {
+  alignas(64) uint16_t ctrl[2][32];  // vpshufb: 16-bit lane j gets meta byte 4h + j / 8 (high byte zeroed)
+  alignas(64) uint16_t shifts[32];   // 4 * ((j / 4) % 2): the group's nibble within its byte
+  alignas(64) uint16_t pos[32];      // j % 4
+  alignas(64) uint16_t base[2][32];  // 16h + 2 * (j / 4): the group's first value lane in w
+  constexpr Dense16Consts() : ctrl(), shifts(), pos(), base() {
+    for (int h = 0; h < 2; ++h) {
+      for (int j = 0; j < 32; ++j) {
+        ctrl[h][j] = static_cast<uint16_t>((4 * h + j / 8) | (0x80 << 8));
+        base[h][j] = static_cast<uint16_t>(16 * h + 2 * (j / 4));
+      }
+    }
+    for (int j = 0; j < 32; ++j) {
+      shifts[j] = static_cast<uint16_t>(4 * ((j / 4) % 2));
+      pos[j] = static_cast<uint16_t>(j % 4);
+    }
+  }
+};
+constexpr Dense16Consts kDense16{};
+
+inline __m512i dense32_16bit(__m512i w, uint64_t meta8, int h) {
+  const __m512i bytes = _mm512_shuffle_epi8(_mm512_set1_epi64(static_cast<long long>(meta8)),
+                                            _mm512_load_si512(kDense16.ctrl[h]));
+  const __m512i codes = _mm512_srlv_epi16(bytes, _mm512_load_si512(kDense16.shifts));
+  const __m512i three = _mm512_set1_epi16(3), pos = _mm512_load_si512(kDense16.pos);
+  const __mmask32 k1 = _mm512_cmpeq_epi16_mask(_mm512_and_si512(codes, three), pos);
+  const __mmask32 k2 = _mm512_cmpeq_epi16_mask(_mm512_and_si512(_mm512_srli_epi16(codes, 2), three), pos);
+  const __m512i base = _mm512_load_si512(kDense16.base[h]);
+  const __m512i idx = _mm512_mask_add_epi16(base, k2, base, _mm512_set1_epi16(1));
+  return _mm512_maskz_permutexvar_epi16(static_cast<__mmask32>(k1 | k2), idx, w);
+}
+
+template <typename T>
+void decompress_tail(const T* v, const uint8_t* meta, int64_t g0, int64_t groups, T* d) {
+  for (int64_t g = g0; g < groups; ++g) {
+    const int code = (meta[g / 2] >> (4 * (g % 2))) & 0xF;
+    d[4 * g] = d[4 * g + 1] = d[4 * g + 2] = d[4 * g + 3] = T(0);
+    d[4 * g + (code & 3)] = v[2 * g];
+    d[4 * g + ((code >> 2) & 3)] = v[2 * g + 1];
+  }
+}
+
+void decompress_f32(const float* vp, const uint8_t* mp, int64_t K, int64_t n0, int64_t rows, float* dense) {
+  const int64_t half = K / 2, meta_cols = (K / 4 + 1) / 2, groups = K / 4, steps = groups / 8;
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* v = vp + (n0 + r) * half;
+    const uint8_t* m = mp + (n0 + r) * meta_cols;
+    float* d = dense + r * K;
+    for (int64_t c = 0; c < steps; ++c) {
+      uint32_t meta4;
+      std::memcpy(&meta4, m + 4 * c, 4);
+      const __m512 w = _mm512_loadu_ps(v + 16 * c);
+      _mm512_storeu_ps(d + 32 * c, dense16_f32(w, meta4 & 0xFFFF, 0));
+      _mm512_storeu_ps(d + 32 * c + 16, dense16_f32(w, meta4 >> 16, 8));
+    }
+    decompress_tail(v, m, 8 * steps, groups, d);
+  }
+}
+
+void decompress_16bit(const uint16_t* vp, const uint8_t* mp, int64_t K, int64_t n0, int64_t rows, uint16_t* dense) {
+  const int64_t half = K / 2, meta_cols = (K / 4 + 1) / 2, groups = K / 4, steps = groups / 16;
+  for (int64_t r = 0; r < rows; ++r) {
+    const uint16_t* v = vp + (n0 + r) * half;
+    const uint8_t* m = mp + (n0 + r) * meta_cols;
+    uint16_t* d = dense + r * K;
+    for (int64_t c = 0; c < steps; ++c) {
+      uint64_t meta8;
+      std::memcpy(&meta8, m + 8 * c, 8);
+      const __m512i w = _mm512_loadu_si512(v + 32 * c);
+      _mm512_storeu_si512(d + 64 * c, dense32_16bit(w, meta8, 0));
+      _mm512_storeu_si512(d + 64 * c + 32, dense32_16bit(w, meta8, 1));
+    }
+    decompress_tail(v, m, 16 * steps, groups, d);
+  }
+}
+
 }  // namespace
 
 void linear24_rows_avx512(ElemType type, const void* values, const uint8_t* meta, int64_t K, const void* x,
@@ -261,6 +357,15 @@ void linear24_rows_avx512(ElemType type, const void* values, const uint8_t* meta
     case ElemType::kFloat: rows<PermScheme<LoadF32>>(values, meta, K, x, ldx, M, bias, n0, n1, z, ldz); break;
     case ElemType::kHalf: rows<PermScheme<LoadF16>>(values, meta, K, x, ldx, M, bias, n0, n1, z, ldz); break;
     case ElemType::kBFloat16: rows<PairScheme>(values, meta, K, x, ldx, M, bias, n0, n1, z, ldz); break;
+  }
+}
+
+void linear24_decompress_rows_avx512(ElemType type, const void* values, const uint8_t* meta, int64_t K, int64_t n0,
+                                     int64_t rows, void* dense) {
+  if (type == ElemType::kFloat) {
+    decompress_f32(static_cast<const float*>(values), meta, K, n0, rows, static_cast<float*>(dense));
+  } else {  // fp16 / bf16: the same bits move
+    decompress_16bit(static_cast<const uint16_t*>(values), meta, K, n0, rows, static_cast<uint16_t*>(dense));
   }
 }
 

@@ -150,6 +150,8 @@ void linear24_large_m(const at::Tensor& xc, const at::Tensor& vc, const at::Tens
   // The GEMM and activation below are torch ops run on worker threads: carry the caller's dispatcher
   // state over (inference mode, grad mode, ...), or writing into an inference-mode `out` would fail.
   const at::ThreadLocalState tls;
+  const bool avx512 = cpu_use_avx512();
+  const ElemType type = elem_type(xc.scalar_type());
   SPARSEOPS_DISPATCH_FLOAT_HALF_BF16(xc.scalar_type(), kOp, [&] {
     const scalar_t* vp = vc.const_data_ptr<scalar_t>();
     const uint8_t* mp = mc.const_data_ptr<uint8_t>();
@@ -158,7 +160,11 @@ void linear24_large_m(const at::Tensor& xc, const at::Tensor& vc, const at::Tens
       at::Tensor tile = at::empty({tile_n, K}, xc.options());
       for (int64_t t = t0; t < t1; ++t) {
         const int64_t n0 = t * tile_n, rows = std::min(tile_n, N - n0);
-        decompress_rows<scalar_t>(vp, mp, K, n0, rows, tile.mutable_data_ptr<scalar_t>());
+        if (avx512) {
+          linear24_decompress_rows_avx512(type, vp, mp, K, n0, rows, tile.mutable_data_ptr());
+        } else {
+          decompress_rows<scalar_t>(vp, mp, K, n0, rows, tile.mutable_data_ptr<scalar_t>());
+        }
         const at::Tensor w = tile.narrow(0, 0, rows);
         at::Tensor o = out.narrow(1, n0, rows);
         if (bias.has_value()) {

@@ -25,4 +25,8 @@ void linear24_rows_baseline(ElemType type, const void* values, const uint8_t* me
 void linear24_rows_avx512(ElemType type, const void* values, const uint8_t* meta, int64_t K, const void* x,
                           int64_t ldx, int64_t M, const float* bias, int64_t n0, int64_t n1, float* z, int64_t ldz);
 
+// Large-M path: rows [n0, n0 + rows) of packed W written dense into `dense` ([rows, K], row stride K).
+void linear24_decompress_rows_avx512(ElemType type, const void* values, const uint8_t* meta, int64_t K, int64_t n0,
+                                     int64_t rows, void* dense);
+
 }  // namespace sparseops::sparse24
