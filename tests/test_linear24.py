@@ -27,7 +27,7 @@ TORCH_ACT = {
     "silu": F.silu,
     "relu2": lambda z: F.relu(z).square(),
 }
-GEMV_MAX_M = 16  # the default small-M / large-M crossover in linear24_cpu.cpp
+GEMV_MAX_M = 32  # the largest default small-M / large-M crossover in linear24_cpu.cpp (fp32)
 
 
 def make_case(m, n, k, dtype, bias=True):
@@ -60,7 +60,7 @@ def assert_matches_reference(y, x, values, meta, bias, act):
 @pytest.mark.parametrize("act", ACTIVATIONS)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_matches_reference_awkward_shapes(dtype, act):
-    for m in (0, 1, 3, 17, 80):
+    for m in (0, 1, 3, 17, GEMV_MAX_M + 48):
         for k in (4, 12, 36, 260):
             for n in (1, 7, 33):
                 x, values, meta, b = make_case(m, n, k, dtype, bias=(k != 12))
@@ -80,7 +80,7 @@ def test_every_m_around_the_crossover(dtype):
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_large_m_path_partial_tiles(dtype):
     # N = 300: one full 256-row tile and a partial one; K not a multiple of 32.
-    x, values, meta, b = make_case(96, 300, 1028, dtype)
+    x, values, meta, b = make_case(GEMV_MAX_M + 40, 300, 1028, dtype)
     for act in ("none", "gelu"):
         y = ops.sparse24_linear(x, values, meta, b, act)
         assert_matches_reference(y, x, values, meta, b, act)
@@ -95,7 +95,7 @@ def test_long_k_small_m():
     assert_matches_reference(y, x, values, meta, b, "none")
 
 
-@pytest.mark.parametrize("m", [2, 70])
+@pytest.mark.parametrize("m", [2, GEMV_MAX_M + 30])
 def test_inference_mode(m):
     x, values, meta, b = make_case(m, 33, 64, torch.bfloat16)
     with torch.inference_mode():
@@ -103,7 +103,7 @@ def test_inference_mode(m):
     assert_matches_reference(y, x, values, meta, b, "relu")
 
 
-@pytest.mark.parametrize("m", [5, 70])
+@pytest.mark.parametrize("m", [5, GEMV_MAX_M + 30])
 def test_non_contiguous_inputs(m):
     x, values, meta, b = make_case(m, 33, 36, torch.float32)
     xt = x.t().contiguous().t()  # column-major
@@ -185,7 +185,7 @@ def test_isa_paths(isa):
 
 
 @pytest.mark.parametrize("act", ACTIVATIONS)
-@pytest.mark.parametrize("m", [3, 40])
+@pytest.mark.parametrize("m", [3, GEMV_MAX_M + 8])
 def test_grads_match_reference_autograd(act, m):
     x0, values0, meta, b0 = make_case(m, 12, 36, torch.float32)
     grad_y = torch.randn(m, 12)
@@ -223,7 +223,7 @@ def test_grads_partial_needs_and_bf16():
 def test_opcheck(requires_grad):
     samples = [
         (make_case(3, 7, 12, torch.float32), "gelu"),
-        (make_case(20, 5, 36, torch.float32, bias=False), "relu"),
+        (make_case(GEMV_MAX_M + 4, 5, 36, torch.float32, bias=False), "relu"),
         (make_case(2, 4, 8, torch.bfloat16), "relu2"),
     ]
     for (x, values, meta, b), act in samples:

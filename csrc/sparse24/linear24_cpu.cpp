@@ -1,12 +1,13 @@
 // sparse24_linear on CPU: y = act(x @ W^T + bias), W [N, K] in the "packed" 2:4 layout.
 //
 // Two paths, chosen by M (rows of x):
-//  - small M (M <= gemv_max_m(), default kGemvMaxM): parallel over blocks of output rows n; each W row is
+//  - small M (M <= gemv_max_m(): 32 fp32/fp16, 16 bf16): parallel over blocks of output rows n; each W row is
 //    streamed once for all M rows of x (the AVX-512 kernel in linear24_avx512.cpp, or the portable
 //    one below), writing fp32 z = x W^T + bias; the activation then runs on z in fp32 before the one
-//    rounding to x's dtype. Bandwidth-bound: the packed W is ~9/16 (fp32) or ~5/8 (16-bit) of dense.
+//    rounding to x's dtype. Bandwidth-bound for a few rows: the packed W is ~9/16 (fp32) or ~5/8
+//    (16-bit) of dense.
 //  - large M: parallel over tiles of kTileN rows of W; each thread decompresses its tile into a
-//    thread-local dense [kTileN, K] buffer and runs torch's dense GEMM (MKL / oneDNN, one thread each)
+//    thread-local dense [kTileN, K] buffer (AVX-512 permutes when available) and runs torch's dense GEMM (MKL / oneDNN, one thread each)
 //    straight into its column slice of the output, bias fused in the GEMM (addmm), then the activation
 //    in place. For fp16/bf16 the activation sees the GEMM's rounded output (as F.linear + act would).
 #include <ATen/Parallel.h>
@@ -26,16 +27,21 @@ namespace sparseops::sparse24 {
 namespace {
 
 constexpr const char* kOp = "sparse24_linear";
-constexpr int64_t kGemvMaxM = 16;  // measured crossover: see the bench case python/sparseops/bench/cases/linear24.py
-constexpr int64_t kTileN = 256;    // rows of W per dense tile in the large-M path
+constexpr int64_t kTileN = 256;  // rows of W per dense tile in the large-M path
 
-// SPARSEOPS_LINEAR24_GEMV_MAX_M overrides the small-M/large-M crossover (for tuning and benchmarks).
-int64_t gemv_max_m() {
-  static const int64_t value = [] {
+// Small-M / large-M crossover (largest M on the small-M path), measured on the bench shapes (N, K) in
+// {4096, 11008} x 4096 on an AVX-512 Zen 5: the fp32 kernel beats dense tiles + MKL up to M ~ 32-48;
+// the bf16 one (vdpbf16ps) beats tiles + oneDNN up to M = 16. The portable kernel is scalar: it is
+// only used for a handful of rows (a guess, not measured on a CPU without AVX-512).
+// SPARSEOPS_LINEAR24_GEMV_MAX_M overrides all of them (for tuning and benchmarks).
+int64_t gemv_max_m(at::ScalarType dtype) {
+  static const int64_t forced = [] {
     const char* env = std::getenv("SPARSEOPS_LINEAR24_GEMV_MAX_M");
-    return env != nullptr ? std::max<int64_t>(0, std::atoll(env)) : kGemvMaxM;
+    return env != nullptr ? std::max<int64_t>(0, std::atoll(env)) : int64_t{-1};
   }();
-  return value;
+  if (forced >= 0) return forced;
+  if (!cpu_use_avx512()) return 4;
+  return dtype == at::kBFloat16 ? 16 : 32;
 }
 
 void apply_activation_(at::Tensor& t, Activation act) {
@@ -98,7 +104,7 @@ void linear24_small_m(const at::Tensor& xc, const at::Tensor& vc, const at::Tens
   const int64_t M = xc.size(0), K = xc.size(1), N = vc.size(0);
   const bool avx512 = cpu_use_avx512();
   const ElemType type = elem_type(vc.scalar_type());
-  // x as the kernel reads it (M <= gemv_max_m(): small): fp32, or bf16 for the AVX-512 bf16 kernel; rows
+  // x as the kernel reads it (M is small here): fp32, or bf16 for the AVX-512 bf16 kernel; rows
   // padded to a 64-byte multiple + 64 bytes so that they do not start a multiple of 4 KiB apart (for
   // K = 1024, 4096, ... 8 rows read in lockstep would share L1 sets).
   const bool x_bf16 = avx512 && type == ElemType::kBFloat16;
@@ -200,7 +206,7 @@ at::Tensor sparse24_linear_cpu(const at::Tensor& x, const at::Tensor& values, co
   const at::Tensor vc = values.contiguous();
   const at::Tensor mc = meta.contiguous();
   const std::optional<at::Tensor> bc = bias.has_value() ? std::optional<at::Tensor>(bias->contiguous()) : std::nullopt;
-  if (s.m <= gemv_max_m()) {
+  if (s.m <= gemv_max_m(x.scalar_type())) {
     linear24_small_m(xc, vc, mc, bc, act, out);
   } else {
     linear24_large_m(xc, vc, mc, bc, act, out);
