@@ -232,7 +232,7 @@ def test_opcheck(requires_grad):
             values.requires_grad_()
             if b is not None:
                 b.requires_grad_()
-        torch.library.opcheck(ops.sparse24_linear.default, (x, values, meta, b, act))
+        torch.library.opcheck(ops.sparse24_linear, (x, values, meta, b, act))
 
 
 def test_torch_compile_fullgraph_with_backward():
