@@ -1,11 +1,13 @@
 // sparse24_linear on CPU, AVX-512 small-M kernel (this file is compiled with -mavx512f/bw/vl/dq/bf16
 // -mfma -mf16c; linear24_cpu.cpp calls it only when sparseops::cpu_use_avx512()).
 //
-// Per W row, 8 groups at a time (32 input columns, 16 kept values, 4 meta bytes): the 4 meta bytes
-// become a 16-lane index vector, lane 2g+s = 4g + (index s of group g), computed with one variable
+// fp32 / fp16 weights ("perm scheme"), per W row, 8 groups at a time (32 input columns, 16 kept
+// values, 4 meta bytes): the 4 meta bytes become a 16-lane index vector, lane 2g+s = 4g + (index s of group g), computed with one variable
 // shift (the code of lane l sits at bits 2l..2l+1 of the 4 bytes read as a little-endian word). Each x
 // row then contributes values * permutex2var(x[0:16], idx, x[16:32]) to its accumulator. The index
 // vector and the converted values serve all M rows (up to 8 per pass), so W is streamed once.
+// bf16 weights ("pair scheme", below): 64 columns per step, x kept in bf16, vdpbf16ps.
+// Also here: the vectorised tile decompression of the large-M path.
 //
 // No torch headers here (see linear24_cpu.h): everything in this file is local to it.
 // GCC 12 reports its own _mm512_undefined_*() (self-initialised on purpose) as uninitialised when
