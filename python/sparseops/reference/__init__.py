@@ -1,6 +1,7 @@
 """Pure-PyTorch references for every sparseops op: readable first, the oracle the tests compare to."""
+from .linear24 import sparse24_linear_ref
 from .sparse24 import compress_24_ref, decompress_24_ref, nm_mask_ref
 from .training import nm_srste_backward_ref, nm_srste_ref, transposable_mask_24_ref, transposable_patterns_ref
 
-__all__ = ["compress_24_ref", "decompress_24_ref", "nm_mask_ref"]
+__all__ = ["compress_24_ref", "decompress_24_ref", "nm_mask_ref", "sparse24_linear_ref"]
 __all__ += ["nm_srste_backward_ref", "nm_srste_ref", "transposable_mask_24_ref", "transposable_patterns_ref"]

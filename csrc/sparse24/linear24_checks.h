@@ -1,0 +1,61 @@
+#pragma once
+// check_inputs() and the activation parser of sparse24_linear. Device-agnostic: the CPU kernels use
+// them, and CUDA glue can share them so the messages stay identical across devices.
+#include <ATen/ATen.h>
+
+#include <optional>
+#include <string>
+
+#include "common/checks.h"
+#include "common/sparse24_format.h"
+
+namespace sparseops::sparse24 {
+
+enum class Activation { kNone, kRelu, kGelu, kSilu, kRelu2 };
+
+inline Activation parse_activation(const char* op, c10::string_view name) {
+  if (name == "none") return Activation::kNone;
+  if (name == "relu") return Activation::kRelu;
+  if (name == "gelu") return Activation::kGelu;
+  if (name == "silu") return Activation::kSilu;
+  if (name == "relu2") return Activation::kRelu2;
+  TORCH_CHECK(false, op, ": expected activation in {\"none\", \"relu\", \"gelu\", \"silu\", \"relu2\"} (got \"",
+              std::string(name), "\")");
+}
+
+struct Linear24Sizes {
+  int64_t m, n, k;
+};
+
+// check_inputs() of sparse24_linear: x [M, K], values [N, K/2] of x's dtype, meta uint8
+// [N, ceil(K/8)], bias [N] of x's dtype, all on one device.
+inline Linear24Sizes check_linear24_inputs(const at::Tensor& x, const at::Tensor& values, const at::Tensor& meta,
+                                           const std::optional<at::Tensor>& bias) {
+  constexpr const char* op = "sparse24_linear";
+  check_dtype(op, "x", x, {at::kFloat, at::kHalf, at::kBFloat16});
+  TORCH_CHECK_TYPE(values.scalar_type() == x.scalar_type(), op, ": expected values to have x's dtype ",
+                   x.scalar_type(), " (got ", values.scalar_type(), ")");
+  check_dim(op, "x", x, 2);
+  check_dim(op, "values", values, 2);
+  check_same_device(op, "values", values, "x", x);
+  check_same_device(op, "meta", meta, "x", x);
+  const int64_t m = x.size(0), k = x.size(1), n = values.size(0);
+  TORCH_CHECK(k % 4 == 0, op, ": expected x.size(1) (K) to be divisible by 4 (got ", k, ")");
+  TORCH_CHECK(k == 2 * values.size(1), op, ": expected x.size(1) == 2 * values.size(1) (got ", k, " vs 2 * ",
+              values.size(1), ")");
+  TORCH_CHECK_TYPE(meta.scalar_type() == at::kByte, op, ": expected meta to have dtype uint8 (layout \"packed\") (got ",
+                   meta.scalar_type(), ")");
+  TORCH_CHECK(meta.dim() == 2 && meta.size(0) == n && meta.size(1) == packed_meta_cols(k), op,
+              ": expected meta of shape [", n, ", ", packed_meta_cols(k), "] for values of shape ", values.sizes(),
+              " (got ", meta.sizes(), ")");
+  if (bias.has_value()) {
+    TORCH_CHECK_TYPE(bias->scalar_type() == x.scalar_type(), op, ": expected bias to have x's dtype ",
+                     x.scalar_type(), " (got ", bias->scalar_type(), ")");
+    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == n, op, ": expected bias of shape [", n, "] (got ",
+                bias->sizes(), ")");
+    check_same_device(op, "bias", *bias, "x", x);
+  }
+  return {m, n, k};
+}
+
+}  // namespace sparseops::sparse24

@@ -1,0 +1,236 @@
+// sparse24_linear on CPU: y = act(x @ W^T + bias), W [N, K] in the "packed" 2:4 layout.
+//
+// Two paths, chosen by M (rows of x):
+//  - small M (M <= gemv_max_m(): 32 fp32/fp16, 16 bf16): parallel over blocks of output rows n; each W row is
+//    streamed once for all M rows of x (the AVX-512 kernel in linear24_avx512.cpp, or the portable
+//    one below), writing fp32 z = x W^T + bias; the activation then runs on z in fp32 before the one
+//    rounding to x's dtype. Bandwidth-bound for a few rows: the packed W is ~9/16 (fp32) or ~5/8
+//    (16-bit) of dense.
+//  - large M: parallel over tiles of kTileN rows of W; each thread decompresses its tile into a
+//    thread-local dense [kTileN, K] buffer (AVX-512 permutes when available) and runs torch's dense GEMM (MKL / oneDNN, one thread each)
+//    straight into its column slice of the output, bias fused in the GEMM (addmm), then the activation
+//    in place. For fp16/bf16 the activation sees the GEMM's rounded output (as F.linear + act would).
+#include <ATen/Parallel.h>
+#include <ATen/ThreadLocalState.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <cstring>
+
+#include "common/cpu_features.h"
+#include "common/dispatch.h"
+#include "sparse24/linear24_checks.h"
+#include "sparse24/linear24_cpu.h"
+
+namespace sparseops::sparse24 {
+namespace {
+
+constexpr const char* kOp = "sparse24_linear";
+constexpr int64_t kTileN = 256;  // rows of W per dense tile in the large-M path
+
+// Small-M / large-M crossover (largest M on the small-M path), measured on the bench shapes (N, K) in
+// {4096, 11008} x 4096 on an AVX-512 Zen 5: the fp32 kernel beats dense tiles + MKL up to M ~ 32-48;
+// the bf16 one (vdpbf16ps) beats tiles + oneDNN up to M = 16. The portable kernel is scalar: it is
+// only used for a handful of rows (a guess, not measured on a CPU without AVX-512).
+// SPARSEOPS_LINEAR24_GEMV_MAX_M overrides all of them (for tuning and benchmarks).
+int64_t gemv_max_m(at::ScalarType dtype) {
+  static const int64_t forced = [] {
+    const char* env = std::getenv("SPARSEOPS_LINEAR24_GEMV_MAX_M");
+    return env != nullptr ? std::max<int64_t>(0, std::atoll(env)) : int64_t{-1};
+  }();
+  if (forced >= 0) return forced;
+  if (!cpu_use_avx512()) return 4;
+  return dtype == at::kBFloat16 ? 16 : 32;
+}
+
+void apply_activation_(at::Tensor& t, Activation act) {
+  switch (act) {
+    case Activation::kNone:
+      break;
+    case Activation::kRelu:
+      at::relu_(t);
+      break;
+    case Activation::kGelu:
+      at::gelu_(t, "none");
+      break;
+    case Activation::kSilu:
+      at::silu_(t);
+      break;
+    case Activation::kRelu2:
+      at::relu_(t);
+      t.mul_(t);
+      break;
+  }
+}
+
+// ---- portable small-M kernel ------------------------------------------------------------------
+
+template <typename T>
+void rows_baseline(const T* vp, const uint8_t* mp, int64_t K, const float* x, int64_t ldx, int64_t M, const float* bias,
+                   int64_t n0, int64_t n1, float* z, int64_t ldz) {
+  const int64_t half = K / 2, meta_cols = packed_meta_cols(K), groups = K / 4;
+  for (int64_t n = n0; n < n1; ++n) {
+    const T* vr = vp + n * half;
+    const uint8_t* mr = mp + n * meta_cols;
+    const float b = bias != nullptr ? bias[n] : 0.0f;
+    for (int64_t m0 = 0; m0 < M; m0 += 8) {
+      const int64_t mb = std::min<int64_t>(8, M - m0);
+      float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+      for (int64_t g = 0; g < groups; ++g) {
+        const uint8_t code = (mr[g / 2] >> (4 * (g % 2))) & 0xF;
+        const float v0 = static_cast<float>(vr[2 * g]), v1 = static_cast<float>(vr[2 * g + 1]);
+        const float* xg = x + m0 * ldx + 4 * g;
+        for (int64_t r = 0; r < mb; ++r) {
+          acc[r] += v0 * xg[r * ldx + code_first(code)] + v1 * xg[r * ldx + code_second(code)];
+        }
+      }
+      for (int64_t r = 0; r < mb; ++r) z[(m0 + r) * ldz + n] = acc[r] + b;
+    }
+  }
+}
+
+ElemType elem_type(at::ScalarType t) {
+  switch (t) {
+    case at::kFloat: return ElemType::kFloat;
+    case at::kHalf: return ElemType::kHalf;
+    case at::kBFloat16: return ElemType::kBFloat16;
+    default: TORCH_CHECK(false, kOp, ": unsupported dtype ", t);
+  }
+}
+
+void linear24_small_m(const at::Tensor& xc, const at::Tensor& vc, const at::Tensor& mc,
+                      const std::optional<at::Tensor>& bias, Activation act, at::Tensor& out) {
+  const int64_t M = xc.size(0), K = xc.size(1), N = vc.size(0);
+  const bool avx512 = cpu_use_avx512();
+  const ElemType type = elem_type(vc.scalar_type());
+  // x as the kernel reads it (M is small here): fp32, or bf16 for the AVX-512 bf16 kernel; rows
+  // padded to a 64-byte multiple + 64 bytes so that they do not start a multiple of 4 KiB apart (for
+  // K = 1024, 4096, ... 8 rows read in lockstep would share L1 sets).
+  const bool x_bf16 = avx512 && type == ElemType::kBFloat16;
+  const int64_t ldx = x_bf16 ? (K + 31) / 32 * 32 + 32 : (K + 15) / 16 * 16 + 16;
+  at::Tensor xk = at::empty({M, ldx}, xc.options().dtype(x_bf16 ? at::kBFloat16 : at::kFloat));
+  xk.narrow(1, 0, K).copy_(xc);
+  const at::Tensor bf = bias.has_value() ? bias->to(at::kFloat).contiguous() : at::Tensor();
+  at::Tensor z = out.scalar_type() == at::kFloat ? out : at::empty({M, N}, xc.options().dtype(at::kFloat));
+  const void* vp = vc.const_data_ptr();
+  const uint8_t* mp = mc.const_data_ptr<uint8_t>();
+  const void* xp = xk.const_data_ptr();
+  const float* bp = bf.defined() ? bf.const_data_ptr<float>() : nullptr;
+  float* zp = z.mutable_data_ptr<float>();
+  const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 15) / K);
+  at::parallel_for(0, N, grain, [&](int64_t n0, int64_t n1) {
+    if (avx512) {
+      linear24_rows_avx512(type, vp, mp, K, xp, ldx, M, bp, n0, n1, zp, N);
+    } else {
+      linear24_rows_baseline(type, vp, mp, K, static_cast<const float*>(xp), ldx, M, bp, n0, n1, zp, N);
+    }
+  });
+  apply_activation_(z, act);
+  if (!z.is_same(out)) out.copy_(z);
+}
+
+// ---- large-M path: dense tiles + torch GEMM ---------------------------------------------------------
+
+template <typename T>
+void decompress_rows(const T* vp, const uint8_t* mp, int64_t K, int64_t n0, int64_t rows, T* dense) {
+  const int64_t half = K / 2, meta_cols = packed_meta_cols(K), groups = K / 4;
+  for (int64_t r = 0; r < rows; ++r) {
+    const T* vr = vp + (n0 + r) * half;
+    const uint8_t* mr = mp + (n0 + r) * meta_cols;
+    T* d = dense + r * K;
+    std::memset(static_cast<void*>(d), 0, sizeof(T) * K);  // +0.0 is all-zero bits in fp32/fp16/bf16
+    for (int64_t g = 0; g < groups; ++g) {
+      const uint8_t code = (mr[g / 2] >> (4 * (g % 2))) & 0xF;
+      d[4 * g + code_first(code)] = vr[2 * g];
+      d[4 * g + code_second(code)] = vr[2 * g + 1];
+    }
+  }
+}
+
+void linear24_large_m(const at::Tensor& xc, const at::Tensor& vc, const at::Tensor& mc,
+                      const std::optional<at::Tensor>& bias, Activation act, at::Tensor& out) {
+  const int64_t K = xc.size(1), N = vc.size(0);
+  const int64_t tile_n = std::min(kTileN, N);
+  const int64_t tiles = (N + tile_n - 1) / tile_n;
+  // The GEMM and activation below are torch ops run on worker threads: carry the caller's dispatcher
+  // state over (inference mode, grad mode, ...), or writing into an inference-mode `out` would fail.
+  const at::ThreadLocalState tls;
+  const bool avx512 = cpu_use_avx512();
+  const ElemType type = elem_type(xc.scalar_type());
+  SPARSEOPS_DISPATCH_FLOAT_HALF_BF16(xc.scalar_type(), kOp, [&] {
+    const scalar_t* vp = vc.const_data_ptr<scalar_t>();
+    const uint8_t* mp = mc.const_data_ptr<uint8_t>();
+    at::parallel_for(0, tiles, 1, [&](int64_t t0, int64_t t1) {
+      at::ThreadLocalStateGuard guard(tls);
+      at::Tensor tile = at::empty({tile_n, K}, xc.options());
+      for (int64_t t = t0; t < t1; ++t) {
+        const int64_t n0 = t * tile_n, rows = std::min(tile_n, N - n0);
+        if (avx512) {
+          linear24_decompress_rows_avx512(type, vp, mp, K, n0, rows, tile.mutable_data_ptr());
+        } else {
+          decompress_rows<scalar_t>(vp, mp, K, n0, rows, tile.mutable_data_ptr<scalar_t>());
+        }
+        const at::Tensor w = tile.narrow(0, 0, rows);
+        at::Tensor o = out.narrow(1, n0, rows);
+        if (bias.has_value()) {
+          at::addmm_out(o, bias->narrow(0, n0, rows), xc, w.t());
+        } else {
+          at::mm_out(o, xc, w.t());
+        }
+        apply_activation_(o, act);
+      }
+    });
+  });
+}
+
+// ---- the op ---------------------------------------------------------------------------------------
+
+at::Tensor sparse24_linear_cpu(const at::Tensor& x, const at::Tensor& values, const at::Tensor& meta,
+                               const std::optional<at::Tensor>& bias, c10::string_view activation) {
+  const Activation act = parse_activation(kOp, activation);
+  const Linear24Sizes s = check_linear24_inputs(x, values, meta, bias);
+  check_device_type(kOp, "x", x, at::kCPU);
+  at::Tensor out = at::empty({s.m, s.n}, x.options());
+  if (s.m == 0 || s.n == 0) return out;
+  if (s.k == 0) {  // an empty sum: act(bias), or act(0) = 0
+    if (bias.has_value()) {
+      out.copy_(bias->unsqueeze(0).expand({s.m, s.n}));
+      apply_activation_(out, act);
+    } else {
+      out.zero_();
+    }
+    return out;
+  }
+  const at::Tensor xc = x.contiguous();
+  const at::Tensor vc = values.contiguous();
+  const at::Tensor mc = meta.contiguous();
+  const std::optional<at::Tensor> bc = bias.has_value() ? std::optional<at::Tensor>(bias->contiguous()) : std::nullopt;
+  if (s.m <= gemv_max_m(x.scalar_type())) {
+    linear24_small_m(xc, vc, mc, bc, act, out);
+  } else {
+    linear24_large_m(xc, vc, mc, bc, act, out);
+  }
+  return out;
+}
+
+}  // namespace
+
+void linear24_rows_baseline(ElemType type, const void* values, const uint8_t* meta, int64_t K, const float* x,
+                            int64_t ldx, int64_t M, const float* bias, int64_t n0, int64_t n1, float* z, int64_t ldz) {
+  switch (type) {
+    case ElemType::kFloat:
+      rows_baseline(static_cast<const float*>(values), meta, K, x, ldx, M, bias, n0, n1, z, ldz);
+      break;
+    case ElemType::kHalf:
+      rows_baseline(static_cast<const c10::Half*>(values), meta, K, x, ldx, M, bias, n0, n1, z, ldz);
+      break;
+    case ElemType::kBFloat16:
+      rows_baseline(static_cast<const c10::BFloat16*>(values), meta, K, x, ldx, M, bias, n0, n1, z, ldz);
+      break;
+  }
+}
+
+TORCH_LIBRARY_IMPL(sparseops, CPU, m) { m.impl("sparse24_linear", &sparse24_linear_cpu); }
+
+}  // namespace sparseops::sparse24

@@ -1,0 +1,32 @@
+#pragma once
+// Row kernels of the CPU sparse24_linear, shared by linear24_cpu.cpp (baseline, large-M path, checks,
+// registration) and linear24_avx512.cpp (compiled with -mavx512*).
+//
+// Deliberately free of torch headers: linear24_avx512.cpp includes only this file, so no inline
+// function from a shared header is ever compiled with AVX-512 instructions (the linker may keep any
+// one copy of an inline function, and an AVX-512 copy would then run on CPUs without it).
+#include <cstdint>
+
+namespace sparseops::sparse24 {
+
+enum class ElemType { kFloat, kHalf, kBFloat16 };
+
+// Small-M kernel: for every output row n in [n0, n1) and every m < M,
+//   z[m * ldz + n] = bias[n] + sum_k W[n, k] * x[m * ldx + k]     (fp32 accumulation)
+// W: values [N, K/2] (elements of type `type`, row stride K/2) and packed meta uint8 [N, ceil(K/8)]
+// (row stride ceil(K/8)); x: fp32 [M, K] with row stride ldx >= K (linear24_cpu.cpp pads it so that
+// rows do not start 4 KiB apart: 8 rows read in lockstep would then share L1 sets); bias: N floats or
+// nullptr. K % 4 == 0, K > 0.
+// Each W row is read once for all M rows (M is processed 8 rows at a time from L1).
+void linear24_rows_baseline(ElemType type, const void* values, const uint8_t* meta, int64_t K, const float* x,
+                            int64_t ldx, int64_t M, const float* bias, int64_t n0, int64_t n1, float* z, int64_t ldz);
+// The AVX-512 kernel takes x as fp32 for kFloat/kHalf and as bf16 (uint16 bits) for kBFloat16 (which
+// it multiplies in bf16 pairs with vdpbf16ps; products are exact in fp32, the sum is fp32).
+void linear24_rows_avx512(ElemType type, const void* values, const uint8_t* meta, int64_t K, const void* x,
+                          int64_t ldx, int64_t M, const float* bias, int64_t n0, int64_t n1, float* z, int64_t ldz);
+
+// Large-M path: rows [n0, n0 + rows) of packed W written dense into `dense` ([rows, K], row stride K).
+void linear24_decompress_rows_avx512(ElemType type, const void* values, const uint8_t* meta, int64_t K, int64_t n0,
+                                     int64_t rows, void* dense);
+
+}  // namespace sparseops::sparse24

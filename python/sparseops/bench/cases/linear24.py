@@ -1,0 +1,59 @@
+"""sparse24_linear cases: the 2:4 sparse linear layer against torch.nn.functional.linear on the same
+weight decompressed to dense (the job a user replaces), over LLM-like shapes (N, K) and batch rows M.
+
+M <= 16 is the decode/GEMV regime, reported against memory bandwidth (bytes = packed weight + x + y);
+larger M is reported against compute (flops = 2*M*N*K, the dense-equivalent work).
+On CPU, M = 1 bf16 with (4096, 4096) keeps the packed weight (18 MB) inside a 32 MB L3 while the dense
+one (32 MB) does not: such cases measure a cache-resident sparse weight, as in a small model's loop.
+"""
+from __future__ import annotations
+
+import importlib.util
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+import sparseops
+from sparseops.bench import Case, register, unavailable
+from sparseops.linear24 import sparse24_linear
+
+_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+_GEMV_MAX_M = 16
+
+
+def _shapes(quick: bool) -> list[tuple[int, int]]:
+    return [(4096, 4096)] if quick else [(4096, 4096), (11008, 4096), (4096, 11008)]
+
+
+def _rows(quick: bool) -> list[int]:
+    return [1, 8, 256] if quick else [1, 8, 64, 2048]
+
+
+def _case(device: str, w24: sparseops.Sparse24, w: Tensor, dtype_name: str, m: int) -> Case:
+    n, k = w.shape
+    x = torch.randn(m, k, device=device, dtype=w.dtype)
+    if device == "cuda" and importlib.util.find_spec("sparseops.linear24_cuda") is None:
+        ours = unavailable("sparseops.linear24_cuda (the CUDA backends) is not in this build")
+    else:
+        ours = lambda: sparse24_linear(x, w24)  # noqa: E731
+    packed = w24.values.nbytes + w24.meta.nbytes
+    io = x.nbytes + m * n * x.element_size()
+    amount = {"bytes": packed + io} if m <= _GEMV_MAX_M else {"flops": 2 * m * n * k}
+    return Case(
+        label=f"{dtype_name} M={m} N={n} K={k}",
+        params={"dtype": dtype_name, "m": m, "n": n, "k": k, "activation": "none", "bias": False},
+        impls={"sparseops": ours, "torch_dense_linear": lambda: F.linear(x, w)},
+        baseline="torch_dense_linear",
+        **amount,
+    )
+
+
+@register("sparse24", "sparse24_linear")
+def sparse24_linear_cases(device: str, quick: bool):
+    for n, k in _shapes(quick):
+        for dtype_name, dtype in _DTYPES.items():
+            w24 = sparseops.compress_24(torch.randn(n, k, device=device, dtype=dtype), prune=True)
+            w = sparseops.decompress_24(w24)
+            for m in _rows(quick):
+                yield _case(device, w24, w, dtype_name, m)

@@ -1,0 +1,300 @@
+"""sparse24_linear on CPU: against the pure-torch reference, both ISA paths and both M paths, opcheck,
+autograd, torch.compile and the error messages."""
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import sparseops
+from sparseops import Sparse24, compress_24
+from sparseops.linear24 import sparse24_linear
+from sparseops.reference import decompress_24_ref, sparse24_linear_ref
+
+ops = torch.ops.sparseops
+DTYPES = [torch.float32, torch.bfloat16, torch.float16]
+ACTIVATIONS = ["none", "relu", "gelu", "silu", "relu2"]
+TORCH_ACT = {
+    "none": lambda z: z,
+    "relu": F.relu,
+    "gelu": F.gelu,
+    "silu": F.silu,
+    "relu2": lambda z: F.relu(z).square(),
+}
+GEMV_MAX_M = 32  # the largest default small-M / large-M crossover in linear24_cpu.cpp (fp32)
+
+
+def make_case(m, n, k, dtype, bias=True):
+    w = torch.randn(n, k).to(dtype)
+    values, meta = ops.compress_24(w, True, "packed")
+    x = torch.randn(m, k).to(dtype)
+    b = torch.randn(n).to(dtype) if bias else None
+    return x, values, meta, b
+
+
+def assert_matches_reference(y, x, values, meta, bias, act):
+    """fp32: tight. fp16/bf16: error vs the fp32 reference within twice that of torch's own
+    low-precision F.linear + act (flash-attention's rule), plus one ulp of the output's scale."""
+    ref = sparse24_linear_ref(x.float(), values.float(), meta, None if bias is None else bias.float(), act)
+    assert y.shape == ref.shape and y.dtype == x.dtype
+    if y.numel() == 0:
+        return
+    scale = ref.abs().max().item() + 1.0
+    err = (y.float() - ref).abs().max().item()
+    if x.dtype == torch.float32:
+        assert err <= 2e-6 * math.sqrt(x.shape[1] + 1) * scale, err
+        return
+    w = decompress_24_ref(values, meta)
+    low = TORCH_ACT[act](F.linear(x, w, bias)).float()
+    err_low = (low - ref).abs().max().item()
+    eps = torch.finfo(x.dtype).eps
+    assert err <= 2 * err_low + eps * scale, (err, err_low)
+
+
+@pytest.mark.parametrize("act", ACTIVATIONS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_matches_reference_awkward_shapes(dtype, act):
+    for m in (0, 1, 3, 17, GEMV_MAX_M + 48):
+        for k in (4, 12, 36, 260):
+            for n in (1, 7, 33):
+                x, values, meta, b = make_case(m, n, k, dtype, bias=(k != 12))
+                y = ops.sparse24_linear(x, values, meta, b, act)
+                assert_matches_reference(y, x, values, meta, b, act)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_every_m_around_the_crossover(dtype):
+    # Covers every row-count remainder of the 8-row blocks and both sides of the small/large-M switch.
+    x, values, meta, b = make_case(GEMV_MAX_M + 9, 40, 292, dtype)
+    for m in range(1, GEMV_MAX_M + 10):
+        y = ops.sparse24_linear(x[:m], values, meta, b, "silu")
+        assert_matches_reference(y, x[:m], values, meta, b, "silu")
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_large_m_path_partial_tiles(dtype):
+    # N = 300: one full 256-row tile and a partial one; K not a multiple of 32.
+    x, values, meta, b = make_case(GEMV_MAX_M + 40, 300, 1028, dtype)
+    for act in ("none", "gelu"):
+        y = ops.sparse24_linear(x, values, meta, b, act)
+        assert_matches_reference(y, x, values, meta, b, act)
+    y = ops.sparse24_linear(x, values, meta, None, "relu2")
+    assert_matches_reference(y, x, values, meta, None, "relu2")
+
+
+def test_long_k_small_m():
+    # K large enough for the small-M kernel to split it into several pieces.
+    x, values, meta, b = make_case(9, 20, 8196, torch.float32)
+    y = ops.sparse24_linear(x, values, meta, b, "none")
+    assert_matches_reference(y, x, values, meta, b, "none")
+
+
+@pytest.mark.parametrize("m", [2, GEMV_MAX_M + 30])
+def test_inference_mode(m):
+    x, values, meta, b = make_case(m, 33, 64, torch.bfloat16)
+    with torch.inference_mode():
+        y = ops.sparse24_linear(x, values, meta, b, "relu")
+    assert_matches_reference(y, x, values, meta, b, "relu")
+
+
+@pytest.mark.parametrize("m", [5, GEMV_MAX_M + 30])
+def test_non_contiguous_inputs(m):
+    x, values, meta, b = make_case(m, 33, 36, torch.float32)
+    xt = x.t().contiguous().t()  # column-major
+    xs = torch.randn(m, 72)[:, ::2]  # strided columns
+    for xx in (xt, xs):
+        assert not xx.is_contiguous()
+        y = ops.sparse24_linear(xx, values, meta, b, "gelu")
+        assert_matches_reference(y, xx, values, meta, b, "gelu")
+    vt = values.t().contiguous().t()
+    y = ops.sparse24_linear(x, vt, meta, b[::1], "none")
+    assert_matches_reference(y, x, values, meta, b, "none")
+
+
+def test_empty_k_and_n():
+    b = torch.randn(5)
+    values, meta = torch.empty(5, 0), torch.empty(5, 0, dtype=torch.uint8)
+    x = torch.randn(3, 0)
+    for act in ACTIVATIONS:
+        torch.testing.assert_close(ops.sparse24_linear(x, values, meta, b, act), TORCH_ACT[act](b).expand(3, 5))
+    assert torch.equal(ops.sparse24_linear(x, values, meta, None, "gelu"), torch.zeros(3, 5))
+    y = ops.sparse24_linear(torch.randn(4, 8), torch.empty(0, 4), torch.empty(0, 1, dtype=torch.uint8), None, "none")
+    assert y.shape == (4, 0)
+
+
+def test_wrapper_shapes_and_activation_none():
+    w24 = compress_24(torch.randn(7, 36), prune=True)
+    b = torch.randn(7)
+    x = torch.randn(2, 3, 36)
+    y = sparse24_linear(x, w24, b, activation="silu")
+    assert y.shape == (2, 3, 7)
+    ref = sparse24_linear_ref(x, w24.values, w24.meta, b, "silu")
+    torch.testing.assert_close(y, ref, atol=1e-5, rtol=1e-5)
+    y1 = sparse24_linear(x[0, 0], w24, backend="cpu")
+    assert y1.shape == (7,)
+    torch.testing.assert_close(y1, sparse24_linear_ref(x[0, 0], w24.values, w24.meta), atol=1e-5, rtol=1e-5)
+    assert sparse24_linear(torch.randn(0, 4, 36), w24).shape == (0, 4, 7)
+
+
+ISA_SCRIPT = textwrap.dedent(
+    """
+    import torch, sparseops
+    from sparseops.reference import sparse24_linear_ref
+    ops = torch.ops.sparseops
+    torch.manual_seed(0)
+    print(sparseops.build_info()["cpu_isa"])
+    for dtype in (torch.float32, torch.bfloat16, torch.float16):
+        for m, n, k in ((1, 7, 36), (3, 33, 260), (11, 5, 100), (40, 9, 68)):
+            w = torch.randn(n, k).to(dtype)
+            v, meta = ops.compress_24(w, True, "packed")
+            x, b = torch.randn(m, k).to(dtype), torch.randn(n).to(dtype)
+            y = ops.sparse24_linear(x, v, meta, b, "gelu").float()
+            ref = sparse24_linear_ref(x.float(), v.float(), meta, b.float(), "gelu")
+            tol = 1e-4 if dtype == torch.float32 else 3e-2
+            err = (y - ref).abs().max().item()
+            assert err <= tol * (ref.abs().max().item() + 1), (dtype, m, n, k, err)
+    print("ok")
+    """
+)
+
+
+@pytest.mark.parametrize("isa", ["baseline", "default"])
+def test_isa_paths(isa):
+    env = dict(os.environ)
+    env.pop("SPARSEOPS_CPU_ISA", None)
+    if isa == "baseline":
+        env["SPARSEOPS_CPU_ISA"] = "baseline"
+    env["PYTHONPATH"] = os.pathsep.join([os.path.dirname(os.path.dirname(sparseops.__file__)), env.get("PYTHONPATH", "")])
+    out = subprocess.run([sys.executable, "-c", ISA_SCRIPT], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.split()
+    assert lines[-1] == "ok"
+    if isa == "baseline":
+        assert lines[0] == "baseline"
+    else:
+        assert lines[0] == sparseops.build_info()["cpu_isa"]
+
+
+# ---- autograd ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("act", ACTIVATIONS)
+@pytest.mark.parametrize("m", [3, GEMV_MAX_M + 8])
+def test_grads_match_reference_autograd(act, m):
+    x0, values0, meta, b0 = make_case(m, 12, 36, torch.float32)
+    grad_y = torch.randn(m, 12)
+
+    def grads(fn):
+        x, v, b = (t.clone().requires_grad_() for t in (x0, values0, b0))
+        fn(x, v, b).backward(grad_y)
+        return x.grad, v.grad, b.grad
+
+    ours = grads(lambda x, v, b: sparse24_linear(x, Sparse24(v, meta), b, activation=act))
+    ref = grads(lambda x, v, b: sparse24_linear_ref(x, v, meta, b, act))
+    for g, r in zip(ours, ref):
+        torch.testing.assert_close(g, r, atol=1e-4, rtol=1e-4)
+
+
+def test_grads_partial_needs_and_bf16():
+    x0, values0, meta, b0 = make_case(4, 9, 20, torch.bfloat16)
+    x = x0.clone().requires_grad_()
+    ops.sparse24_linear(x, values0, meta, b0, "gelu").sum().backward()
+    xr = x0.float().requires_grad_()
+    sparse24_linear_ref(xr, values0.float(), meta, b0.float(), "gelu").sum().backward()
+    assert x.grad.dtype == torch.bfloat16
+    torch.testing.assert_close(x.grad.float(), xr.grad, atol=5e-2, rtol=5e-2)
+    v = values0.clone().requires_grad_()
+    ops.sparse24_linear(x0, v, meta, None, "relu").sum().backward()
+    vr = values0.float().requires_grad_()
+    sparse24_linear_ref(x0.float(), vr, meta, None, "relu").sum().backward()
+    torch.testing.assert_close(v.grad.float(), vr.grad, atol=5e-2, rtol=5e-2)
+
+
+# ---- opcheck and compile --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("requires_grad", [False, True])
+def test_opcheck(requires_grad):
+    samples = [
+        (make_case(3, 7, 12, torch.float32), "gelu"),
+        (make_case(GEMV_MAX_M + 4, 5, 36, torch.float32, bias=False), "relu"),
+        (make_case(2, 4, 8, torch.bfloat16), "relu2"),
+    ]
+    for (x, values, meta, b), act in samples:
+        if requires_grad:
+            x.requires_grad_()
+            values.requires_grad_()
+            if b is not None:
+                b.requires_grad_()
+        torch.library.opcheck(ops.sparse24_linear, (x, values, meta, b, act))
+
+
+def test_torch_compile_fullgraph_with_backward():
+    w24 = compress_24(torch.randn(33, 68), prune=True)
+    b = torch.randn(33)
+
+    def f(x):
+        return sparse24_linear(x, w24, b, activation="gelu")
+
+    compiled = torch.compile(f, fullgraph=True, backend="aot_eager")
+    x = torch.randn(2, 5, 68, requires_grad=True)
+    y = compiled(x)
+    torch.testing.assert_close(y, f(x))
+    y.sum().backward()
+    xr = x.detach().clone().requires_grad_()
+    sparse24_linear_ref(xr, w24.values, w24.meta, b, "gelu").sum().backward()
+    torch.testing.assert_close(x.grad, xr.grad, atol=1e-4, rtol=1e-4)
+
+
+# ---- bad inputs ----------------------------------------------------------------------------------
+
+
+def test_bad_inputs_op():
+    x, values, meta, b = make_case(3, 7, 12, torch.float32)
+    with pytest.raises(TypeError, match=r"sparse24_linear: expected values to have x's dtype Float \(got BFloat16\)"):
+        ops.sparse24_linear(x, values.bfloat16(), meta, b, "none")
+    with pytest.raises(TypeError, match=r"sparse24_linear: expected x to have dtype in"):
+        ops.sparse24_linear(x.double(), values, meta, b, "none")
+    with pytest.raises(RuntimeError, match=r"sparse24_linear: expected x.size\(1\) == 2 \* values.size\(1\) \(got 16 vs 2 \* 6\)"):
+        ops.sparse24_linear(torch.randn(3, 16), values, meta, b, "none")
+    with pytest.raises(RuntimeError, match=r"sparse24_linear: expected x.size\(1\) \(K\) to be divisible by 4 \(got 10\)"):
+        ops.sparse24_linear(torch.randn(3, 10), torch.randn(7, 5), meta, b, "none")
+    with pytest.raises(RuntimeError, match=r"sparse24_linear: expected x to be 2-D \(got 3-D"):
+        ops.sparse24_linear(x.unsqueeze(0), values, meta, b, "none")
+    with pytest.raises(TypeError, match=r"sparse24_linear: expected meta to have dtype uint8"):
+        ops.sparse24_linear(x, values, meta.short(), b, "none")
+    with pytest.raises(RuntimeError, match=r"sparse24_linear: expected meta of shape \[7, 2\]"):
+        ops.sparse24_linear(x, values, meta[:, :1], b, "none")
+    with pytest.raises(RuntimeError, match=r"sparse24_linear: expected bias of shape \[7\] \(got \[6\]\)"):
+        ops.sparse24_linear(x, values, meta, b[:6], "none")
+    with pytest.raises(TypeError, match=r"sparse24_linear: expected bias to have x's dtype Float \(got Half\)"):
+        ops.sparse24_linear(x, values, meta, b.half(), "none")
+    with pytest.raises(RuntimeError, match=r"sparse24_linear: expected activation in .* \(got \"tanh\"\)"):
+        ops.sparse24_linear(x, values, meta, b, "tanh")
+
+
+def test_bad_inputs_wrapper():
+    w24 = compress_24(torch.randn(7, 12), prune=True)
+    x = torch.randn(3, 12)
+    with pytest.raises(TypeError, match=r"sparse24_linear: expected x to be a Tensor \(got list\)"):
+        sparse24_linear([1.0], w24)
+    with pytest.raises(TypeError, match=r"sparse24_linear: expected w24 to be a Sparse24 .*\(got Tensor\)"):
+        sparse24_linear(x, torch.randn(7, 12))
+    with pytest.raises(TypeError, match=r"sparse24_linear: expected bias to be a Tensor or None \(got float\)"):
+        sparse24_linear(x, w24, 1.0)
+    with pytest.raises(ValueError, match=r"sparse24_linear: expected activation in .* \(got 'tanh'\)"):
+        sparse24_linear(x, w24, activation="tanh")
+    with pytest.raises(ValueError, match=r"sparse24_linear: expected backend in .* \(got 'mkl'\)"):
+        sparse24_linear(x, w24, backend="mkl")
+    with pytest.raises(ValueError, match=r"sparse24_linear: expected backend in \('auto', 'cpu'\) for x on cpu \(got 'cusparselt'"):
+        sparse24_linear(x, w24, backend="cusparselt")
+    with pytest.raises(ValueError, match=r"sparse24_linear: expected w24.layout == 'packed' for x on cpu \(got 'cutlass'\)"):
+        sparse24_linear(x, w24._replace(layout="cutlass"))
+    with pytest.raises(ValueError, match=r"sparse24_linear: expected x of shape \[..., K\]"):
+        sparse24_linear(torch.tensor(1.0), w24)
