@@ -1,5 +1,5 @@
 """sparseops: sparse kernels for PyTorch (CPU and CUDA), used as ``torch.ops.sparseops.*`` or through
-the typed functions re-exported here."""
+the typed functions re-exported here (and the modules in :mod:`sparseops.nn`)."""
 from __future__ import annotations
 
 from ._build import build_info, cuda_compiled
@@ -7,10 +7,13 @@ from .sparse24 import Sparse24, compress_24, decompress_24, nm_mask
 from .linear24 import sparse24_linear
 from . import linear24_cuda  # noqa: F401  (fake kernels + autograd of the CUDA-only 2:4 GEMM ops)
 from .linear24_cuda import cuda_backend_choice
+from .training import GradientFlowSchedule, nm_srste, transposable_mask_24
+from . import nn  # noqa: F401
 
 __version__ = build_info()["version"]
 
 __all__ = [
+    "GradientFlowSchedule",
     "Sparse24",
     "build_info",
     "compress_24",
@@ -18,5 +21,8 @@ __all__ = [
     "cuda_compiled",
     "decompress_24",
     "nm_mask",
+    "nm_srste",
+    "nn",
     "sparse24_linear",
+    "transposable_mask_24",
 ]
