@@ -5,22 +5,29 @@
 
 #include <optional>
 #include <string>
+#include <string_view>
 
+#include "common/activation.h"
 #include "common/checks.h"
 #include "common/sparse24_format.h"
 
 namespace sparseops::sparse24 {
 
-enum class Activation { kNone, kRelu, kGelu, kSilu, kRelu2 };
+// Parses a linear op's activation argument (the names in common/activation.h).
+inline Act parse_activation(const char* op, c10::string_view name) {
+  Act act = Act::kNone;
+  TORCH_CHECK(act_from_name(std::string_view(name.data(), name.size()), &act), op, ": expected activation in {",
+              kActivationNames, "} (got \"", std::string(name), "\")");
+  return act;
+}
 
-inline Activation parse_activation(const char* op, c10::string_view name) {
-  if (name == "none") return Activation::kNone;
-  if (name == "relu") return Activation::kRelu;
-  if (name == "gelu") return Activation::kGelu;
-  if (name == "silu") return Activation::kSilu;
-  if (name == "relu2") return Activation::kRelu2;
-  TORCH_CHECK(false, op, ": expected activation in {\"none\", \"relu\", \"gelu\", \"silu\", \"relu2\"} (got \"",
-              std::string(name), "\")");
+// bias: optional [N], x's dtype and device.
+inline void check_linear_bias(const char* op, const std::optional<at::Tensor>& bias, const at::Tensor& x, int64_t n) {
+  if (!bias.has_value()) return;
+  TORCH_CHECK_TYPE(bias->scalar_type() == x.scalar_type(), op, ": expected bias to have x's dtype ", x.scalar_type(),
+                   " (got ", bias->scalar_type(), ")");
+  TORCH_CHECK(bias->dim() == 1 && bias->size(0) == n, op, ": expected bias of shape [", n, "] (got ", bias->sizes(), ")");
+  check_same_device(op, "bias", *bias, "x", x);
 }
 
 struct Linear24Sizes {
@@ -48,13 +55,7 @@ inline Linear24Sizes check_linear24_inputs(const at::Tensor& x, const at::Tensor
   TORCH_CHECK(meta.dim() == 2 && meta.size(0) == n && meta.size(1) == packed_meta_cols(k), op,
               ": expected meta of shape [", n, ", ", packed_meta_cols(k), "] for values of shape ", values.sizes(),
               " (got ", meta.sizes(), ")");
-  if (bias.has_value()) {
-    TORCH_CHECK_TYPE(bias->scalar_type() == x.scalar_type(), op, ": expected bias to have x's dtype ",
-                     x.scalar_type(), " (got ", bias->scalar_type(), ")");
-    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == n, op, ": expected bias of shape [", n, "] (got ",
-                bias->sizes(), ")");
-    check_same_device(op, "bias", *bias, "x", x);
-  }
+  check_linear_bias(op, bias, x, n);
   return {m, n, k};
 }
 

@@ -44,20 +44,20 @@ int64_t gemv_max_m(at::ScalarType dtype) {
   return dtype == at::kBFloat16 ? 16 : 32;
 }
 
-void apply_activation_(at::Tensor& t, Activation act) {
+void apply_activation_(at::Tensor& t, Act act) {
   switch (act) {
-    case Activation::kNone:
+    case Act::kNone:
       break;
-    case Activation::kRelu:
+    case Act::kRelu:
       at::relu_(t);
       break;
-    case Activation::kGelu:
+    case Act::kGelu:
       at::gelu_(t, "none");
       break;
-    case Activation::kSilu:
+    case Act::kSilu:
       at::silu_(t);
       break;
-    case Activation::kRelu2:
+    case Act::kRelu2:
       at::relu_(t);
       t.mul_(t);
       break;
@@ -100,7 +100,7 @@ ElemType elem_type(at::ScalarType t) {
 }
 
 void linear24_small_m(const at::Tensor& xc, const at::Tensor& vc, const at::Tensor& mc,
-                      const std::optional<at::Tensor>& bias, Activation act, at::Tensor& out) {
+                      const std::optional<at::Tensor>& bias, Act act, at::Tensor& out) {
   const int64_t M = xc.size(0), K = xc.size(1), N = vc.size(0);
   const bool avx512 = cpu_use_avx512();
   const ElemType type = elem_type(vc.scalar_type());
@@ -149,7 +149,7 @@ void decompress_rows(const T* vp, const uint8_t* mp, int64_t K, int64_t n0, int6
 }
 
 void linear24_large_m(const at::Tensor& xc, const at::Tensor& vc, const at::Tensor& mc,
-                      const std::optional<at::Tensor>& bias, Activation act, at::Tensor& out) {
+                      const std::optional<at::Tensor>& bias, Act act, at::Tensor& out) {
   const int64_t K = xc.size(1), N = vc.size(0);
   const int64_t tile_n = std::min(kTileN, N);
   const int64_t tiles = (N + tile_n - 1) / tile_n;
@@ -188,7 +188,7 @@ void linear24_large_m(const at::Tensor& xc, const at::Tensor& vc, const at::Tens
 
 at::Tensor sparse24_linear_cpu(const at::Tensor& x, const at::Tensor& values, const at::Tensor& meta,
                                const std::optional<at::Tensor>& bias, c10::string_view activation) {
-  const Activation act = parse_activation(kOp, activation);
+  const Act act = parse_activation(kOp, activation);
   const Linear24Sizes s = check_linear24_inputs(x, values, meta, bias);
   check_device_type(kOp, "x", x, at::kCPU);
   at::Tensor out = at::empty({s.m, s.n}, x.options());

@@ -6,6 +6,7 @@
 #include <torch/library.h>
 
 #include "common/cuda_glue.h"
+#include "sparse24/linear24_checks.h"
 #include "sparse24/linear24_launch.h"
 #include "sparse24/sparse24_checks.h"
 #include "sparse24/sparse24_launch.h"
@@ -17,35 +18,12 @@ constexpr const char* kOp = "sparse24_linear";
 
 bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
 
+// The CPU kernel's checks (same messages on every device), plus the device.
 Act check_linear24_cuda_inputs(const at::Tensor& x, const at::Tensor& values, const at::Tensor& meta,
                                const std::optional<at::Tensor>& bias, c10::string_view activation) {
-  Act act;
-  TORCH_CHECK(parse_activation(std::string_view(activation.data(), activation.size()), &act), kOp,
-              ": expected activation in {", kActivationNames, "} (got \"", std::string(activation), "\")");
-  check_dtype(kOp, "x", x, {at::kFloat, at::kHalf, at::kBFloat16});
-  check_dim(kOp, "x", x, 2);
-  check_dim(kOp, "values", values, 2);
-  check_dim(kOp, "meta", meta, 2);
+  const Act act = parse_activation(kOp, activation);
+  check_linear24_inputs(x, values, meta, bias);
   check_device_type(kOp, "x", x, at::kCUDA);
-  check_same_device(kOp, "values", values, "x", x);
-  check_same_device(kOp, "meta", meta, "x", x);
-  TORCH_CHECK_TYPE(values.scalar_type() == x.scalar_type(), kOp, ": expected values.dtype == x.dtype (got ",
-                   values.scalar_type(), " vs ", x.scalar_type(), ")");
-  check_dtype(kOp, "meta", meta, {at::kByte});
-  const int64_t K = x.size(1), N = values.size(0);
-  TORCH_CHECK(K % 4 == 0, kOp, ": expected x.size(1) (in_features) to be divisible by 4 (got ", K, ")");
-  TORCH_CHECK(2 * values.size(1) == K, kOp, ": expected x.size(-1) == 2 * values.size(1) (got ", K, " vs ",
-              2 * values.size(1), ")");
-  TORCH_CHECK(meta.size(0) == N && meta.size(1) == packed_meta_cols(K), kOp, ": expected meta of shape [", N, ", ",
-              packed_meta_cols(K), "] (the \"packed\" layout) for values of shape ", values.sizes(), " (got ",
-              meta.sizes(), ")");
-  if (bias.has_value()) {
-    check_same_device(kOp, "bias", *bias, "x", x);
-    TORCH_CHECK_TYPE(bias->scalar_type() == x.scalar_type(), kOp, ": expected bias.dtype == x.dtype (got ",
-                     bias->scalar_type(), " vs ", x.scalar_type(), ")");
-    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == N, kOp, ": expected bias of shape [", N, "] (got ",
-                bias->sizes(), ")");
-  }
   return act;
 }
 

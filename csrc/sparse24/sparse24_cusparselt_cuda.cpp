@@ -27,6 +27,7 @@
 #include <tuple>
 
 #include "common/cuda_glue.h"
+#include "sparse24/linear24_checks.h"
 #include "sparse24/linear24_launch.h"
 #include "sparse24/sparse24_checks.h"
 
@@ -233,9 +234,7 @@ at::Tensor sparse24_linear_cusparselt_cuda(const at::Tensor& x, const at::Tensor
                                            int64_t in_features, const std::optional<at::Tensor>& bias,
                                            c10::string_view activation, int64_t alg_id, bool search) {
   const char* op = kLinearOp;
-  Act act;
-  TORCH_CHECK(parse_activation(std::string_view(activation.data(), activation.size()), &act), op,
-              ": expected activation in {", kActivationNames, "} (got \"", std::string(activation), "\")");
+  const Act act = parse_activation(op, activation);
   check_dim(op, "x", x, 2);
   check_16bit(op, "x", x);
   check_device_type(op, "x", x, at::kCUDA);
@@ -249,12 +248,7 @@ at::Tensor sparse24_linear_cusparselt_cuda(const at::Tensor& x, const at::Tensor
   TORCH_CHECK(alg_id >= -1, op, ": expected alg_id >= -1 (-1: default) (got ", alg_id, ")");
   TORCH_CHECK(!(search && alg_id >= 0), op, ": pass either alg_id >= 0 or search=True, not both (got alg_id=",
               alg_id, ")");
-  if (bias.has_value()) {
-    check_same_device(op, "bias", *bias, "x", x);
-    TORCH_CHECK_TYPE(bias->scalar_type() == x.scalar_type(), op, ": expected bias.dtype == x.dtype (got ",
-                     bias->scalar_type(), " vs ", x.scalar_type(), ")");
-    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == N, op, ": expected bias of shape [", N, "] (got ", bias->sizes(), ")");
-  }
+  check_linear_bias(op, bias, x, N);
   const c10::cuda::OptionalCUDAGuard guard(x.device());
   const int device = x.device().index();
   const cusparseLtHandle_t* h = handle_for(op, device);

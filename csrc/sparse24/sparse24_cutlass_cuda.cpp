@@ -4,6 +4,7 @@
 #include <torch/library.h>
 
 #include "common/cuda_glue.h"
+#include "sparse24/linear24_checks.h"
 #include "sparse24/linear24_launch.h"
 #include "sparse24/sparse24_checks.h"
 #include "sparse24/sparse24_cutlass_launch.h"
@@ -21,9 +22,7 @@ at::Tensor aligned_contiguous(const at::Tensor& t) {
 
 Act check_cutlass_inputs(const at::Tensor& x, const at::Tensor& values, const at::Tensor& meta,
                          const std::optional<at::Tensor>& bias, c10::string_view activation) {
-  Act act;
-  TORCH_CHECK(parse_activation(std::string_view(activation.data(), activation.size()), &act), kOp,
-              ": expected activation in {", kActivationNames, "} (got \"", std::string(activation), "\")");
+  const Act act = parse_activation(kOp, activation);
   check_dim(kOp, "x", x, 2);
   check_dim(kOp, "values", values, 2);
   check_dim(kOp, "meta", meta, 2);
@@ -47,13 +46,7 @@ Act check_cutlass_inputs(const at::Tensor& x, const at::Tensor& values, const at
   TORCH_CHECK(meta.size(0) == N && meta.size(1) == cutlass_meta_cols(K), kOp, ": expected meta of shape [", N, ", ",
               cutlass_meta_cols(K), "] (the \"cutlass\" layout) for values of shape ", values.sizes(), " (got ",
               meta.sizes(), ")");
-  if (bias.has_value()) {
-    check_same_device(kOp, "bias", *bias, "x", x);
-    TORCH_CHECK_TYPE(bias->scalar_type() == x.scalar_type(), kOp, ": expected bias.dtype == x.dtype (got ",
-                     bias->scalar_type(), " vs ", x.scalar_type(), ")");
-    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == N, kOp, ": expected bias of shape [", N, "] (got ",
-                bias->sizes(), ")");
-  }
+  check_linear_bias(kOp, bias, x, N);
   return act;
 }
 
