@@ -11,7 +11,6 @@
 
 #include "common/cpu_features.h"
 #include "common/dispatch.h"
-#include "common/nm_select.h"
 #include "sparse24/sparse24_checks.h"
 #include "sparse24/sparse24_cpu_kernels.h"
 
