@@ -1,15 +1,18 @@
-// compress_24 / decompress_24 on CPU: rows split across threads, one pass over w.
+// compress_24 / decompress_24 on CPU: rows split across threads, one pass over w. The AVX-512 row
+// kernels (compress24_avx512.cpp) run when the CPU has AVX-512; the loops below are the baseline.
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include <atomic>
 #include <cmath>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
+#include "common/cpu_features.h"
 #include "common/dispatch.h"
-#include "common/nm_select.h"
 #include "sparse24/sparse24_checks.h"
+#include "sparse24/sparse24_cpu_kernels.h"
 
 namespace sparseops::sparse24 {
 namespace {
@@ -41,6 +44,27 @@ void store_row_meta(const uint8_t* codes, int64_t groups, int64_t r, int64_t row
   }
 }
 
+template <typename scalar_t>
+constexpr cpu::Dtype cpu_dtype() {
+  if constexpr (std::is_same_v<scalar_t, float>) return cpu::Dtype::kFloat32;
+  if constexpr (std::is_same_v<scalar_t, at::Half>) return cpu::Dtype::kFloat16;
+  return cpu::Dtype::kBFloat16;
+}
+
+// Row r's metadata addresses for the AVX-512 kernels (meta is only read by decompress_24).
+cpu::RowMeta row_meta(void* meta, int64_t r, int64_t rows, Layout layout, int64_t meta_cols) {
+  cpu::RowMeta rm;
+  if (layout == Layout::kPacked) {
+    rm.packed = static_cast<uint8_t*>(meta) + r * meta_cols;
+  } else {
+    rm.cutlass = static_cast<int16_t*>(meta);
+    rm.even = cutlass_meta_offset(r, 0, rows);
+    rm.odd = cutlass_meta_offset(r, 1, rows);
+    rm.pair_stride = cutlass_meta_offset(r, 2, rows) - rm.even;
+  }
+  return rm;
+}
+
 uint8_t load_row_code(const void* meta, int64_t g, int64_t r, int64_t rows, Layout layout, int64_t meta_cols) {
   if (layout == Layout::kPacked) {
     const uint8_t byte = static_cast<const uint8_t*>(meta)[r * meta_cols + g / 2];
@@ -65,6 +89,19 @@ std::tuple<at::Tensor, at::Tensor> compress_24_cpu(const at::Tensor& w, bool pru
       scalar_t* vp = values.mutable_data_ptr<scalar_t>();
       void* mp = meta.data_ptr();
       const int64_t grain = std::max<int64_t>(1, 16384 / cols);
+      if (cpu_use_avx512()) {
+        at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
+          for (int64_t r = begin; r < end; ++r) {
+            const int64_t g = cpu::compress24_row_avx512(cpu_dtype<scalar_t>(), wp + r * cols, vp + r * (cols / 2),
+                                                         row_meta(mp, r, rows, layout, meta_cols), cols, prune);
+            if (g >= 0) {
+              record_min(first_bad, r * groups + g);
+              return;  // the first offender of this range; the outputs are discarded
+            }
+          }
+        });
+        return;
+      }
       at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
         std::vector<uint8_t> codes(groups);
         for (int64_t r = begin; r < end; ++r) {
@@ -81,14 +118,17 @@ std::tuple<at::Tensor, at::Tensor> compress_24_cpu(const at::Tensor& w, bool pru
                 has_nan |= std::isnan(v);
                 mag[j] = std::fabs(v);
               }
-              if (has_nan) record_min(first_bad, r * groups + g);
-              keep = top_n_mask(mag, 2, 4);
+              if (has_nan) {
+                record_min(first_bad, r * groups + g);
+                return;  // the first offender of this range; the outputs are discarded
+              }
+              keep = cpu::top_n_mask4(mag, 2);
             } else {
               keep = 0;
               for (int j = 0; j < 4; ++j) keep |= (static_cast<float>(q[j]) != 0.0f) << j;
               if (popcount4(keep) > 2) {
                 record_min(first_bad, r * groups + g);
-                keep = 0;
+                return;
               }
               keep = complete_pair(keep);
             }
@@ -127,6 +167,21 @@ at::Tensor decompress_24_cpu(const at::Tensor& values, const at::Tensor& meta, c
       const void* mp = mc.const_data_ptr();
       scalar_t* dp = dense.mutable_data_ptr<scalar_t>();
       const int64_t grain = std::max<int64_t>(1, 16384 / cols);
+      if (cpu_use_avx512()) {
+        at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
+          for (int64_t r = begin; r < end; ++r) {
+            // const_cast: the row kernel only reads the metadata
+            const int64_t g = cpu::decompress24_row_avx512(cpu_dtype<scalar_t>(), vp + r * (cols / 2),
+                                                           row_meta(const_cast<void*>(mp), r, rows, layout, meta_cols),
+                                                           dp + r * cols, cols);
+            if (g >= 0) {
+              record_min(first_bad, r * groups + g);
+              return;  // the first invalid code of this range; the output is discarded
+            }
+          }
+        });
+        return;
+      }
       at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
         for (int64_t r = begin; r < end; ++r) {
           for (int64_t g = 0; g < groups; ++g) {
@@ -135,7 +190,7 @@ at::Tensor decompress_24_cpu(const at::Tensor& values, const at::Tensor& meta, c
             d[0] = d[1] = d[2] = d[3] = scalar_t(0);
             if (!code_valid(code)) {
               record_min(first_bad, r * groups + g);
-              continue;
+              return;  // the first invalid code of this range; the output is discarded
             }
             d[code_first(code)] = vp[r * (cols / 2) + 2 * g];
             d[code_second(code)] = vp[r * (cols / 2) + 2 * g + 1];
