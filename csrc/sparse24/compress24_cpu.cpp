@@ -143,13 +143,7 @@ std::tuple<at::Tensor, at::Tensor> compress_24_cpu(const at::Tensor& w, bool pru
     });
   }
   const int64_t bad = first_bad.load();
-  if (bad != kNone) {
-    const int64_t r = bad / groups, g = bad % groups;
-    TORCH_CHECK(!prune, "compress_24: w contains NaN (row ", r, ", columns ", 4 * g, "..", 4 * g + 3,
-                "); magnitudes cannot be ranked for prune=True");
-    TORCH_CHECK(false, "compress_24: w is not 2:4 sparse: row ", r, ", group ", g, " (columns ", 4 * g, "..", 4 * g + 3,
-                ") has more than 2 non-zeros; pass prune=True to keep the 2 largest by magnitude");
-  }
+  check_compress_result(bad == kNone ? -1 : bad, groups, prune);
   return {values, meta};
 }
 
@@ -200,8 +194,7 @@ at::Tensor decompress_24_cpu(const at::Tensor& values, const at::Tensor& meta, c
     });
   }
   const int64_t bad = first_bad.load();
-  TORCH_CHECK(bad == kNone, "decompress_24: meta holds an invalid 2:4 code at row ", bad / std::max<int64_t>(groups, 1),
-              ", group ", bad % std::max<int64_t>(groups, 1), " (meta must come from compress_24 with the same layout)");
+  check_decompress_result(bad == kNone ? -1 : bad, groups);
   return dense;
 }
 

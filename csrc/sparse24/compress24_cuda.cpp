@@ -23,13 +23,7 @@ std::tuple<at::Tensor, at::Tensor> compress_24_cuda(const at::Tensor& w, bool pr
                      cutlass, to_device_dtype("compress_24", wc.scalar_type()), slot_ptr(first_bad)};
   SPARSEOPS_CUDA_CHECK(launch_compress_24(p, current_stream()));
   const int64_t bad = rows * cols > 0 ? read_slot(first_bad) : -1;
-  if (bad >= 0) {
-    const int64_t r = bad / groups, g = bad % groups;
-    TORCH_CHECK(!prune, "compress_24: w contains NaN (row ", r, ", columns ", 4 * g, "..", 4 * g + 3,
-                "); magnitudes cannot be ranked for prune=True");
-    TORCH_CHECK(false, "compress_24: w is not 2:4 sparse: row ", r, ", group ", g, " (columns ", 4 * g, "..", 4 * g + 3,
-                ") has more than 2 non-zeros; pass prune=True to keep the 2 largest by magnitude");
-  }
+  check_compress_result(bad, groups, prune);
   return {values, meta};
 }
 
@@ -46,8 +40,7 @@ at::Tensor decompress_24_cuda(const at::Tensor& values, const at::Tensor& meta, 
                        layout == Layout::kCutlass, to_device_dtype("decompress_24", vc.scalar_type()), slot_ptr(first_bad)};
   SPARSEOPS_CUDA_CHECK(launch_decompress_24(p, current_stream()));
   const int64_t bad = rows * cols > 0 ? read_slot(first_bad) : -1;
-  TORCH_CHECK(bad < 0, "decompress_24: meta holds an invalid 2:4 code at row ", bad / std::max<int64_t>(groups, 1),
-              ", group ", bad % std::max<int64_t>(groups, 1), " (meta must come from compress_24 with the same layout)");
+  check_decompress_result(bad, groups);
   return dense;
 }
 

@@ -70,4 +70,20 @@ inline Layout check_decompress_inputs(const at::Tensor& values, const at::Tensor
   return layout;
 }
 
+// The data-dependent errors of compress_24 / decompress_24, for the flat group index `bad` of the first
+// offending group (row-major, `groups` groups per row); bad < 0 means none. Shared by CPU and CUDA.
+inline void check_compress_result(int64_t bad, int64_t groups, bool prune) {
+  if (bad < 0) return;
+  const int64_t r = bad / groups, g = bad % groups;
+  TORCH_CHECK(!prune, "compress_24: w contains NaN (row ", r, ", columns ", 4 * g, "..", 4 * g + 3,
+              "); magnitudes cannot be ranked for prune=True");
+  TORCH_CHECK(false, "compress_24: w is not 2:4 sparse: row ", r, ", group ", g, " (columns ", 4 * g, "..", 4 * g + 3,
+              ") has more than 2 non-zeros; pass prune=True to keep the 2 largest by magnitude");
+}
+
+inline void check_decompress_result(int64_t bad, int64_t groups) {
+  TORCH_CHECK(bad < 0, "decompress_24: meta holds an invalid 2:4 code at row ", bad / std::max<int64_t>(groups, 1),
+              ", group ", bad % std::max<int64_t>(groups, 1), " (meta must come from compress_24 with the same layout)");
+}
+
 }  // namespace sparseops::sparse24
