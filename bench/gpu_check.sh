@@ -25,7 +25,7 @@ if ! "$PY" -c "import cutlass_library" 2>/dev/null; then
 fi
 
 # Build for this GPU only (e.g. 90a on H100/H200): one arch keeps the build short.
-ARCH=$("$PY" -c "import torch; a,b=torch.cuda.get_device_capability(); print(f'{a}{b}' + ('a' if a >= 9 else ''))")
+ARCH=${SPARSEOPS_CUDA_ARCHS:-$("$PY" -c "import torch; a,b=torch.cuda.get_device_capability(); print(f'{a}{b}' + ('a' if a >= 9 else ''))")}
 stamp "building for sm_$ARCH"
 export SPARSEOPS_WITH_CUDA=on SPARSEOPS_CUDA_ARCHS="$ARCH" BUILD_DIR=build/gpu PYTHON="$PY"
 tools/dev_build.sh -j "$(nproc)" > "$OUT/build.log" 2>&1 || { tail -50 "$OUT/build.log"; stamp "BUILD FAILED"; exit 1; }

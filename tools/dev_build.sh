@@ -10,10 +10,13 @@ if command -v flock >/dev/null 2>&1; then
   exec 9>/tmp/sparseops-build.lock
   flock 9
 fi
+# Prefer the cmake/ninja that pip installed beside this Python (the system's may be too old).
+CMAKE=$("$PY" -c "import cmake, os; print(os.path.join(cmake.CMAKE_BIN_DIR, 'cmake'))" 2>/dev/null || command -v cmake)
+NINJA=$("$PY" -c "import ninja, os; print(os.path.join(ninja.BIN_DIR, 'ninja'))" 2>/dev/null || command -v ninja)
 if [ ! -f "$BUILD_DIR/build.ninja" ]; then
-  cmake -S . -B "$BUILD_DIR" -G Ninja -DPython_EXECUTABLE="$(command -v "$PY")" \
+  "$CMAKE" -S . -B "$BUILD_DIR" -G Ninja -DCMAKE_MAKE_PROGRAM="$NINJA" -DPython_EXECUTABLE="$(command -v "$PY")" \
     -DSPARSEOPS_WITH_CUDA="${SPARSEOPS_WITH_CUDA:-auto}" -DSPARSEOPS_CUDA_ARCHS="${SPARSEOPS_CUDA_ARCHS:-80;90a}" \
     -Dpybind11_DIR="$("$PY" -c 'import pybind11; print(pybind11.get_cmake_dir())')" >/dev/null
 fi
-ninja -C "$BUILD_DIR" "$@"
+"$NINJA" -C "$BUILD_DIR" "$@"
 cp "$BUILD_DIR"/_C*.so python/sparseops/
