@@ -220,7 +220,7 @@ def test_auto_backend(layout, m):
 
 @cuda
 def test_auto_cutlass_layout_with_unsupported_k_falls_back():
-    x, w, bias = _inputs(20, 64, 80, torch.bfloat16, False)  # K % 64 != 0: compress_24 allows it
+    x, w, bias = _inputs(20, 64, 96, torch.bfloat16, False)  # K % 32 == 0 (compress_24's rule), K % 64 != 0
     s = compress_24(w, layout="cutlass")
     assert L.cuda_backend_choice(20, s, x.device) == "cutlass_dense"
     _assert_close(L.cuda_sparse24_linear(x, s, bias, "gelu"), _reference(x, w, bias, "gelu"), torch.bfloat16)
@@ -351,9 +351,9 @@ def test_backend_layout_mismatch(backend, layout):
 @cuda
 def test_cutlass_bad_inputs():
     _needs_sm80()
-    x, w, _ = _inputs(4, 64, 80, torch.float16, False)
+    x, w, _ = _inputs(4, 64, 96, torch.float16, False)  # compress_24(layout="cutlass") needs K % 32 == 0
     s = compress_24(w, layout="cutlass")
-    with pytest.raises(RuntimeError, match=r"sparse24_linear_cutlass: .*in_features \(x.size\(1\)\) % 64 == 0 \(got 80\)"):
+    with pytest.raises(RuntimeError, match=r"sparse24_linear_cutlass: .*in_features \(x.size\(1\)\) % 64 == 0 \(got 96\)"):
         _ops.sparse24_linear_cutlass(x, s.values, s.meta, None, "none")
     x32 = torch.randn(4, 128, device="cuda")
     v32 = torch.randn(64, 64, device="cuda")
