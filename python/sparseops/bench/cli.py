@@ -192,6 +192,21 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     out_dir = ensure_dir(args.out or os.path.join("bench_results", datetime.datetime.now().strftime("%Y%m%d-%H%M%S")))
 
     results: list[dict[str, Any]] = []
+    json_path = os.path.join(out_dir, "results.json")
+
+    def payload(complete: bool) -> dict[str, Any]:
+        return {
+            "schema": 1,
+            "complete": complete,
+            "created": datetime.datetime.now().isoformat(timespec="seconds"),
+            "argv": list(sys.argv[1:] if argv is None else argv),
+            "machine": machine,
+            "settings": {"quick": args.quick, "smoke": args.smoke, "family": args.family, "filter": args.filter,
+                         "timing": timer.method, "timing_settings": settings.__dict__},
+            "peaks": peaks.as_dict(),
+            "results": results,
+        }
+
     for gi, ((family, name), gen) in enumerate(selected, 1):
         cases = _cases(family, name, gen, args)
         for ci, case in enumerate(cases, 1):
@@ -201,6 +216,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         del cases
         if args.device == "cuda":
             torch.cuda.empty_cache()
+        # Rewritten after every registration, so a run stopped by a time limit keeps what it measured.
+        write_json(json_path, payload(complete=False))
 
     header = [
         f"sparseops {machine['sparseops']} benchmark: device {args.device} ({machine['device_name']}), "
@@ -219,18 +236,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if r["status"] == "error":
             print(f"\nERROR {r['family']}/{r['name']} {r['label']} {r['impl']}:\n{r['traceback']}")
 
-    payload = {
-        "schema": 1,
-        "created": datetime.datetime.now().isoformat(timespec="seconds"),
-        "argv": list(sys.argv[1:] if argv is None else argv),
-        "machine": machine,
-        "settings": {"quick": args.quick, "smoke": args.smoke, "family": args.family, "filter": args.filter,
-                     "timing": timer.method, "timing_settings": settings.__dict__},
-        "peaks": peaks.as_dict(),
-        "results": results,
-    }
-    json_path = os.path.join(out_dir, "results.json")
-    write_json(json_path, payload)
+    write_json(json_path, payload(complete=True))
     plot_path = os.path.join(out_dir, "speedup.png")
     title = f"sparseops on {args.device} ({machine['device_name']}, {threads} threads)"
     note = write_plot(plot_path, results, title)
