@@ -179,8 +179,8 @@ def test_opcheck_with_values_t(requires_grad):
         (op_sample(2, 12, 8, torch.bfloat16), "relu2"),
     ]
     for (x, values, meta, b, values_t, meta_t), act in samples:
-        if requires_grad:
-            for t in (x, values, b):
+        if requires_grad:  # values_t too: it gets no gradient, which opcheck must accept
+            for t in (x, values, b, values_t):
                 if t is not None:
                     t.requires_grad_()
         torch.library.opcheck(ops.sparse24_linear, (x, values, meta, b, act, values_t, meta_t))
