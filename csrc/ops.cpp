@@ -14,8 +14,10 @@ TORCH_LIBRARY(sparseops, m) {
 
   // ---- sparse24: 2:4 GEMM on the packed layout (CPU kernel; CUDA small-M GEMV) -------------------
   // y = act(x @ W^T + bias): x [M, K], W [N, K] given as packed (values [N, K/2], meta);
-  // activation in {"none", "relu", "gelu", "silu", "relu2"}; fp32 accumulation.
-  m.def("sparse24_linear(Tensor x, Tensor values, Tensor meta, Tensor? bias=None, str activation=\"none\") -> Tensor");
+  // activation in {"none", "relu", "gelu", "silu", "relu2"}; fp32 accumulation. Optional W^T [K, N]
+  // compressed the same way (values_t [K, N/2], meta_t [K, ceil(N/8)]; W's mask transposable): not read by
+  // the forward, used by the backward for grad_x = grad_z @ W as sparse24_linear(grad_z, values_t, meta_t).
+  m.def("sparse24_linear(Tensor x, Tensor values, Tensor meta, Tensor? bias=None, str activation=\"none\", Tensor? values_t=None, Tensor? meta_t=None) -> Tensor");
 
   // ---- sparse24: CUDA GEMM backends (CUTLASS sm80 SparseGemm, cuSPARSELt) -----------------------
   // Same maths with W in the "cutlass" layout.

@@ -59,4 +59,33 @@ inline Linear24Sizes check_linear24_inputs(const at::Tensor& x, const at::Tensor
   return {m, n, k};
 }
 
+// The optional (values_t, meta_t) of sparse24_linear: W^T [K, N] compressed in the packed layout, read by
+// the backward only (grad_x = grad_z @ W through the 2:4 kernel). Given together or not at all; values_t
+// [K, N/2] of values' dtype, meta_t uint8 [K, ceil(N/8)], N % 4 == 0, on x's device. Shapes only: the
+// kept positions are not compared with W's (that would read both operands on every forward).
+inline void check_linear24_transposed(const at::Tensor& x, const Linear24Sizes& s, const at::Tensor& values,
+                                      const std::optional<at::Tensor>& values_t,
+                                      const std::optional<at::Tensor>& meta_t) {
+  constexpr const char* op = "sparse24_linear";
+  TORCH_CHECK(values_t.has_value() == meta_t.has_value(), op,
+              ": expected values_t and meta_t to be given together (got values_t ",
+              values_t.has_value() ? "given" : "None", ", meta_t ", meta_t.has_value() ? "given" : "None", ")");
+  if (!values_t.has_value()) return;
+  const at::Tensor& vt = *values_t;
+  const at::Tensor& mt = *meta_t;
+  TORCH_CHECK_TYPE(vt.scalar_type() == values.scalar_type(), op, ": expected values_t to have values' dtype ",
+                   values.scalar_type(), " (got ", vt.scalar_type(), ")");
+  TORCH_CHECK_TYPE(mt.scalar_type() == at::kByte, op,
+                   ": expected meta_t to have dtype uint8 (layout \"packed\") (got ", mt.scalar_type(), ")");
+  check_same_device(op, "values_t", vt, "x", x);
+  check_same_device(op, "meta_t", mt, "x", x);
+  TORCH_CHECK(s.n % 4 == 0, op, ": values_t/meta_t (W^T in 2:4) need N = values.size(0) divisible by 4 (got ", s.n,
+              ")");
+  TORCH_CHECK(vt.dim() == 2 && vt.size(0) == s.k && 2 * vt.size(1) == s.n, op, ": expected values_t of shape [",
+              s.k, ", ", s.n / 2, "] (W^T [K, N] compressed, for values of shape ", values.sizes(), ") (got ",
+              vt.sizes(), ")");
+  TORCH_CHECK(mt.dim() == 2 && mt.size(0) == s.k && mt.size(1) == packed_meta_cols(s.n), op,
+              ": expected meta_t of shape [", s.k, ", ", packed_meta_cols(s.n), "] (got ", mt.sizes(), ")");
+}
+
 }  // namespace sparseops::sparse24

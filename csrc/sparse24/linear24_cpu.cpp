@@ -186,10 +186,13 @@ void linear24_large_m(const at::Tensor& xc, const at::Tensor& vc, const at::Tens
 
 // ---- the op ---------------------------------------------------------------------------------------
 
+// values_t/meta_t (W^T compressed) are for the backward (python/sparseops/linear24.py): checked, not read.
 at::Tensor sparse24_linear_cpu(const at::Tensor& x, const at::Tensor& values, const at::Tensor& meta,
-                               const std::optional<at::Tensor>& bias, c10::string_view activation) {
+                               const std::optional<at::Tensor>& bias, c10::string_view activation,
+                               const std::optional<at::Tensor>& values_t, const std::optional<at::Tensor>& meta_t) {
   const Act act = parse_activation(kOp, activation);
   const Linear24Sizes s = check_linear24_inputs(x, values, meta, bias);
+  check_linear24_transposed(x, s, values, values_t, meta_t);
   check_device_type(kOp, "x", x, at::kCPU);
   at::Tensor out = at::empty({s.m, s.n}, x.options());
   if (s.m == 0 || s.n == 0) return out;

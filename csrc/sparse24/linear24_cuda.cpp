@@ -19,17 +19,21 @@ constexpr const char* kOp = "sparse24_linear";
 bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
 
 // The CPU kernel's checks (same messages on every device), plus the device.
+// values_t/meta_t (W^T compressed) are for the backward (python/sparseops/linear24.py): checked, not read.
 Act check_linear24_cuda_inputs(const at::Tensor& x, const at::Tensor& values, const at::Tensor& meta,
-                               const std::optional<at::Tensor>& bias, c10::string_view activation) {
+                               const std::optional<at::Tensor>& bias, c10::string_view activation,
+                               const std::optional<at::Tensor>& values_t, const std::optional<at::Tensor>& meta_t) {
   const Act act = parse_activation(kOp, activation);
-  check_linear24_inputs(x, values, meta, bias);
+  const Linear24Sizes s = check_linear24_inputs(x, values, meta, bias);
+  check_linear24_transposed(x, s, values, values_t, meta_t);
   check_device_type(kOp, "x", x, at::kCUDA);
   return act;
 }
 
 at::Tensor sparse24_linear_cuda(const at::Tensor& x, const at::Tensor& values, const at::Tensor& meta,
-                                const std::optional<at::Tensor>& bias, c10::string_view activation) {
-  const Act act = check_linear24_cuda_inputs(x, values, meta, bias, activation);
+                                const std::optional<at::Tensor>& bias, c10::string_view activation,
+                                const std::optional<at::Tensor>& values_t, const std::optional<at::Tensor>& meta_t) {
+  const Act act = check_linear24_cuda_inputs(x, values, meta, bias, activation, values_t, meta_t);
   const c10::cuda::OptionalCUDAGuard guard(x.device());
   const int64_t M = x.size(0), K = x.size(1), N = values.size(0);
   const DType dtype = to_device_dtype(kOp, x.scalar_type());

@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 
 from . import _build  # noqa: F401  (loads the extension that defines the ops)
-from .sparse24 import Sparse24, _kept_indices_packed, _packed_meta_cols
+from .sparse24 import Sparse24, _kept_indices_packed, _packed_meta_cols, compress_24
 
 _ops = torch.ops.sparseops
 
@@ -30,6 +30,7 @@ def sparse24_linear(
     *,
     activation: Optional[str] = None,
     backend: str = "auto",
+    w24_t: Optional[Sparse24] = None,
 ) -> Tensor:
     """``act(x @ W^T + bias)`` with ``W [N, K]`` given 2:4-compressed (:func:`sparseops.compress_24`).
 
@@ -42,6 +43,13 @@ def sparse24_linear(
             or ``"relu2"`` (relu squared), applied after the bias.
         backend: ``"auto"`` or ``"cpu"`` on CPU; on CUDA also ``"gemv"``, ``"cusparselt"``, ``"cutlass"``
             (see ``sparseops.linear24_cuda``).
+        w24_t: optional ``W^T [K, N]`` compressed in the ``"packed"`` layout, for a ``W`` whose mask is
+            transposable (2:4 along both dims; see :func:`compress_24_transposable`); needs ``N % 4 == 0``
+            and ``w24.layout == "packed"``. Not read by the forward: the backward then computes
+            ``grad_x = grad_z @ W`` as the 2:4 product ``sparse24_linear(grad_z, w24_t)`` instead of
+            decompressing ``W``. It must hold the same weights as ``w24`` (only shapes are checked) and
+            gets no gradient: use it where ``W`` is fixed (training the bias or the layers before this
+            one) or recompress both after every update of ``W``.
 
     Returns:
         ``[..., N]`` in ``x``'s dtype. Accumulation is in fp32.
@@ -60,9 +68,11 @@ def sparse24_linear(
       activation applied in place (for fp16/bf16 on the GEMM's rounded output, as ``F.linear`` + act).
       Extra memory: ``256*K`` elements per thread, plus a contiguous copy of ``x`` if it is strided.
 
-    Autograd: gradients for ``x``, ``w24.values`` and ``bias``. The backward decompresses ``W``
-    (``N*K`` elements) for ``grad_x`` and forms the dense ``grad_z^T @ x`` (``N*K``) before gathering
-    ``grad_values`` at the kept positions. For ``"gelu"``, ``"silu"`` and ``"relu2"`` the
+    Autograd: gradients for ``x``, ``w24.values`` and ``bias``. Without ``w24_t`` the backward
+    decompresses ``W`` (``N*K`` elements) for ``grad_x = grad_z @ W``; with it, ``grad_x`` is
+    ``sparse24_linear(grad_z, w24_t)`` (the paths above with ``M`` rows, ``N`` as the reduction dim and
+    no dense ``W``). For ``grad_values`` it forms the dense ``grad_z^T @ x`` (``N*K``) and gathers
+    the kept positions. For ``"gelu"``, ``"silu"`` and ``"relu2"`` the
     pre-activation ``z`` is recomputed in the backward (one extra forward GEMM) instead of being saved
     (``M*N`` elements); ``"relu"`` saves the output.
     """
@@ -79,6 +89,8 @@ def sparse24_linear(
         raise ValueError(f"{_OP}: expected backend in {BACKENDS} (got {backend!r})")
     if x.dim() < 1:
         raise ValueError(f"{_OP}: expected x of shape [..., K] with at least 1 dimension (got a 0-D tensor)")
+    if w24_t is not None:
+        _check_w24_t(w24, w24_t)
     lead = x.shape[:-1]
     rows = 1
     for d in lead:
@@ -94,7 +106,7 @@ def sparse24_linear(
                 f"{_OP}: x is on CUDA but the CUDA backends are unavailable (module "
                 f"{__package__}.linear24_cuda is missing from this installation)"
             ) from e
-        y = cuda_sparse24_linear(x2d, w24, bias, act, backend)
+        y = cuda_sparse24_linear(x2d, w24, bias, act, backend, w24_t=w24_t)
     else:
         if backend not in CPU_BACKENDS:
             raise ValueError(
@@ -106,8 +118,78 @@ def sparse24_linear(
                 f"{_OP}: expected w24.layout == 'packed' for x on {x.device.type} (got {w24.layout!r}); "
                 "compress the weight with compress_24(w, layout='packed')"
             )
-        y = _ops.sparse24_linear(x2d, w24.values, w24.meta, bias, act)
+        if w24_t is None:
+            y = _ops.sparse24_linear(x2d, w24.values, w24.meta, bias, act)
+        else:
+            y = _ops.sparse24_linear(x2d, w24.values, w24.meta, bias, act, w24_t.values, w24_t.meta)
     return y.reshape(*lead, y.shape[-1])
+
+
+def _check_w24_t(w24: Sparse24, w24_t) -> None:
+    if not isinstance(w24_t, Sparse24):
+        raise TypeError(
+            f"{_OP}: expected w24_t to be a Sparse24 (W^T from compress_24_transposable) or None "
+            f"(got {type(w24_t).__name__})"
+        )
+    if w24.layout != "packed" or w24_t.layout != "packed":
+        raise ValueError(
+            f"{_OP}: w24_t is used with the 'packed' layout only: expected w24.layout == w24_t.layout == 'packed' "
+            f"(got {w24.layout!r} and {w24_t.layout!r})"
+        )
+    n, k = w24.shape
+    if tuple(w24_t.shape) != (k, n):
+        raise ValueError(
+            f"{_OP}: expected w24_t of dense shape [{k}, {n}] (W^T for W of shape [{n}, {k}]) "
+            f"(got {list(w24_t.shape)})"
+        )
+    if n % 4 != 0:
+        raise ValueError(f"{_OP}: w24_t needs W's N = {n} (out features) divisible by 4")
+
+
+def compress_24_transposable(w: Tensor, *, prune: bool = False) -> tuple[Sparse24, Sparse24]:
+    """``(compress_24(w), compress_24(w.t()))`` for a ``w`` that is 2:4 along both dims.
+
+    The pair is what :func:`sparse24_linear` takes as ``(w24, w24_t)``: with a transposable mask
+    (:func:`sparseops.transposable_mask_24`) both ``x @ W^T`` (forward) and ``grad_z @ W`` (backward
+    ``grad_x``) run on the 2:4 kernels.
+
+    Args:
+        w: ``[N, K]`` with ``N % 4 == 0`` and ``K % 4 == 0``; float32/float16/bfloat16; CPU or CUDA.
+            Without ``prune``, every group of 4 consecutive elements of a row and of a column must hold
+            at most 2 non-zeros (else a ValueError saying how many groups do not).
+        prune: first apply ``transposable_mask_24(w)`` (the transposable mask keeping the most ``|w|``).
+
+    Returns:
+        Two "packed" :class:`Sparse24`: ``W`` (``values [N, K/2]``) and ``W^T`` (``values [K, N/2]``).
+        Memory: about the dense bytes in all (two half-size value tensors plus two metadata tensors).
+        Extra memory: a contiguous copy of ``w.t()``; the check reads two bool tensors of ``w``'s size
+        back to the host (a device sync on CUDA).
+    """
+    op = "compress_24_transposable"
+    if not isinstance(w, Tensor):
+        raise TypeError(f"{op}: expected w to be a Tensor (got {type(w).__name__})")
+    if w.dim() != 2:
+        raise ValueError(f"{op}: expected w to be 2-D (got {w.dim()}-D with shape {list(w.shape)})")
+    n, k = w.shape
+    if n % 4 != 0 or k % 4 != 0:
+        raise ValueError(f"{op}: expected both dims of w to be divisible by 4 (got shape {list(w.shape)})")
+    if w.dtype not in _FLOAT_DTYPES:
+        raise TypeError(f"{op}: expected w float32/float16/bfloat16 (got {w.dtype})")
+    if prune:
+        from .training import transposable_mask_24
+
+        w = torch.where(transposable_mask_24(w), w, torch.zeros((), dtype=w.dtype, device=w.device))
+    else:
+        nz = w != 0
+        bad_rows = int((nz.reshape(n, k // 4, 4).sum(-1) > 2).sum())
+        bad_cols = int((nz.t().reshape(k, n // 4, 4).sum(-1) > 2).sum())
+        if bad_rows or bad_cols:
+            raise ValueError(
+                f"{op}: expected w to be 2:4 sparse along both dims (at most 2 non-zeros in every group of 4 "
+                f"consecutive elements of a row and of a column) (got {bad_rows} row groups and {bad_cols} "
+                "column groups with more); prune it with transposable_mask_24(w) or pass prune=True"
+            )
+    return compress_24(w), compress_24(w.t().contiguous())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -116,7 +198,13 @@ def sparse24_linear(
 
 @torch.library.register_fake("sparseops::sparse24_linear")
 def _sparse24_linear_fake(
-    x: Tensor, values: Tensor, meta: Tensor, bias: Optional[Tensor] = None, activation: str = "none"
+    x: Tensor,
+    values: Tensor,
+    meta: Tensor,
+    bias: Optional[Tensor] = None,
+    activation: str = "none",
+    values_t: Optional[Tensor] = None,
+    meta_t: Optional[Tensor] = None,
 ) -> Tensor:
     torch._check(
         activation in ACTIVATIONS, lambda: f"{_OP}: expected activation in {ACTIVATIONS} (got {activation!r})"
@@ -139,6 +227,24 @@ def _sparse24_linear_fake(
         torch._check(
             bias.dim() == 1 and bias.shape[0] == n, lambda: f"{_OP}: expected bias of shape [{n}] (got {list(bias.shape)})"
         )
+    torch._check(
+        (values_t is None) == (meta_t is None), lambda: f"{_OP}: expected values_t and meta_t to be given together"
+    )
+    if values_t is not None:
+        torch._check(
+            values_t.dtype == values.dtype,
+            lambda: f"{_OP}: expected values_t to have values' dtype {values.dtype} (got {values_t.dtype})",
+        )
+        torch._check(meta_t.dtype == torch.uint8, lambda: f"{_OP}: expected meta_t to have dtype uint8 (got {meta_t.dtype})")
+        torch._check(n % 4 == 0, lambda: f"{_OP}: values_t/meta_t need N = values.size(0) divisible by 4 (got {n})")
+        torch._check(
+            values_t.dim() == 2 and values_t.shape[0] == k and 2 * values_t.shape[1] == n,
+            lambda: f"{_OP}: expected values_t of shape [{k}, {n // 2}] (got {list(values_t.shape)})",
+        )
+        torch._check(
+            meta_t.dim() == 2 and meta_t.shape[0] == k and meta_t.shape[1] == _packed_meta_cols(n),
+            lambda: f"{_OP}: expected meta_t of shape [{k}, {_packed_meta_cols(n)}] (got {list(meta_t.shape)})",
+        )
     return x.new_empty((m, n))
 
 
@@ -149,18 +255,24 @@ _RECOMPUTE_Z = ("gelu", "silu", "relu2")
 
 
 def _sparse24_linear_setup(ctx, inputs, output) -> None:
-    x, values, meta, bias, activation = inputs
-    needs = ctx.needs_input_grad  # one entry per op input: (x, values, meta, bias, activation)
+    x, values, meta, bias, activation = inputs[:5]
+    values_t, meta_t = inputs[5:7] if len(inputs) >= 7 else (None, None)
+    # one entry per op input: (x, values, meta, bias, activation, values_t, meta_t)
+    needs = ctx.needs_input_grad
     need_x, need_v, need_b = needs[0], needs[1], len(needs) > 3 and needs[3]
     need_z = activation in _RECOMPUTE_Z and (need_x or need_v or need_b)
+    transposed = need_x and values_t is not None  # grad_x through the 2:4 kernel on W^T
     ctx.activation = activation
     ctx.needs = (need_x, need_v, need_b)
+    ctx.transposed = transposed
     ctx.save_for_backward(
         x if (need_v or need_z) else None,
-        values if (need_x or need_z) else None,
+        values if ((need_x and not transposed) or need_z) else None,
         meta,
         bias if need_z else None,
         output if activation == "relu" else None,
+        values_t if transposed else None,
+        meta_t if transposed else None,
     )
 
 
@@ -177,14 +289,17 @@ def _activation_backward(grad_y: Tensor, activation: str, z: Optional[Tensor], y
 
 
 def _sparse24_linear_backward(ctx, grad_y: Tensor):
-    x, values, meta, bias, y = ctx.saved_tensors
+    x, values, meta, bias, y, values_t, meta_t = ctx.saved_tensors
     need_x, need_v, need_b = ctx.needs
     z = None
     if ctx.activation in _RECOMPUTE_Z:
         z = _ops.sparse24_linear(x, values, meta, bias, "none")
     grad_z = _activation_backward(grad_y, ctx.activation, z, y)
     grad_x = grad_values = grad_bias = None
-    if need_x:
+    if need_x and ctx.transposed:
+        # grad_x [M, K] = grad_z [M, N] @ W [N, K] = grad_z @ (W^T)^T: the forward op on W^T's compression.
+        grad_x = _ops.sparse24_linear(grad_z.to(values_t.dtype), values_t, meta_t, None, "none")
+    elif need_x:
         grad_x = grad_z @ _ops.decompress_24(values, meta, "packed")
     if need_v:
         n, k = grad_z.shape[1], x.shape[1]
@@ -196,7 +311,8 @@ def _sparse24_linear_backward(ctx, grad_y: Tensor):
             grad_values = dense.reshape(n, k // 4, 4).gather(-1, idx).reshape(n, k // 2)
     if need_b:
         grad_bias = grad_z.sum(0)
-    return grad_x, grad_values, None, grad_bias, None
+    # values_t / meta_t: no gradient (W^T is a derived copy of W; see sparse24_linear's w24_t).
+    return grad_x, grad_values, None, grad_bias, None, None, None
 
 
 torch.library.register_autograd(

@@ -89,7 +89,12 @@ def cuda_backend_choice(m: int, w24: Sparse24, device: Union[torch.device, str])
 
 
 def cuda_sparse24_linear(
-    x2d: Tensor, w24: Sparse24, bias: Optional[Tensor], activation: str, backend: str = "auto"
+    x2d: Tensor,
+    w24: Sparse24,
+    bias: Optional[Tensor],
+    activation: str,
+    backend: str = "auto",
+    w24_t: Optional[Sparse24] = None,
 ) -> Tensor:
     """``act(x2d @ W^T + bias)`` on CUDA, W given as a :class:`Sparse24`.
 
@@ -101,6 +106,8 @@ def cuda_sparse24_linear(
         backend: ``"auto"`` (see :func:`cuda_backend_choice`) or a backend in ``BACKENDS`` that matches
             ``w24.layout`` (``"gemv"``: packed, ``"cutlass"``: cutlass, ``"cusparselt"``: cusparselt);
             a mismatch is a ValueError.
+        w24_t: optional packed ``W^T`` for the backward of the packed op (see
+            ``sparseops.linear24.sparse24_linear``; the caller checks it); ignored by the other backends.
 
     Returns ``[M, N]`` contiguous in x's dtype. Extra memory depends on the backend (module docstring).
     """
@@ -125,6 +132,8 @@ def cuda_sparse24_linear(
             )
         choice = backend
     if choice in ("gemv", "packed_dense"):
+        if w24_t is not None:
+            return _ops.sparse24_linear(x2d, w24.values, w24.meta, bias, activation, w24_t.values, w24_t.meta)
         return _ops.sparse24_linear(x2d, w24.values, w24.meta, bias, activation)
     if choice == "cutlass":
         return _ops.sparse24_linear_cutlass(x2d, w24.values, w24.meta, bias, activation)

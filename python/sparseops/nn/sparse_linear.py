@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .. import training
-from ..linear24 import sparse24_linear
+from ..linear24 import compress_24_transposable, sparse24_linear
 from ..sparse24 import Sparse24, compress_24, decompress_24, nm_mask
 
 __all__ = [
@@ -23,7 +23,7 @@ __all__ = [
 ]
 
 _LAYOUTS = ("packed", "cutlass", "cusparselt")
-_METHODS = ("magnitude", "wanda")
+_METHODS = ("magnitude", "wanda", "transposable")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -143,8 +143,16 @@ class SparseLinear24(nn.Module):
     copy of ``W`` in that layout, rebuilt from the packed state after ``from_dense``, ``load_state_dict``
     and device/dtype moves, and run the GEMM on it.
 
-    Forward: ``sparseops.linear24.sparse24_linear(x, W, bias, activation=activation, backend=backend)``
-    with ``x [*, in_features]`` of the layer's dtype and device. Works under ``torch.compile``.
+    Layers made with ``from_dense(..., method="transposable")`` (mask 2:4 along both dims) also hold
+    ``W^T`` packed: buffers ``values_t [in, out/2]`` and ``meta_t`` uint8 ``[in, ceil(out/8)]`` (in the
+    ``state_dict`` when present; ``None`` otherwise). With the packed layout the forward passes them as
+    ``w24_t``, so the backward's ``grad_x`` (training the bias or the layers before this one) runs on
+    the 2:4 kernel instead of a dense ``W``. ``W`` itself is a buffer (no gradient). Loading a state dict
+    without them drops them (the loaded ``W`` need not be transposable); one with them creates them.
+
+    Forward: ``sparseops.linear24.sparse24_linear(x, W, bias, activation=activation, backend=backend,
+    w24_t=W^T or None)`` with ``x [*, in_features]`` of the layer's dtype and device. Works under
+    ``torch.compile``.
 
     Construction initialises ``W`` like ``nn.Linear`` (Kaiming-uniform) and prunes it to 2:4 by
     magnitude; use :meth:`from_dense` to convert a trained ``nn.Linear``.
@@ -164,6 +172,9 @@ class SparseLinear24(nn.Module):
         factory = {"dtype": dtype, "device": device}
         self.register_buffer("values", torch.empty(out_features, in_features // 2, **factory))
         self.register_buffer("meta", torch.empty(out_features, (in_features // 4 + 1) // 2, dtype=torch.uint8, device=device))
+        # W^T packed (method="transposable" only); None buffers are left out of the state_dict.
+        self.register_buffer("values_t", None)
+        self.register_buffer("meta_t", None)
         self.bias = nn.Parameter(torch.empty(out_features, **factory)) if bias else None
         self._layout_w24: Optional[Sparse24] = None
         self.register_load_state_dict_post_hook(lambda module, incompatible: module._sync_layout())
@@ -181,14 +192,35 @@ class SparseLinear24(nn.Module):
             nn.init.uniform_(self.bias, -bound, bound)
 
     @torch.no_grad()
-    def _set_weight(self, w: Tensor, mask: Optional[Tensor] = None) -> None:
-        """Stores ``w`` pruned by ``mask`` (default: 2:4 magnitude) in the packed buffers."""
+    def _set_weight(self, w: Tensor, mask: Optional[Tensor] = None, transposed: bool = False) -> None:
+        """Stores ``w`` pruned by ``mask`` (default: 2:4 magnitude) in the packed buffers; with
+        ``transposed`` (``mask`` transposable) also ``W^T`` in ``values_t``/``meta_t``, else drops them."""
         if mask is None:
             mask = nm_mask(w, 2, 4)
-        w24 = compress_24(torch.where(mask, w, torch.zeros((), dtype=w.dtype, device=w.device)))
+        pruned = torch.where(mask, w, torch.zeros((), dtype=w.dtype, device=w.device))
+        if transposed:
+            w24, w24_t = compress_24_transposable(pruned)
+            self.values_t, self.meta_t = w24_t.values.to(self.values.dtype), w24_t.meta
+        else:
+            w24 = compress_24(pruned)
+            self.values_t = self.meta_t = None
         self.values.copy_(w24.values)
         self.meta.copy_(w24.meta)
         self._sync_layout()
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs):
+        # values_t/meta_t are optional: make the module's set match the state dict's before loading.
+        vt, mt = state_dict.get(prefix + "values_t"), state_dict.get(prefix + "meta_t")
+        if vt is None or mt is None:
+            self.values_t = self.meta_t = None
+        elif isinstance(vt, Tensor) and isinstance(mt, Tensor):
+            if self.values_t is None or self.values_t.shape != vt.shape:
+                self.values_t = torch.empty(vt.shape, dtype=self.values.dtype, device=self.values.device)
+            if self.meta_t is None or self.meta_t.shape != mt.shape:
+                self.meta_t = torch.empty(mt.shape, dtype=torch.uint8, device=self.meta.device)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
 
     @torch.no_grad()
     def _sync_layout(self) -> None:
@@ -216,8 +248,16 @@ class SparseLinear24(nn.Module):
                              f"(module layout {self.layout!r}, device {self.values.device})")
         return self._layout_w24
 
+    def weight24_t(self) -> Optional[Sparse24]:
+        """``W^T [in_features, out_features]`` packed (layers from ``method="transposable"``), else None."""
+        if self.values_t is None or self.meta_t is None:
+            return None
+        return Sparse24(self.values_t, self.meta_t, "packed")
+
     def forward(self, x: Tensor) -> Tensor:
-        return sparse24_linear(x, self.weight24(), self.bias, activation=self.activation, backend=self.backend)
+        w24_t = self.weight24_t() if self.layout == "packed" else None
+        return sparse24_linear(x, self.weight24(), self.bias, activation=self.activation, backend=self.backend,
+                               w24_t=w24_t)
 
     @torch.no_grad()
     def to_dense(self) -> Tensor:
@@ -234,7 +274,11 @@ class SparseLinear24(nn.Module):
             linear: an ``nn.Linear`` (or anything with ``weight [out, in]``, ``bias``) with
                 ``in_features % 4 == 0`` and a float32/float16/bfloat16 weight.
             method: ``"magnitude"``: keep the 2 largest ``|W|`` of every group of 4 along the input dim;
-                ``"wanda"``: keep the 2 largest ``|W[i, j]| * ||X_j||_2`` (needs ``calibration``).
+                ``"wanda"``: keep the 2 largest ``|W[i, j]| * ||X_j||_2`` (needs ``calibration``);
+                ``"transposable"``: ``sparseops.transposable_mask_24(W)`` (2:4 along both dims of every
+                4x4 block, keeping the most ``|W|``; needs ``out_features % 4 == 0``), and ``W^T`` is
+                stored too (``values_t``/``meta_t``: another ~half of the dense bytes) so that the
+                backward's ``grad_x`` is a 2:4 product (see the class docstring).
             calibration: for ``"wanda"``: activations ``[*, in_features]`` that reach this layer, or
                 their :class:`InputNorms` (see :func:`collect_input_norms`).
         """
@@ -262,12 +306,19 @@ class SparseLinear24(nn.Module):
             score = w.float().abs() * norm.to(w.device)[None, :]
         elif calibration is not None:
             raise ValueError("SparseLinear24.from_dense: calibration is only used by method='wanda'")
-        mask = nm_mask(w, 2, 4, score=score)
+        transposed = method == "transposable"
+        if transposed:
+            if out_features % 4 != 0:
+                raise ValueError("SparseLinear24.from_dense: method='transposable' needs out_features to be a "
+                                 f"multiple of 4 (got {out_features})")
+            mask = training.transposable_mask_24(w)
+        else:
+            mask = nm_mask(w, 2, 4, score=score)
         bias = getattr(linear, "bias", None)
         module = cls(in_features, out_features, bias is not None, dtype=w.dtype, device=w.device, backend=backend,
                      activation=activation)
         module.layout = _checked_layout(layout)
-        module._set_weight(w, mask)
+        module._set_weight(w, mask, transposed)
         if bias is not None:
             module.bias.copy_(bias.detach())
         return module
@@ -293,7 +344,8 @@ def sparsify_(model: nn.Module, filter_fn: Optional[Callable[[nn.Module, str], b
         model: any module; modified in place and returned.
         filter_fn: ``filter_fn(module, fqn) -> bool`` deciding which ``nn.Linear`` modules to convert
             (default: every ``nn.Linear`` with ``in_features % 4 == 0``).
-        method: ``"magnitude"`` or ``"wanda"`` (see :meth:`SparseLinear24.from_dense`).
+        method: ``"magnitude"``, ``"wanda"`` or ``"transposable"`` (see :meth:`SparseLinear24.from_dense`;
+            ``"transposable"`` needs ``out_features % 4 == 0`` in every selected layer).
         calibration: for ``"wanda"``: a callable ``calibration(model)`` that runs the model on calibration
             data, or an iterable of model inputs (see :func:`collect_input_norms`). All layers' statistics
             come from the dense model, collected in one pass before any layer is swapped.
@@ -303,7 +355,7 @@ def sparsify_(model: nn.Module, filter_fn: Optional[Callable[[nn.Module, str], b
         raise ValueError(f"sparsify_: expected method in {_METHODS} (got {method!r})")
     if method == "wanda" and calibration is None:
         raise ValueError("sparsify_: method='wanda' needs calibration (a callable running the model, or a list of inputs)")
-    if method == "magnitude" and calibration is not None:
+    if method != "wanda" and calibration is not None:
         raise ValueError("sparsify_: calibration is only used by method='wanda'")
     select = filter_fn or _default_filter
     targets = [(fqn, m) for fqn, m in model.named_modules() if isinstance(m, nn.Linear) and select(m, fqn)]

@@ -5,6 +5,11 @@ M <= 16 is the decode/GEMV regime, reported against memory bandwidth (bytes = pa
 larger M is reported against compute (flops = 2*M*N*K, the dense-equivalent work).
 On CPU, M = 1 bf16 with (4096, 4096) keeps the packed weight (18 MB) inside a 32 MB L3 while the dense
 one (32 MB) does not: such cases measure a cache-resident sparse weight, as in a small model's loop.
+
+sparse24_linear_grad_x: the backward's ``grad_x [M, K] = grad_z [M, N] @ W [N, K]`` for a W with a
+transposable 2:4 mask, as the backward runs it with ``w24_t`` (``sparse24_linear(grad_z, W^T packed)``),
+against ``grad_z @ W`` with W already dense (torch matmul, the baseline) and against what the backward
+does without ``w24_t`` (decompress W, then the matmul).
 """
 from __future__ import annotations
 
@@ -16,7 +21,7 @@ from torch import Tensor
 
 import sparseops
 from sparseops.bench import Case, register, unavailable
-from sparseops.linear24 import sparse24_linear
+from sparseops.linear24 import compress_24_transposable, sparse24_linear
 
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 _GEMV_MAX_M = 16
@@ -57,3 +62,37 @@ def sparse24_linear_cases(device: str, quick: bool):
             w = sparseops.decompress_24(w24)
             for m in _rows(quick):
                 yield _case(device, w24, w, dtype_name, m)
+
+
+def _grad_x_case(device: str, w24: sparseops.Sparse24, w24_t: sparseops.Sparse24, w: Tensor, dtype_name: str,
+                 m: int) -> Case:
+    n, k = w.shape
+    grad_z = torch.randn(m, n, device=device, dtype=w.dtype)
+    if device == "cuda" and importlib.util.find_spec("sparseops.linear24_cuda") is None:
+        ours = unavailable("sparseops.linear24_cuda (the CUDA backends) is not in this build")
+    else:
+        ours = lambda: sparse24_linear(grad_z, w24_t)  # noqa: E731  (= the backward's grad_x with w24_t)
+    packed = w24_t.values.nbytes + w24_t.meta.nbytes
+    io = grad_z.nbytes + m * k * grad_z.element_size()
+    amount = {"bytes": packed + io} if m <= _GEMV_MAX_M else {"flops": 2 * m * n * k}
+    return Case(
+        label=f"grad_x = grad_z @ W {dtype_name} M={m} N={n} K={k}",
+        params={"dtype": dtype_name, "m": m, "n": n, "k": k, "job": "grad_x"},
+        impls={
+            "sparseops": ours,
+            "torch_dense_matmul": lambda: grad_z @ w,
+            "decompress_then_matmul": lambda: grad_z @ sparseops.decompress_24(w24),
+        },
+        baseline="torch_dense_matmul",
+        **amount,
+    )
+
+
+@register("sparse24", "sparse24_linear_grad_x")
+def sparse24_linear_grad_x_cases(device: str, quick: bool):
+    n, k = 4096, 4096
+    for dtype_name, dtype in _DTYPES.items():
+        w24, w24_t = compress_24_transposable(torch.randn(n, k, device=device, dtype=dtype), prune=True)
+        w = sparseops.decompress_24(w24)
+        for m in (1, 8, 64):
+            yield _grad_x_case(device, w24, w24_t, w, dtype_name, m)
