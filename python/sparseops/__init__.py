@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ._build import build_info, cuda_compiled
 from .sparse24 import Sparse24, compress_24, decompress_24, nm_mask
-from .linear24 import sparse24_linear
+from .linear24 import compress_24_transposable, sparse24_linear
 from . import linear24_cuda  # noqa: F401  (fake kernels + autograd of the CUDA-only 2:4 GEMM ops)
 from .linear24_cuda import cuda_backend_choice
 from .training import GradientFlowSchedule, nm_srste, transposable_mask_24
@@ -17,6 +17,7 @@ __all__ = [
     "Sparse24",
     "build_info",
     "compress_24",
+    "compress_24_transposable",
     "cuda_backend_choice",
     "cuda_compiled",
     "decompress_24",
