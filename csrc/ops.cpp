@@ -24,8 +24,9 @@ TORCH_LIBRARY(sparseops, m) {
   m.def("sparse24_linear_cutlass(Tensor x, Tensor values, Tensor meta, Tensor? bias=None, str activation=\"none\") -> Tensor");
   // cuSPARSELt's opaque compressed W [N, K] (uint8 buffer), and the GEMM on it. alg_id < 0: the
   // cached default; search=True runs cuSPARSELt's algorithm search once per shape and caches it.
+  // int8 / float8_e4m3fn x and W: y = act((x @ W^T) * scale + bias), scale fp32 [] / [1] / [N], y fp16/bf16.
   m.def("compress_24_cusparselt(Tensor w) -> Tensor");
-  m.def("sparse24_linear_cusparselt(Tensor x, Tensor compressed, int out_features, int in_features, Tensor? bias=None, str activation=\"none\", int alg_id=-1, bool search=False) -> Tensor");
+  m.def("sparse24_linear_cusparselt(Tensor x, Tensor compressed, int out_features, int in_features, Tensor? bias=None, str activation=\"none\", int alg_id=-1, bool search=False, Tensor? scale=None, ScalarType? out_dtype=None) -> Tensor");
 
   // ---- sparse24: training ----------------------------------------------------------------------
   // SR-STE: forward (w * mask, mask) with mask = nm_mask(w, n, m) (a NaN ranks as the largest

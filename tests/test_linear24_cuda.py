@@ -198,6 +198,184 @@ def test_cusparselt_backward_raises():
 
 
 # ---------------------------------------------------------------------------------------------
+# quantised cuSPARSELt: int8 (int32 accumulation) and float8_e4m3fn (sm90+), y fp16/bf16
+#
+# The reference is the fp64 product of the dequantised operands' integer/fp8 values, times the scale,
+# plus the bias: int8 accumulation is exact, so the only differences are the fp32 epilogue and the one
+# rounding to the output dtype (TOL[out_dtype]); e4m3 accumulation is fp32 on tensor cores (FP8_TOL).
+
+FP8_TOL = (5e-2, 5e-2)
+INT8_MAX, E4M3_MAX = 127.0, 448.0
+
+
+def _needs_sm90():
+    if torch.cuda.get_device_capability() < (9, 0):
+        pytest.skip("float8_e4m3fn cuSPARSELt GEMMs need sm90+")
+
+
+def _quantise(t, qdtype, per_row):
+    """Symmetric quantisation of float t to int8 / e4m3: (t_q, scale) with t ~= t_q * scale; zeros stay zero."""
+    qmax = INT8_MAX if qdtype == torch.int8 else E4M3_MAX
+    amax = t.abs().amax(dim=1, keepdim=True) if per_row else t.abs().amax()
+    scale = (amax.float() / qmax).clamp_min(1e-12)
+    q = t.float() / scale
+    q = q.round().clamp(-qmax, qmax).to(torch.int8) if qdtype == torch.int8 else q.to(torch.float8_e4m3fn)
+    return q, scale.reshape(-1) if per_row else scale
+
+
+def _quant_inputs(m, n, k, qdtype, per_channel, with_bias, out_dtype):
+    w = _weight(n, k, torch.float32)  # 2:4 already; quantisation keeps the zeros
+    w_q, w_scale = _quantise(w, qdtype, per_channel)
+    x_q, x_scale = _quantise(torch.randn(m, k, device="cuda"), qdtype, False)
+    scale = (x_scale * w_scale).float()  # [] (per tensor) or [n]
+    bias = torch.randn(n, device="cuda").to(out_dtype) if with_bias else None
+    return x_q, w_q, scale, bias
+
+
+def _quant_reference(x_q, w_q, scale, bias, activation):
+    acc = x_q.double() @ w_q.double().t()
+    y = acc * scale.double() + (0.0 if bias is None else bias.double())
+    return L.apply_activation(y.float(), activation)
+
+
+def _assert_close_quant(y, ref, out_dtype, tol):
+    atol, rtol = tol
+    assert y.dtype == out_dtype and y.is_contiguous() and y.shape == ref.shape
+    torch.testing.assert_close(y.float(), ref, atol=atol, rtol=rtol)
+
+
+@cuda
+@pytest.mark.parametrize("out_dtype", HALF)
+@pytest.mark.parametrize("m", [1, 7, 64, 257])
+@pytest.mark.parametrize("nk", [(128, 256), (96, 160)])
+@pytest.mark.parametrize("per_channel", [False, True])
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_cusparselt_int8_matches_reference(out_dtype, m, nk, per_channel, with_bias):
+    n, k = nk
+    x_q, w_q, scale, bias = _quant_inputs(m, n, k, torch.int8, per_channel, with_bias, out_dtype)
+    s = compress_24(w_q, layout="cusparselt")
+    assert s.shape == (n, k) and s.values.dtype == torch.uint8
+    y = L.cuda_sparse24_linear(x_q, s, bias, "relu", backend="cusparselt", scale=scale, out_dtype=out_dtype)
+    _assert_close_quant(y, _quant_reference(x_q, w_q, scale, bias, "relu"), out_dtype, TOL[out_dtype])
+
+
+@cuda
+@pytest.mark.parametrize("activation", L.ACTIVATIONS)
+def test_cusparselt_int8_activations_and_default_out_dtype(activation):
+    x_q, w_q, scale, bias = _quant_inputs(40, 128, 256, torch.int8, True, True, torch.bfloat16)
+    s = compress_24(w_q, layout="cusparselt")
+    y = _ops.sparse24_linear_cusparselt(x_q, s.values, 128, 256, bias, activation, scale=scale)  # out_dtype: bf16
+    _assert_close_quant(y, _quant_reference(x_q, w_q, scale, bias, activation), torch.bfloat16, TOL[torch.bfloat16])
+
+
+@cuda
+def test_cusparselt_int8_prune_on_compress():
+    w = torch.randint(-127, 128, (64, 128), device="cuda", dtype=torch.int8)  # dense: pruned by compress_24
+    x_q = torch.randint(-127, 128, (9, 128), device="cuda", dtype=torch.int8)
+    w16 = w.to(torch.float16)
+    w_pruned = (w16 * sparseops.nm_mask(w16, 2, 4)).to(torch.int8)
+    s = compress_24(w, prune=True, layout="cusparselt")
+    scale = torch.full((), 1e-3, device="cuda")
+    y = L.cuda_sparse24_linear(x_q, s, None, "none", scale=scale, out_dtype=torch.float16)
+    _assert_close_quant(y, _quant_reference(x_q, w_pruned, scale, None, "none"), torch.float16, TOL[torch.float16])
+
+
+@cuda
+@pytest.mark.parametrize("out_dtype", HALF)
+@pytest.mark.parametrize("m", [1, 33, 256])
+@pytest.mark.parametrize("per_channel", [False, True])
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_cusparselt_fp8_matches_reference(out_dtype, m, per_channel, with_bias):
+    _needs_sm90()
+    x_q, w_q, scale, bias = _quant_inputs(m, 256, 512, torch.float8_e4m3fn, per_channel, with_bias, out_dtype)
+    s = compress_24(w_q, layout="cusparselt")
+    y = L.cuda_sparse24_linear(x_q, s, bias, "gelu", scale=scale, out_dtype=out_dtype)
+    _assert_close_quant(y, _quant_reference(x_q, w_q, scale, bias, "gelu"), out_dtype, FP8_TOL)
+
+
+@cuda
+def test_cusparselt_fp8_below_sm90_is_not_implemented():
+    if torch.cuda.get_device_capability() >= (9, 0):
+        pytest.skip("this GPU runs float8_e4m3fn (sm90+): covered by test_cusparselt_fp8_matches_reference")
+    w = torch.zeros(64, 128, device="cuda", dtype=torch.float8_e4m3fn)
+    with pytest.raises(NotImplementedError, match="compress_24_cusparselt: float8_e4m3fn needs a GPU of compute capability 9.0"):
+        _ops.compress_24_cusparselt(w)
+    x = torch.zeros(4, 128, device="cuda", dtype=torch.float8_e4m3fn)
+    buf = torch.zeros(1024, device="cuda", dtype=torch.uint8)
+    with pytest.raises(NotImplementedError, match="sparse24_linear_cusparselt: float8_e4m3fn needs a GPU of compute capability 9.0"):
+        _ops.sparse24_linear_cusparselt(x, buf, 64, 128, scale=torch.ones((), device="cuda"))
+
+
+@cuda
+def test_cusparselt_public_sparse24_linear_int8_3d():
+    x_q, w_q, scale, bias = _quant_inputs(12, 64, 128, torch.int8, True, True, torch.float16)
+    s = compress_24(w_q, layout="cusparselt")
+    y = sparseops.sparse24_linear(x_q.reshape(3, 4, 128), s, bias, scale=scale, out_dtype=torch.float16)
+    assert y.shape == (3, 4, 64)
+    _assert_close_quant(y.reshape(12, 64), _quant_reference(x_q, w_q, scale, bias, "none"), torch.float16, TOL[torch.float16])
+
+
+@cuda
+def test_cusparselt_quant_bad_inputs():
+    x_q, w_q, scale, bias = _quant_inputs(8, 64, 128, torch.int8, True, True, torch.float16)
+    s = compress_24(w_q, layout="cusparselt")
+    op = _ops.sparse24_linear_cusparselt
+    with pytest.raises(RuntimeError, match="sparse24_linear_cusparselt: x of dtype Char needs a scale"):
+        op(x_q, s.values, 64, 128)
+    with pytest.raises(RuntimeError, match=r"sparse24_linear_cusparselt: expected scale of shape \[\], \[1\] or \[64\] \(got \[32\]\)"):
+        op(x_q, s.values, 64, 128, scale=scale[:32])
+    with pytest.raises(TypeError, match="sparse24_linear_cusparselt: expected scale to have dtype Float"):
+        op(x_q, s.values, 64, 128, scale=scale.half())
+    with pytest.raises(RuntimeError, match="sparse24_linear_cusparselt: expected scale on the same device as x"):
+        op(x_q, s.values, 64, 128, scale=scale.cpu())
+    with pytest.raises(TypeError, match=r"sparse24_linear_cusparselt: expected out_dtype in \{Half, BFloat16\} for x of dtype Char"):
+        op(x_q, s.values, 64, 128, scale=scale, out_dtype=torch.float32)
+    with pytest.raises(TypeError, match="sparse24_linear_cusparselt: expected bias to have the output dtype BFloat16"):
+        op(x_q, s.values, 64, 128, bias, scale=scale)  # bias fp16, out_dtype defaults to bf16
+    with pytest.raises(TypeError, match="sparse24_linear_cusparselt: expected x to have dtype in"):
+        op(x_q.to(torch.int16), s.values, 64, 128, scale=scale)
+    x16, w16, _ = _inputs(8, 64, 128, torch.float16, False)
+    s16 = compress_24(w16, layout="cusparselt")
+    with pytest.raises(RuntimeError, match="sparse24_linear_cusparselt: scale is for int8/float8_e4m3fn x only"):
+        op(x16, s16.values, 64, 128, scale=scale)
+    with pytest.raises(TypeError, match="sparse24_linear_cusparselt: expected out_dtype None or x's dtype Half"):
+        op(x16, s16.values, 64, 128, out_dtype=torch.bfloat16)
+    with pytest.raises(RuntimeError, match="sparse24_linear_cusparselt: expected compressed to hold"):
+        op(x_q, s16.values, 64, 128, scale=scale)  # an fp16 buffer read as int8 W
+    with pytest.raises(RuntimeError, match="compress_24_cusparselt: cuSPARSELt needs out_features and in_features to be positive multiples of 32 for Char"):
+        _ops.compress_24_cusparselt(torch.zeros(64, 48, device="cuda", dtype=torch.int8))
+    with pytest.raises(RuntimeError, match="compress_24_cusparselt: w is not 2:4 sparse"):
+        _ops.compress_24_cusparselt(torch.ones(64, 128, device="cuda", dtype=torch.int8))
+
+
+@cuda
+@pytest.mark.parametrize("qdtype", [torch.int8, torch.float8_e4m3fn])
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_opcheck_cusparselt_quant(qdtype, with_bias):
+    if qdtype == torch.float8_e4m3fn:
+        _needs_sm90()
+    x_q, w_q, scale, bias = _quant_inputs(9, 64, 128, qdtype, True, with_bias, torch.float16)
+    s = compress_24(w_q, layout="cusparselt")
+    torch.library.opcheck(
+        _ops.sparse24_linear_cusparselt, (x_q, s.values, 64, 128, bias, "silu", -1, False, scale, torch.float16)
+    )
+    torch.library.opcheck(_ops.compress_24_cusparselt, (w_q,), test_utils=("test_schema",))
+
+
+@cuda
+def test_compile_fullgraph_cusparselt_int8():
+    torch._dynamo.reset()
+    x_q, w_q, scale, bias = _quant_inputs(16, 128, 256, torch.int8, False, True, torch.float16)
+    s = compress_24(w_q, layout="cusparselt")
+
+    def f(x, s, bias, scale):
+        return L.cuda_sparse24_linear(x, s, bias, "relu2", scale=scale, out_dtype=torch.float16)
+
+    y = torch.compile(f, fullgraph=True)(x_q, s, bias, scale)
+    _assert_close_quant(y, _quant_reference(x_q, w_q, scale, bias, "relu2"), torch.float16, TOL[torch.float16])
+
+
+# ---------------------------------------------------------------------------------------------
 # routing
 
 
@@ -385,7 +563,9 @@ def test_cusparselt_bad_inputs():
         _ops.compress_24_cusparselt(w)
     with pytest.raises(RuntimeError, match="compress_24_cusparselt: cuSPARSELt needs out_features and in_features"):
         _ops.compress_24_cusparselt(_weight(64, 120, torch.float16))
-    with pytest.raises(TypeError, match=r"compress_24_cusparselt: expected w to have dtype in \{Half, BFloat16\}"):
+    with pytest.raises(
+        TypeError, match=r"compress_24_cusparselt: expected w to have dtype in \{Half, BFloat16, Char \(int8\), Float8_e4m3fn\}"
+    ):
         _ops.compress_24_cusparselt(_weight(64, 128, torch.float32))
     x, wd, _ = _inputs(4, 64, 128, torch.float16, False)
     s = compress_24(wd, layout="cusparselt")
@@ -395,3 +575,85 @@ def test_cusparselt_bad_inputs():
         _ops.sparse24_linear_cusparselt(x, s.values, 64, 256, None, "none")
     with pytest.raises(RuntimeError, match="pass either alg_id >= 0 or search=True"):
         _ops.sparse24_linear_cusparselt(x, s.values, 64, 128, None, "none", 0, True)
+
+
+# ---------------------------------------------------------------------------------------------
+# quantised cuSPARSELt: fake kernel and Python argument checks (no GPU needed)
+
+
+@pytest.mark.parametrize("qdtype", [torch.int8, torch.float8_e4m3fn])
+def test_fake_quant_on_meta(qdtype):
+    x = torch.empty(7, 128, device="meta", dtype=qdtype)
+    buf = torch.empty(1000, device="meta", dtype=torch.uint8)
+    per_channel = torch.empty(64, device="meta")
+    per_tensor = torch.empty((), device="meta")
+    op = _ops.sparse24_linear_cusparselt
+    y = op(x, buf, 64, 128, None, "gelu", scale=per_channel)
+    assert y.shape == (7, 64) and y.dtype == torch.bfloat16 and y.device.type == "meta"
+    bias = torch.empty(64, device="meta", dtype=torch.float16)
+    y = op(x, buf, 64, 128, bias, "relu", -1, False, per_tensor, torch.float16)
+    assert y.shape == (7, 64) and y.dtype == torch.float16
+    assert op(x, buf, 64, 128, scale=torch.empty(1, device="meta")).shape == (7, 64)
+
+
+def test_fake_quant_rejects_bad_arguments_on_meta():
+    x = torch.empty(7, 128, device="meta", dtype=torch.int8)
+    buf = torch.empty(1000, device="meta", dtype=torch.uint8)
+    scale = torch.empty(64, device="meta")
+    op = _ops.sparse24_linear_cusparselt
+    with pytest.raises(RuntimeError, match="sparse24_linear_cusparselt: x of dtype torch.int8 needs a scale"):
+        op(x, buf, 64, 128)
+    with pytest.raises(RuntimeError, match=r"expected scale of shape \[\], \[1\] or \[64\] \(got \[32\]\)"):
+        op(x, buf, 64, 128, scale=torch.empty(32, device="meta"))
+    with pytest.raises(RuntimeError, match="expected scale to have dtype Float"):
+        op(x, buf, 64, 128, scale=torch.empty(64, device="meta", dtype=torch.float16))
+    with pytest.raises(RuntimeError, match=r"expected out_dtype in \{Half, BFloat16\}"):
+        op(x, buf, 64, 128, scale=scale, out_dtype=torch.float32)
+    with pytest.raises(RuntimeError, match="expected bias to have the output dtype torch.bfloat16"):
+        op(x, buf, 64, 128, torch.empty(64, device="meta", dtype=torch.float16), scale=scale)
+    with pytest.raises(RuntimeError, match="positive multiples of 32"):
+        op(torch.empty(7, 48, device="meta", dtype=torch.int8), buf, 64, 48, scale=scale)
+    x16 = torch.empty(7, 128, device="meta", dtype=torch.float16)
+    with pytest.raises(RuntimeError, match="scale is for int8/float8_e4m3fn x only"):
+        op(x16, buf, 64, 128, scale=scale)
+    with pytest.raises(RuntimeError, match="expected out_dtype None or x's dtype"):
+        op(x16, buf, 64, 128, out_dtype=torch.bfloat16)
+
+
+def _cusparselt_stand_in(n=64, k=128):
+    """A Sparse24 of the cusparselt layout on CPU: enough for the argument checks that precede any kernel."""
+    return Sparse24(torch.zeros(16, dtype=torch.uint8), torch.zeros(0, dtype=torch.uint8), "cusparselt", (n, k))
+
+
+def test_python_quant_argument_errors():
+    xq = torch.zeros(4, 128, dtype=torch.int8)
+    cslt = _cusparselt_stand_in()
+    packed = compress_24(torch.randn(64, 128), prune=True)
+    scale = torch.ones(())
+    f = L.cuda_sparse24_linear
+    with pytest.raises(ValueError, match=r"cuda_sparse24_linear: x of dtype torch.int8 needs scale"):
+        f(xq, cslt, None, "none")
+    with pytest.raises(ValueError, match=r"x of dtype torch.int8 needs w24.layout == 'cusparselt' \(got 'packed'\)"):
+        f(xq, packed, None, "none", scale=scale)
+    with pytest.raises(ValueError, match="scale/out_dtype needs w24.layout == 'cusparselt'"):
+        f(torch.zeros(4, 128), packed, None, "none", scale=scale)
+    with pytest.raises(ValueError, match="scale is for int8/float8_e4m3fn x only"):
+        f(torch.zeros(4, 128, dtype=torch.float16), cslt, None, "none", scale=scale)
+    with pytest.raises(TypeError, match="expected scale to be a Tensor or None"):
+        f(xq, cslt, None, "none", scale=0.5)
+    with pytest.raises(TypeError, match="expected out_dtype to be a torch.dtype or None"):
+        f(xq, cslt, None, "none", scale=scale, out_dtype="bf16")
+    with pytest.raises(ValueError, match=r"expected out_dtype in \(torch.float16, torch.bfloat16, None\)"):
+        f(xq, cslt, None, "none", scale=scale, out_dtype=torch.float32)
+    with pytest.raises(ValueError, match="expected out_dtype None or x's dtype torch.float16"):
+        f(torch.zeros(4, 128, dtype=torch.float16), cslt, None, "none", out_dtype=torch.bfloat16)
+    with pytest.raises(ValueError, match="cuda_sparse24_linear: expected x on a CUDA device"):
+        f(xq, cslt, None, "none", scale=scale)  # the arguments are fine: the device is not
+
+
+def test_public_sparse24_linear_scale_on_cpu_raises():
+    s = compress_24(torch.randn(64, 128), prune=True)
+    with pytest.raises(ValueError, match="sparse24_linear: scale/out_dtype .* need x on CUDA and the 'cusparselt' layout"):
+        sparseops.sparse24_linear(torch.randn(4, 128), s, scale=torch.ones(()))
+    with pytest.raises(ValueError, match="sparse24_linear: scale/out_dtype"):
+        sparseops.sparse24_linear(torch.randn(4, 128), s, out_dtype=torch.float32)

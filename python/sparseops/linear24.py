@@ -31,6 +31,8 @@ def sparse24_linear(
     activation: Optional[str] = None,
     backend: str = "auto",
     w24_t: Optional[Sparse24] = None,
+    scale: Optional[Tensor] = None,
+    out_dtype: Optional[torch.dtype] = None,
 ) -> Tensor:
     """``act(x @ W^T + bias)`` with ``W [N, K]`` given 2:4-compressed (:func:`sparseops.compress_24`).
 
@@ -50,6 +52,10 @@ def sparse24_linear(
             decompressing ``W``. It must hold the same weights as ``w24`` (only shapes are checked) and
             gets no gradient: use it where ``W`` is fixed (training the bias or the layers before this
             one) or recompress both after every update of ``W``.
+        scale, out_dtype: CUDA ``"cusparselt"`` layout only, for int8 / float8_e4m3fn ``x`` and ``W``:
+            ``y = act((x @ W^T) * scale + bias)`` with a float32 ``scale`` (``[]``/``[1]`` or ``[N]``) and
+            ``y`` in ``out_dtype`` (float16/bfloat16, default bfloat16); see ``sparseops.linear24_cuda``.
+            Not supported on CPU (ValueError).
 
     Returns:
         ``[..., N]`` in ``x``'s dtype. Accumulation is in fp32.
@@ -106,8 +112,13 @@ def sparse24_linear(
                 f"{_OP}: x is on CUDA but the CUDA backends are unavailable (module "
                 f"{__package__}.linear24_cuda is missing from this installation)"
             ) from e
-        y = cuda_sparse24_linear(x2d, w24, bias, act, backend, w24_t=w24_t)
+        y = cuda_sparse24_linear(x2d, w24, bias, act, backend, w24_t=w24_t, scale=scale, out_dtype=out_dtype)
     else:
+        if scale is not None or out_dtype is not None:
+            raise ValueError(
+                f"{_OP}: scale/out_dtype (quantised int8/float8 x) need x on CUDA and the 'cusparselt' layout "
+                f"(got x on {x.device.type})"
+            )
         if backend not in CPU_BACKENDS:
             raise ValueError(
                 f"{_OP}: expected backend in {CPU_BACKENDS} for x on {x.device.type} (got {backend!r}; "

@@ -13,11 +13,18 @@ Backends (all fp32 accumulation; activation in ``ACTIVATIONS``, gelu = exact erf
 - ``"cutlass"`` — CUTLASS 2.x sm80 SparseGemm (sparse tensor cores; runs on sm80+), fp16/bf16, W in the
   ``"cutlass"`` layout; needs N % 32 == 0 and K % 64 == 0. Computes y^T, then one transpose + bias +
   activation pass (extra memory: N x M_pad in x's dtype; M is padded to a multiple of 8).
-- ``"cusparselt"`` — cuSPARSELt, fp16/bf16, W in the opaque ``"cusparselt"`` layout; needs N % 16 == 0
-  and K % 16 == 0. Bias and relu are fused; gelu/silu/relu2 take one extra elementwise pass. Plans
-  are cached per (shape, dtype, bias pointer, algorithm); ``search=True`` on the op runs cuSPARSELt's
+- ``"cusparselt"`` — cuSPARSELt, W in the opaque ``"cusparselt"`` layout. fp16/bf16 (N % 16 == 0,
+  K % 16 == 0; fp32 accumulation) and quantised int8 / float8_e4m3fn (N % 32 == 0, K % 32 == 0; x and
+  W of the same 8-bit dtype, int32 resp. fp32 accumulation, output fp16/bf16 chosen by ``out_dtype``,
+  default bf16): ``y = act((x @ W^T) * scale + bias)`` with a float32 ``scale`` of shape ``[]``/``[1]``
+  (per tensor, e.g. ``x_scale * w_scale``) or ``[N]`` (per output feature), applied as cuSPARSELt's
+  alpha vector on the device (no host sync). e4m3 needs sm90+ (NotImplementedError below). Bias
+  (in the output dtype) and relu are fused; gelu/silu/relu2 take one extra elementwise pass. Plans
+  are cached per (shape, dtypes, bias pointer, algorithm); ``search=True`` on the op runs cuSPARSELt's
   algorithm search once per problem and the found algorithm becomes that problem's default.
   Forward only: its buffer is opaque, so backward raises (train with the "packed"/"cutlass" layouts).
+  The int8/e4m3 path was written against cuSPARSELt 0.8.1's header and documentation and has not yet
+  run on a GPU (see ``csrc/sparse24/sparse24_cusparselt_cuda.cpp`` for the type combinations used).
 """
 from __future__ import annotations
 
@@ -40,7 +47,11 @@ GEMV_MAX_M = 16
 CUTLASS_N_MULTIPLE = 32
 CUTLASS_K_MULTIPLE = 64
 CUSPARSELT_MULTIPLE = 16
+CUSPARSELT_MULTIPLE_8BIT = 32
 _HALF_DTYPES = (torch.float16, torch.bfloat16)
+# x / W dtypes of the quantised cuSPARSELt path; they need a scale and produce fp16/bf16.
+QUANT_DTYPES = (torch.int8, torch.float8_e4m3fn)
+_CSLT_DTYPES = _HALF_DTYPES + QUANT_DTYPES
 _LAYOUT_OF_BACKEND = {"gemv": "packed", "cutlass": "cutlass", "cusparselt": "cusparselt"}
 
 
@@ -95,11 +106,16 @@ def cuda_sparse24_linear(
     activation: str,
     backend: str = "auto",
     w24_t: Optional[Sparse24] = None,
+    *,
+    scale: Optional[Tensor] = None,
+    out_dtype: Optional[torch.dtype] = None,
 ) -> Tensor:
-    """``act(x2d @ W^T + bias)`` on CUDA, W given as a :class:`Sparse24`.
+    """``act(x2d @ W^T + bias)`` on CUDA, W given as a :class:`Sparse24`; quantised x/W:
+    ``act((x2d @ W^T) * scale + bias)``.
 
     Args:
-        x2d: ``[M, K]`` on a CUDA device, W's dtype (fp32 only with the packed layout).
+        x2d: ``[M, K]`` on a CUDA device, W's dtype (fp32 only with the packed layout; int8 and
+            float8_e4m3fn only with the cusparselt layout).
         w24: W ``[N, K]`` in layout ``"packed"``, ``"cutlass"`` or ``"cusparselt"``, on x's device.
         bias: ``[N]`` in x's dtype, or None.
         activation: one of ``ACTIVATIONS``.
@@ -108,8 +124,14 @@ def cuda_sparse24_linear(
             a mismatch is a ValueError.
         w24_t: optional packed ``W^T`` for the backward of the packed op (see
             ``sparseops.linear24.sparse24_linear``; the caller checks it); ignored by the other backends.
+        scale: required for int8/float8_e4m3fn x, None otherwise: float32 on x's device, shape ``[]``/``[1]``
+            (per tensor) or ``[N]`` (per output feature); multiplies the int32/fp32 accumulator before
+            the bias. Extra memory: ``N`` floats (the per-tensor scale expanded to cuSPARSELt's alpha vector).
+        out_dtype: y's dtype for int8/float8_e4m3fn x: torch.float16 or torch.bfloat16 (None: bfloat16).
+            For fp16/bf16 x it must be None or x's dtype. ``bias`` must have this dtype.
 
-    Returns ``[M, N]`` contiguous in x's dtype. Extra memory depends on the backend (module docstring).
+    Returns ``[M, N]`` contiguous in x's dtype (``out_dtype`` for quantised x). Extra memory depends on the
+    backend (module docstring).
     """
     if activation not in ACTIVATIONS:
         raise ValueError(f"cuda_sparse24_linear: expected activation in {ACTIVATIONS} (got {activation!r})")
@@ -117,6 +139,7 @@ def cuda_sparse24_linear(
         raise ValueError(f"cuda_sparse24_linear: expected backend in {BACKENDS} (got {backend!r})")
     if not isinstance(w24, Sparse24):
         raise TypeError(f"cuda_sparse24_linear: expected w24 to be a Sparse24 (got {type(w24).__name__})")
+    _check_quant_args("cuda_sparse24_linear", x2d, w24, scale, out_dtype)
     if x2d.device.type != "cuda":
         raise ValueError(f"cuda_sparse24_linear: expected x on a CUDA device (got {x2d.device})")
     if x2d.dim() != 2:
@@ -141,7 +164,39 @@ def cuda_sparse24_linear(
         w = _ops.decompress_24(w24.values, w24.meta, "cutlass")
         return apply_activation(F.linear(x2d, w, bias), activation)
     n, k = w24.shape
-    return _ops.sparse24_linear_cusparselt(x2d, w24.values, n, k, bias, activation)
+    if scale is None and out_dtype is None:
+        return _ops.sparse24_linear_cusparselt(x2d, w24.values, n, k, bias, activation)
+    return _ops.sparse24_linear_cusparselt(
+        x2d, w24.values, n, k, bias, activation, -1, False, scale=scale, out_dtype=out_dtype
+    )
+
+
+def _check_quant_args(
+    op: str, x: Tensor, w24: Sparse24, scale: Optional[Tensor], out_dtype: Optional[torch.dtype]
+) -> None:
+    """The Python-side checks of ``scale``/``out_dtype`` (the op repeats the dtype/shape ones)."""
+    if scale is not None and not isinstance(scale, Tensor):
+        raise TypeError(f"{op}: expected scale to be a Tensor or None (got {type(scale).__name__})")
+    if out_dtype is not None and not isinstance(out_dtype, torch.dtype):
+        raise TypeError(f"{op}: expected out_dtype to be a torch.dtype or None (got {type(out_dtype).__name__})")
+    quant = x.dtype in QUANT_DTYPES
+    if (quant or scale is not None or out_dtype is not None) and w24.layout != "cusparselt":
+        what = f"x of dtype {x.dtype}" if quant else "scale/out_dtype"
+        raise ValueError(
+            f"{op}: {what} needs w24.layout == 'cusparselt' (got {w24.layout!r}); quantise and compress W with "
+            "compress_24(w_q, layout='cusparselt')"
+        )
+    if quant and scale is None:
+        raise ValueError(
+            f"{op}: x of dtype {x.dtype} needs scale (float32, shape [] / [1] per tensor or [N] per output feature): "
+            "y = act((x @ W^T) * scale + bias); got scale=None"
+        )
+    if not quant and scale is not None:
+        raise ValueError(f"{op}: scale is for int8/float8_e4m3fn x only (got a scale with x of dtype {x.dtype})")
+    if quant and out_dtype is not None and out_dtype not in _HALF_DTYPES:
+        raise ValueError(f"{op}: expected out_dtype in (torch.float16, torch.bfloat16, None) for x of dtype {x.dtype} (got {out_dtype})")
+    if not quant and out_dtype is not None and out_dtype != x.dtype:
+        raise ValueError(f"{op}: expected out_dtype None or x's dtype {x.dtype} for x of dtype {x.dtype} (got {out_dtype})")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -181,14 +236,27 @@ def _sparse24_linear_cutlass_fake(
 def _compress_24_cusparselt_fake(w: Tensor) -> Tensor:
     op = "compress_24_cusparselt"
     torch._check(w.dim() == 2, lambda: f"{op}: expected w to be 2-D (got {w.dim()}-D)")
-    torch._check(w.dtype in _HALF_DTYPES, lambda: f"{op}: expected w float16/bfloat16 (got {w.dtype})")
+    torch._check(w.dtype in _CSLT_DTYPES, lambda: f"{op}: expected w float16/bfloat16/int8/float8_e4m3fn (got {w.dtype})")
+    mult = CUSPARSELT_MULTIPLE_8BIT if w.dtype in QUANT_DTYPES else CUSPARSELT_MULTIPLE
     torch._check(
-        w.shape[0] % CUSPARSELT_MULTIPLE == 0 and w.shape[1] % CUSPARSELT_MULTIPLE == 0,
-        lambda: f"{op}: expected both dims of w divisible by {CUSPARSELT_MULTIPLE}",
+        w.shape[0] % mult == 0 and w.shape[1] % mult == 0,
+        lambda: f"{op}: expected both dims of w divisible by {mult} for {w.dtype}",
     )
     # The buffer size is cuSPARSELt's (library- and device-defined): a data-dependent size here.
     size = torch.library.get_ctx().new_dynamic_size()
     return w.new_empty((size,), dtype=torch.uint8)
+
+
+def _cusparselt_out_dtype(op: str, x_dtype: torch.dtype, out_dtype: Optional[torch.dtype]) -> torch.dtype:
+    if x_dtype in QUANT_DTYPES:
+        out = torch.bfloat16 if out_dtype is None else out_dtype
+        torch._check(out in _HALF_DTYPES, lambda: f"{op}: expected out_dtype in {{Half, BFloat16}} for x of dtype {x_dtype} (got {out})")
+        return out
+    torch._check(
+        out_dtype is None or out_dtype == x_dtype,
+        lambda: f"{op}: expected out_dtype None or x's dtype {x_dtype} for 16-bit x (got {out_dtype})",
+    )
+    return x_dtype
 
 
 @torch.library.register_fake("sparseops::sparse24_linear_cusparselt")
@@ -201,21 +269,37 @@ def _sparse24_linear_cusparselt_fake(
     activation: str = "none",
     alg_id: int = -1,
     search: bool = False,
+    scale: Optional[Tensor] = None,
+    out_dtype: Optional[torch.dtype] = None,
 ) -> Tensor:
     op = "sparse24_linear_cusparselt"
     _check_activation(op, activation)
     torch._check(x.dim() == 2, lambda: f"{op}: expected x to be 2-D (got {x.dim()}-D)")
-    torch._check(x.dtype in _HALF_DTYPES, lambda: f"{op}: expected x float16/bfloat16 (got {x.dtype})")
+    torch._check(x.dtype in _CSLT_DTYPES, lambda: f"{op}: expected x float16/bfloat16/int8/float8_e4m3fn (got {x.dtype})")
     torch._check(compressed.dtype == torch.uint8 and compressed.dim() == 1, lambda: f"{op}: expected a 1-D uint8 compressed")
     torch._check(x.shape[1] == in_features, lambda: f"{op}: expected x.size(1) == in_features")
+    quant = x.dtype in QUANT_DTYPES
+    mult = CUSPARSELT_MULTIPLE_8BIT if quant else CUSPARSELT_MULTIPLE
     torch._check(
-        out_features % CUSPARSELT_MULTIPLE == 0 and in_features % CUSPARSELT_MULTIPLE == 0 and out_features > 0,
-        lambda: f"{op}: out_features and in_features must be positive multiples of {CUSPARSELT_MULTIPLE}",
+        out_features % mult == 0 and in_features % mult == 0 and out_features > 0,
+        lambda: f"{op}: out_features and in_features must be positive multiples of {mult} for {x.dtype}",
     )
     torch._check(alg_id >= -1, lambda: f"{op}: expected alg_id >= -1")
     torch._check(not (search and alg_id >= 0), lambda: f"{op}: pass either alg_id >= 0 or search=True")
-    _check_bias(op, bias, out_features, x.dtype)
-    return x.new_empty((x.shape[0], out_features))
+    out = _cusparselt_out_dtype(op, x.dtype, out_dtype)
+    if quant:
+        torch._check(scale is not None, lambda: f"{op}: x of dtype {x.dtype} needs a scale; got scale=None")
+        torch._check(scale.dtype == torch.float32, lambda: f"{op}: expected scale to have dtype Float (got {scale.dtype})")
+        torch._check(
+            (scale.dim() <= 1 and scale.numel() == 1) or (scale.dim() == 1 and scale.shape[0] == out_features),
+            lambda: f"{op}: expected scale of shape [], [1] or [{out_features}] (got {list(scale.shape)})",
+        )
+    else:
+        torch._check(scale is None, lambda: f"{op}: scale is for int8/float8_e4m3fn x only (got x of dtype {x.dtype})")
+    if bias is not None:
+        torch._check(bias.dim() == 1 and bias.shape[0] == out_features, lambda: f"{op}: expected bias of shape [{out_features}]")
+        torch._check(bias.dtype == out, lambda: f"{op}: expected bias to have the output dtype {out} (got {bias.dtype})")
+    return x.new_empty((x.shape[0], out_features), dtype=out)
 
 
 # ---------------------------------------------------------------------------------------------

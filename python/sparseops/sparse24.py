@@ -103,8 +103,13 @@ def compress_24(w: Tensor, *, prune: bool = False, layout: str = "packed") -> Sp
     Args:
         w: ``[rows, cols]`` with ``cols % 4 == 0``; float32/float16/bfloat16 (``layout="cutlass"``:
             float16/bfloat16 with ``rows % 32 == 0`` and ``cols % 32 == 0``); CPU or CUDA.
+            ``layout="cusparselt"`` (CUDA): float16/bfloat16 with ``rows % 16 == 0`` and ``cols % 16 == 0``,
+            or an already quantised int8 / float8_e4m3fn W (e4m3: sm90+) with ``rows % 32 == 0`` and
+            ``cols % 32 == 0``; quantise first, then compress (the scale is passed to the linear op).
         prune: keep the 2 largest-magnitude elements of every group (ties to the lower index) instead
-            of requiring ``w`` to be 2:4 already. Without it, a group with more than 2 non-zeros is an
+            of requiring ``w`` to be 2:4 already. For int8/float8_e4m3fn ``w`` the ranking runs on an
+            fp16 copy (exact); prefer pruning the float weight before quantising, so that the scale is
+            computed from the kept values. Without it, a group with more than 2 non-zeros is an
             error naming its row and columns.
         layout: ``"packed"``, ``"cutlass"`` or (CUDA) ``"cusparselt"`` (see :class:`Sparse24`).
 
@@ -117,7 +122,13 @@ def compress_24(w: Tensor, *, prune: bool = False, layout: str = "packed") -> Sp
     """
     if layout in CUDA_ONLY_LAYOUTS:
         if prune:
-            w = w * nm_mask(w, 2, 4)
+            if w.dtype in (torch.int8, torch.float8_e4m3fn):
+                # nm_mask is float-only: rank on an fp16 copy (exact for every int8 and e4m3 value) and
+                # zero in fp16, then cast back (exact again). Extra memory: two fp16 copies of w.
+                w16 = w.to(torch.float16)
+                w = (w16 * nm_mask(w16, 2, 4)).to(w.dtype)
+            else:
+                w = w * nm_mask(w, 2, 4)
         buffer = _ops.compress_24_cusparselt(w)
         return Sparse24(buffer, buffer.new_empty((0,)), layout, (w.shape[0], w.shape[1]))
     if layout not in LAYOUTS:
