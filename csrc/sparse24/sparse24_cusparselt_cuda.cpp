@@ -3,11 +3,11 @@
 // Type combinations (cuSPARSELt 0.8 "Key Features" table, docs.nvidia.com/cuda/cusparselt/index.html;
 // W = A is the structured operand, x = B, C = D = y):
 //
-//   W, x                 y (C and D)        compute                 scale                 archs (docs)
-//   fp16                 fp16               CUSPARSE_COMPUTE_32F    -                     sm80+
-//   bf16                 bf16               CUSPARSE_COMPUTE_32F    -                     sm80+
-//   int8 (CUDA_R_8I)     fp16 or bf16       CUSPARSE_COMPUTE_32I    alpha vector (fp32)   sm80+
-//   e4m3 (CUDA_R_8F_E4M3) fp16 or bf16      CUSPARSE_COMPUTE_32F    alpha vector (fp32)   sm90, sm100, sm120
+//   W, x                   y (C and D)    compute                 scale                 archs (docs)
+//   fp16                   fp16           CUSPARSE_COMPUTE_32F    -                     sm80+
+//   bf16                   bf16           CUSPARSE_COMPUTE_32F    -                     sm80+
+//   int8 (CUDA_R_8I)       fp16 or bf16   CUSPARSE_COMPUTE_32I    alpha vector (fp32)   sm80+
+//   e4m3 (CUDA_R_8F_E4M3)  fp16 or bf16   CUSPARSE_COMPUTE_32F    alpha vector (fp32)   sm90, sm100, sm120
 //
 //   * Scales: on sm90 cuSPARSELt 0.8 has no per-operand scaling for E4M3/INT8 (the A/B_SCALE_MODE/POINTER
 //     attributes are documented for block-scaled E4M3/E2M1 on sm100/sm120 only), so the dequantisation
