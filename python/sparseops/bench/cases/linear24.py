@@ -13,14 +13,12 @@ does without ``w24_t`` (decompress W, then the matmul).
 """
 from __future__ import annotations
 
-import importlib.util
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 import sparseops
-from sparseops.bench import Case, register, unavailable
+from sparseops.bench import Case, register
 from sparseops.linear24 import compress_24_transposable, sparse24_linear
 
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -38,17 +36,13 @@ def _rows(quick: bool) -> list[int]:
 def _case(device: str, w24: sparseops.Sparse24, w: Tensor, dtype_name: str, m: int) -> Case:
     n, k = w.shape
     x = torch.randn(m, k, device=device, dtype=w.dtype)
-    if device == "cuda" and importlib.util.find_spec("sparseops.linear24_cuda") is None:
-        ours = unavailable("sparseops.linear24_cuda (the CUDA backends) is not in this build")
-    else:
-        ours = lambda: sparse24_linear(x, w24)  # noqa: E731
     packed = w24.values.nbytes + w24.meta.nbytes
     io = x.nbytes + m * n * x.element_size()
     amount = {"bytes": packed + io} if m <= _GEMV_MAX_M else {"flops": 2 * m * n * k}
     return Case(
         label=f"{dtype_name} M={m} N={n} K={k}",
         params={"dtype": dtype_name, "m": m, "n": n, "k": k, "activation": "none", "bias": False},
-        impls={"sparseops": ours, "torch_dense_linear": lambda: F.linear(x, w)},
+        impls={"sparseops": lambda: sparse24_linear(x, w24), "torch_dense_linear": lambda: F.linear(x, w)},
         baseline="torch_dense_linear",
         **amount,
     )
@@ -68,10 +62,6 @@ def _grad_x_case(device: str, w24: sparseops.Sparse24, w24_t: sparseops.Sparse24
                  m: int) -> Case:
     n, k = w.shape
     grad_z = torch.randn(m, n, device=device, dtype=w.dtype)
-    if device == "cuda" and importlib.util.find_spec("sparseops.linear24_cuda") is None:
-        ours = unavailable("sparseops.linear24_cuda (the CUDA backends) is not in this build")
-    else:
-        ours = lambda: sparse24_linear(grad_z, w24_t)  # noqa: E731  (= the backward's grad_x with w24_t)
     packed = w24_t.values.nbytes + w24_t.meta.nbytes
     io = grad_z.nbytes + m * k * grad_z.element_size()
     amount = {"bytes": packed + io} if m <= _GEMV_MAX_M else {"flops": 2 * m * n * k}
@@ -79,7 +69,7 @@ def _grad_x_case(device: str, w24: sparseops.Sparse24, w24_t: sparseops.Sparse24
         label=f"grad_x = grad_z @ W {dtype_name} M={m} N={n} K={k}",
         params={"dtype": dtype_name, "m": m, "n": n, "k": k, "job": "grad_x"},
         impls={
-            "sparseops": ours,
+            "sparseops": lambda: sparse24_linear(grad_z, w24_t),  # the backward's grad_x with w24_t
             "torch_dense_matmul": lambda: grad_z @ w,
             "decompress_then_matmul": lambda: grad_z @ sparseops.decompress_24(w24),
         },
