@@ -2,11 +2,17 @@
 // -mfma -mf16c; linear24_cpu.cpp calls it only when sparseops::cpu_use_avx512()).
 //
 // fp32 / fp16 weights ("perm scheme"), per W row, 8 groups at a time (32 input columns, 16 kept
-// values, 4 meta bytes): the 4 meta bytes become a 16-lane index vector, lane 2g+s = 4g + (index s of group g), computed with one variable
-// shift (the code of lane l sits at bits 2l..2l+1 of the 4 bytes read as a little-endian word). Each x
-// row then contributes values * permutex2var(x[0:16], idx, x[16:32]) to its accumulator. The index
-// vector and the converted values serve all M rows (up to 8 per pass), so W is streamed once.
+// values, 4 meta bytes): the 4 meta bytes become a 16-lane index vector, lane 2g+s = 4g + (index s of
+// group g), computed with one variable shift (the code of lane l sits at bits 2l..2l+1 of the 4 bytes
+// read as a little-endian word). Each x row then contributes values * permutex2var(x[0:16], idx,
+// x[16:32]) to its accumulator.
 // bf16 weights ("pair scheme", below): 64 columns per step, x kept in bf16, vdpbf16ps.
+// Register block: 2 W rows x up to 8 x rows per pass. The index vectors and values of the 2 W rows
+// serve all 8 x rows, and each x chunk (loaded once into registers) serves both W rows, so one
+// multiply-add costs one load + one permute + one FMA/dot: about one cycle on Zen 5, where the permute
+// and the FMA/dot compete for the same pipes (one W row per pass needed two loads per multiply-add and
+// was load-bound at ~2 cycles). x comes in the panel layout of linear24_cpu.h (the rows of a step in
+// one 1 KiB block). W is streamed from memory once per call; M > 8 re-reads it from L2.
 // Also here: the vectorised tile decompression of the large-M path.
 //
 // No torch headers here (see linear24_cpu.h): everything in this file is local to it.

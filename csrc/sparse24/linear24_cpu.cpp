@@ -2,8 +2,8 @@
 //
 // Two paths, chosen by M (rows of x):
 //  - small M (M <= gemv_max_m(): 32 fp32/fp16, 16 bf16): parallel over blocks of output rows n; each W row is
-//    streamed once for all M rows of x (the AVX-512 kernel in linear24_avx512.cpp, or the portable
-//    one below), writing fp32 z = x W^T + bias; the activation then runs on z in fp32 before the one
+//    streamed once for all M rows of x (the AVX-512 kernel in linear24_avx512.cpp, on x repacked into
+//    its chunk-interleaved panel, or the portable one below), writing fp32 z = x W^T + bias; the activation then runs on z in fp32 before the one
 //    rounding to x's dtype. Bandwidth-bound for a few rows: the packed W is ~9/16 (fp32) or ~5/8
 //    (16-bit) of dense.
 //  - large M: parallel over tiles of kTileN rows of W; each thread decompresses its tile into a
