@@ -298,3 +298,13 @@ def test_bad_inputs_wrapper():
         sparse24_linear(x, w24._replace(layout="cutlass"))
     with pytest.raises(ValueError, match=r"sparse24_linear: expected x of shape \[..., K\]"):
         sparse24_linear(torch.tensor(1.0), w24)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_long_k_small_m_register_blocks(dtype):
+    # Small-M kernel: several K pieces, W rows in pairs plus an odd last row (N = 7), every x-row
+    # block size of the 8-row passes (m = 1..9, 16), and a partial last step (K % 64 == 36).
+    x, values, meta, b = make_case(16, 7, 8228, dtype)
+    for m in (1, 2, 5, 8, 9, 16):
+        y = ops.sparse24_linear(x[:m], values, meta, b, "none")
+        assert_matches_reference(y, x[:m], values, meta, b, "none")

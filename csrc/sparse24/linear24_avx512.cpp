@@ -2,11 +2,17 @@
 // -mfma -mf16c; linear24_cpu.cpp calls it only when sparseops::cpu_use_avx512()).
 //
 // fp32 / fp16 weights ("perm scheme"), per W row, 8 groups at a time (32 input columns, 16 kept
-// values, 4 meta bytes): the 4 meta bytes become a 16-lane index vector, lane 2g+s = 4g + (index s of group g), computed with one variable
-// shift (the code of lane l sits at bits 2l..2l+1 of the 4 bytes read as a little-endian word). Each x
-// row then contributes values * permutex2var(x[0:16], idx, x[16:32]) to its accumulator. The index
-// vector and the converted values serve all M rows (up to 8 per pass), so W is streamed once.
+// values, 4 meta bytes): the 4 meta bytes become a 16-lane index vector, lane 2g+s = 4g + (index s of
+// group g), computed with one variable shift (the code of lane l sits at bits 2l..2l+1 of the 4 bytes
+// read as a little-endian word). Each x row then contributes values * permutex2var(x[0:16], idx,
+// x[16:32]) to its accumulator.
 // bf16 weights ("pair scheme", below): 64 columns per step, x kept in bf16, vdpbf16ps.
+// Register block: 2 W rows x up to 8 x rows per pass. The index vectors and values of the 2 W rows
+// serve all 8 x rows, and each x chunk (loaded once into registers) serves both W rows, so one
+// multiply-add costs one load + one permute + one FMA/dot: about one cycle on Zen 5, where the permute
+// and the FMA/dot compete for the same pipes (one W row per pass needed two loads per multiply-add and
+// was load-bound at ~2 cycles). x comes in the panel layout of linear24_cpu.h (the rows of a step in
+// one 1 KiB block). W is streamed from memory once per call; M > 8 re-reads it from L2.
 // Also here: the vectorised tile decompression of the large-M path.
 //
 // No torch headers here (see linear24_cpu.h): everything in this file is local to it.
@@ -23,80 +29,58 @@
 namespace sparseops::sparse24 {
 namespace {
 
-struct LoadF32 {
-  using T = float;
-  static __m512 load(const float* p) { return _mm512_loadu_ps(p); }
-  static __m512 load(const float* p, __mmask16 k) { return _mm512_maskz_loadu_ps(k, p); }
-};
+// ---- the two schemes -------------------------------------------------------------------------------
+// A scheme D gives, per step of D::kChunk columns (D::kGroups groups of 4): D::index (the permute
+// indices, from the step's meta bytes), D::load_w (the kept values), D::load_x (half a chunk of one x
+// row) and D::madd (acc += kept values * x gathered by the indices).
 
-struct LoadF16 {
-  using T = uint16_t;
-  static __m512 load(const uint16_t* p) { return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))); }
-  static __m512 load(const uint16_t* p, __mmask16 k) { return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(k, p)); }
-};
-
+// fp32 / fp16 values: 8 groups per step (32 columns, 16 kept values, 4 meta bytes).
 // Lane 2g+s: 4g + bits [4g+2s, 4g+2s+1] of meta4 = 4 * (l / 2) + ((meta4 >> 2l) & 3).
-inline __m512i chunk_index(uint32_t meta4) {
+inline __m512i perm_index(uint32_t meta4) {
   const __m512i shifts = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
   const __m512i base = _mm512_setr_epi32(0, 0, 4, 4, 8, 8, 12, 12, 16, 16, 20, 20, 24, 24, 28, 28);
   const __m512i codes = _mm512_srlv_epi32(_mm512_set1_epi32(static_cast<int>(meta4)), shifts);
   return _mm512_add_epi32(_mm512_and_si512(codes, _mm512_set1_epi32(3)), base);
 }
 
-template <class L, int MR>
-inline void chunk_step(const typename L::T* v, const uint8_t* meta, const float* x, int64_t ldx, int64_t c,
-                       __m512 (&acc)[MR]) {
-  uint32_t meta4;
-  std::memcpy(&meta4, meta + 4 * c, 4);
-  const __m512i idx = chunk_index(meta4);
-  const __m512 w = L::load(v + 16 * c);
-  const float* xc = x + 32 * c;
-#pragma GCC unroll 8
-  for (int r = 0; r < MR; ++r) {
-    const float* xr = xc + r * ldx;
-    const __m512 xg = _mm512_permutex2var_ps(_mm512_loadu_ps(xr), idx, _mm512_loadu_ps(xr + 16));
-    acc[r] = _mm512_fmadd_ps(w, xg, acc[r]);
+template <class V>  // V: float or uint16_t (fp16 bits)
+struct PermScheme {
+  using T = V;
+  using X = float;
+  using W = __m512;
+  using XV = __m512;
+  static constexpr int64_t kChunk = 32, kGroups = 8;
+  static __m512i index(const uint8_t* meta) {
+    uint32_t meta4;
+    std::memcpy(&meta4, meta, 4);
+    return perm_index(meta4);
   }
-}
-
-// sums[r] = <W row piece, x row r piece> for r < MR: K columns (K % 4 == 0), x rows ldx apart.
-template <class L, int MR>
-void row_dot(const typename L::T* v, const uint8_t* meta, int64_t K, const float* x, int64_t ldx, float* sums) {
-  const int64_t groups = K / 4, chunks = groups / 8, rem = groups % 8;
-  __m512 a0[MR], a1[MR];
-  for (int r = 0; r < MR; ++r) a0[r] = a1[r] = _mm512_setzero_ps();
-  int64_t c = 0;
-  for (; c + 1 < chunks; c += 2) {  // two accumulator sets: two independent FMA chains per row
-    chunk_step<L, MR>(v, meta, x, ldx, c, a0);
-    chunk_step<L, MR>(v, meta, x, ldx, c + 1, a1);
-  }
-  if (c < chunks) chunk_step<L, MR>(v, meta, x, ldx, c, a0);
-  if (rem > 0) {  // the last 1..7 groups: masked loads (zeros beyond the row), same index maths
+  static __m512i index_tail(const uint8_t* meta, int64_t groups) {
     uint32_t meta4 = 0;
-    for (int64_t b = 0; b < (rem + 1) / 2; ++b) meta4 |= static_cast<uint32_t>(meta[4 * chunks + b]) << (8 * b);
-    const __m512i idx = chunk_index(meta4);
-    const int64_t cols = 4 * rem;
-    const __mmask16 kv = static_cast<__mmask16>((1u << (2 * rem)) - 1);
-    const __mmask16 klo = static_cast<__mmask16>(cols >= 16 ? 0xFFFFu : (1u << cols) - 1);
-    const __mmask16 khi = static_cast<__mmask16>(cols > 16 ? (1u << (cols - 16)) - 1 : 0u);
-    const __m512 w = L::load(v + 16 * chunks, kv);
-    const float* xc = x + 32 * chunks;
-    for (int r = 0; r < MR; ++r) {
-      const float* xr = xc + r * ldx;
-      const __m512 xg = _mm512_permutex2var_ps(_mm512_maskz_loadu_ps(klo, xr), idx, _mm512_maskz_loadu_ps(khi, xr + 16));
-      a0[r] = _mm512_fmadd_ps(w, xg, a0[r]);
+    for (int64_t b = 0; b < (groups + 1) / 2; ++b) meta4 |= static_cast<uint32_t>(meta[b]) << (8 * b);
+    return perm_index(meta4);
+  }
+  static W load_w(const T* v, int64_t groups = kGroups) {
+    const __mmask16 k = static_cast<__mmask16>((1u << (2 * groups)) - 1);
+    if constexpr (sizeof(T) == 4) {
+      return _mm512_maskz_loadu_ps(k, v);
+    } else {
+      return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(k, v));
     }
   }
-  for (int r = 0; r < MR; ++r) sums[r] = _mm512_reduce_add_ps(_mm512_add_ps(a0[r], a1[r]));
-}
+  static XV load_x(const X* x) { return _mm512_loadu_ps(x); }
+  static __m512 madd(__m512 acc, W w, XV lo, __m512i idx, XV hi) {
+    return _mm512_fmadd_ps(w, _mm512_permutex2var_ps(lo, idx, hi), acc);
+  }
+};
 
-// ---- bf16: pairs of kept values meet pairs of gathered x in one vdpbf16ps ------------------------
-// 16 groups per step (64 columns, 32 kept values, 8 meta bytes). The values are already laid out as
-// one (first, second) bf16 pair per group; a two-source 16-bit permute gathers the matching
-// (x[4g + first], x[4g + second]) pair from x's 64 columns, and vdpbf16ps multiplies the pairs and adds
-// both products into one fp32 lane: 32 multiply-adds per permute + dot, twice the fp32 scheme's.
+// bf16 values ("pair scheme"): 16 groups per step (64 columns, 32 kept values, 8 meta bytes). The
+// values are already laid out as one (first, second) bf16 pair per group; a two-source 16-bit permute
+// gathers the matching (x[4g + first], x[4g + second]) pair from x's 64 columns, and vdpbf16ps
+// multiplies the pairs and adds both products into one fp32 lane: 32 multiply-adds per permute + dot,
+// twice the fp32 scheme's.
 struct PairIndexConsts {
-  alignas(64) uint16_t ctrl[32];   // vpshufb control: 16-bit lane l gets meta word l / 8
+  alignas(64) uint16_t ctrl[32];    // vpshufb control: 16-bit lane l gets meta word l / 8
   alignas(64) uint16_t shifts[32];  // 2 * (l % 8)
   alignas(64) uint16_t base[32];    // 4 * (l / 2)
   constexpr PairIndexConsts() : ctrl(), shifts(), base() {
@@ -118,85 +102,119 @@ inline __m512i pair_index(uint64_t meta8) {
   return _mm512_add_epi16(_mm512_and_si512(codes, _mm512_set1_epi16(3)), _mm512_load_si512(kPair.base));
 }
 
-inline __m512 dot_pairs(__m512 acc, __m512i values, __m512i x_pairs) {
-  return _mm512_dpbf16_ps(acc, (__m512bh)values, (__m512bh)x_pairs);
+struct PairScheme {
+  using T = uint16_t;
+  using X = uint16_t;
+  using W = __m512i;
+  using XV = __m512i;
+  static constexpr int64_t kChunk = 64, kGroups = 16;
+  static __m512i index(const uint8_t* meta) {
+    uint64_t meta8;
+    std::memcpy(&meta8, meta, 8);
+    return pair_index(meta8);
+  }
+  static __m512i index_tail(const uint8_t* meta, int64_t groups) {
+    uint64_t meta8 = 0;
+    for (int64_t b = 0; b < (groups + 1) / 2; ++b) meta8 |= static_cast<uint64_t>(meta[b]) << (8 * b);
+    return pair_index(meta8);
+  }
+  static W load_w(const T* v, int64_t groups = kGroups) {
+    return _mm512_maskz_loadu_epi16(static_cast<__mmask32>((1ull << (2 * groups)) - 1), v);
+  }
+  static XV load_x(const X* x) { return _mm512_loadu_si512(x); }
+  static __m512 madd(__m512 acc, W w, XV lo, __m512i idx, XV hi) {
+    return _mm512_dpbf16_ps(acc, (__m512bh)w, (__m512bh)_mm512_permutex2var_epi16(lo, idx, hi));
+  }
+};
+
+// ---- the register block: WR W rows x MR x rows --------------------------------------------------------
+// Each x chunk (two half-chunk loads per x row) serves WR = 2 W rows, so a multiply-add needs one load,
+// one permute and one FMA/dot: the kernel is no longer load-bound (8 x rows x 1 W row would need two
+// loads per permute). Accumulators: WR * MR <= 16; with few of them, two sets alternate steps so that the
+// FMA/dot latency (4-6 cycles) is hidden.
+
+template <class D, int WR, int MR>
+__attribute__((always_inline)) inline void block_step(__m512 (&acc)[WR][MR], const typename D::W (&w)[WR],
+                                                      const __m512i (&idx)[WR], const typename D::X* xc) {
+#pragma GCC unroll 8
+  for (int r = 0; r < MR; ++r) {
+    typename D::XV lo = D::load_x(xc + D::kChunk * r), hi = D::load_x(xc + D::kChunk * r + D::kChunk / 2);
+    // Opaque to the compiler from here: otherwise GCC folds the loads into every permute that uses
+    // them and loads each x chunk WR times again (load-bound, as without the register block).
+    asm("" : "+v"(lo), "+v"(hi));
+#pragma GCC unroll 2
+    for (int j = 0; j < WR; ++j) acc[j][r] = D::madd(acc[j][r], w[j], lo, idx[j], hi);
+  }
 }
 
-template <int MR>
-void row_dot_bf16(const uint16_t* v, const uint8_t* meta, int64_t K, const uint16_t* x, int64_t ldx, float* sums) {
-  const int64_t groups = K / 4, chunks = groups / 16, rem = groups % 16;
-  __m512 a0[MR], a1[MR];
-  for (int r = 0; r < MR; ++r) a0[r] = a1[r] = _mm512_setzero_ps();
-  auto step = [&](int64_t c, __m512(&acc)[MR]) {
-    uint64_t meta8;
-    std::memcpy(&meta8, meta + 8 * c, 8);
-    const __m512i idx = pair_index(meta8);
-    const __m512i w = _mm512_loadu_si512(v + 32 * c);
-    const uint16_t* xc = x + 64 * c;
+// sums[j * MR + r] = <W row j piece, x row r piece>: W rows at v + j * vs (values) and meta + j * ms,
+// K columns (K % 4 == 0); x in the panel layout (linear24_cpu.h), chunks ldc apart.
+template <class D, int WR, int MR>
+void block_dot(const typename D::T* v, int64_t vs, const uint8_t* meta, int64_t ms, int64_t K,
+               const typename D::X* x, int64_t ldc, float* sums) {
+  constexpr int kSets = WR * MR <= 8 ? 2 : 1;
+  constexpr int64_t kValues = 2 * D::kGroups, kMetaBytes = D::kGroups / 2;
+  const int64_t groups = K / 4, steps = groups / D::kGroups, rem = groups % D::kGroups;
+  __m512 acc[kSets][WR][MR];
+#pragma GCC unroll 2
+  for (int s = 0; s < kSets; ++s) {
+#pragma GCC unroll 2
+    for (int j = 0; j < WR; ++j) {
+#pragma GCC unroll 8
+      for (int r = 0; r < MR; ++r) acc[s][j][r] = _mm512_setzero_ps();
+    }
+  }
+  typename D::W w[WR];
+  __m512i idx[WR];
+  int64_t c = 0;
+  for (; c + kSets <= steps; c += kSets) {
+#pragma GCC unroll 2
+    for (int s = 0; s < kSets; ++s) {
+#pragma GCC unroll 2
+      for (int j = 0; j < WR; ++j) {
+        idx[j] = D::index(meta + j * ms + kMetaBytes * (c + s));
+        w[j] = D::load_w(v + j * vs + kValues * (c + s));
+      }
+      block_step<D, WR, MR>(acc[s], w, idx, x + (c + s) * ldc);
+    }
+  }
+  for (; c < steps; ++c) {
+#pragma GCC unroll 2
+    for (int j = 0; j < WR; ++j) {
+      idx[j] = D::index(meta + j * ms + kMetaBytes * c);
+      w[j] = D::load_w(v + j * vs + kValues * c);
+    }
+    block_step<D, WR, MR>(acc[0], w, idx, x + c * ldc);
+  }
+  if (rem > 0) {  // the last 1..kGroups-1 groups: masked W loads (the panel's x is zero beyond K)
+#pragma GCC unroll 2
+    for (int j = 0; j < WR; ++j) {
+      idx[j] = D::index_tail(meta + j * ms + kMetaBytes * steps, rem);
+      w[j] = D::load_w(v + j * vs + kValues * steps, rem);
+    }
+    block_step<D, WR, MR>(acc[0], w, idx, x + steps * ldc);
+  }
+#pragma GCC unroll 2
+  for (int j = 0; j < WR; ++j) {
 #pragma GCC unroll 8
     for (int r = 0; r < MR; ++r) {
-      const uint16_t* xr = xc + r * ldx;
-      const __m512i xg = _mm512_permutex2var_epi16(_mm512_loadu_si512(xr), idx, _mm512_loadu_si512(xr + 32));
-      acc[r] = dot_pairs(acc[r], w, xg);
-    }
-  };
-  int64_t c = 0;
-  for (; c + 1 < chunks; c += 2) {
-    step(c, a0);
-    step(c + 1, a1);
-  }
-  if (c < chunks) step(c, a0);
-  if (rem > 0) {  // the last 1..15 groups: masked loads (zeros beyond the row)
-    uint64_t meta8 = 0;
-    for (int64_t b = 0; b < (rem + 1) / 2; ++b) meta8 |= static_cast<uint64_t>(meta[8 * chunks + b]) << (8 * b);
-    const __m512i idx = pair_index(meta8);
-    const int64_t cols = 4 * rem;
-    const __mmask32 kv = static_cast<__mmask32>((1ull << (2 * rem)) - 1);
-    const __mmask32 klo = static_cast<__mmask32>(cols >= 32 ? 0xFFFFFFFFull : (1ull << cols) - 1);
-    const __mmask32 khi = static_cast<__mmask32>(cols > 32 ? (1ull << (cols - 32)) - 1 : 0ull);
-    const __m512i w = _mm512_maskz_loadu_epi16(kv, v + 32 * chunks);
-    const uint16_t* xc = x + 64 * chunks;
-    for (int r = 0; r < MR; ++r) {
-      const uint16_t* xr = xc + r * ldx;
-      const __m512i xg = _mm512_permutex2var_epi16(_mm512_maskz_loadu_epi16(klo, xr), idx,
-                                                   _mm512_maskz_loadu_epi16(khi, xr + 32));
-      a0[r] = dot_pairs(a0[r], w, xg);
+      __m512 a = acc[0][j][r];
+      if constexpr (kSets == 2) a = _mm512_add_ps(a, acc[1][j][r]);
+      sums[j * MR + r] = _mm512_reduce_add_ps(a);
     }
   }
-  for (int r = 0; r < MR; ++r) sums[r] = _mm512_reduce_add_ps(_mm512_add_ps(a0[r], a1[r]));
 }
 
 // ---- row loops ------------------------------------------------------------------------------------
 
-// The two schemes behind one interface: D::T (values), D::X (x), D::kChunk (columns per step).
-template <class L>
-struct PermScheme {
-  using T = typename L::T;
-  using X = float;
-  static constexpr int64_t kChunk = 32;
-  template <int MR>
-  static void dot(const T* v, const uint8_t* meta, int64_t K, const X* x, int64_t ldx, float* sums) {
-    row_dot<L, MR>(v, meta, K, x, ldx, sums);
-  }
-};
-
-struct PairScheme {
-  using T = uint16_t;
-  using X = uint16_t;
-  static constexpr int64_t kChunk = 64;
-  template <int MR>
-  static void dot(const T* v, const uint8_t* meta, int64_t K, const X* x, int64_t ldx, float* sums) {
-    row_dot_bf16<MR>(v, meta, K, x, ldx, sums);
-  }
-};
-
 // Loop order, for the x rows to stay in L1 (48 KB) and W to be read from memory once: blocks of kRowBlock
 // W rows; within one, K pieces sized so that 8 x rows of a piece take ~24 KB; within a piece, the x rows
-// 8 at a time, and the block's W rows (their piece, from L2 after the first 8 x rows).
+// 8 at a time, and the block's W rows two at a time (their piece, from L2 after the first 8 x rows).
 constexpr int64_t kRowBlock = 64;
+constexpr int64_t kPieceBytes = 24 * 1024;
 
 // A K piece of a W row is a short stream (~1-6 KB, rows K/2 elements apart) that the hardware
-// prefetchers would pick up only after a few misses; it is prefetched one row ahead instead.
+// prefetchers would pick up only after a few misses; it is prefetched one row pair ahead instead.
 inline void prefetch_bytes(const void* p, int64_t bytes) {
   const char* c = static_cast<const char*>(p);
   for (int64_t o = 0; o < bytes; o += 64) _mm_prefetch(c + o, _MM_HINT_T0);
@@ -204,35 +222,46 @@ inline void prefetch_bytes(const void* p, int64_t bytes) {
 
 template <class D, int MR>
 void block_piece(const typename D::T* vp, const uint8_t* mp, int64_t half, int64_t meta_cols, int64_t k0, int64_t kl,
-                 const typename D::X* x, int64_t ldx, const float* bias, int64_t nb0, int64_t nb1, float* z,
+                 const typename D::X* x, int64_t ldc, const float* bias, int64_t nb0, int64_t nb1, float* z,
                  int64_t ldz) {
-  float sums[MR];
-  for (int64_t n = nb0; n < nb1; ++n) {
-    if (n + 1 < nb1) {
-      prefetch_bytes(vp + (n + 1) * half + k0 / 2, kl / 2 * static_cast<int64_t>(sizeof(typename D::T)));
-      prefetch_bytes(mp + (n + 1) * meta_cols + k0 / 8, kl / 8);
+  float sums[2 * MR];
+  const typename D::X* xk = x + k0 / D::kChunk * ldc;
+  const int64_t vbytes = kl / 2 * static_cast<int64_t>(sizeof(typename D::T));
+  for (int64_t n = nb0; n < nb1; n += 2) {
+    const int64_t wr = nb1 - n < 2 ? 1 : 2;
+    for (int64_t p = n + 2; p < n + 4 && p < nb1; ++p) {
+      prefetch_bytes(vp + p * half + k0 / 2, vbytes);
+      prefetch_bytes(mp + p * meta_cols + k0 / 8, kl / 8);
     }
-    D::template dot<MR>(vp + n * half + k0 / 2, mp + n * meta_cols + k0 / 8, kl, x + k0, ldx, sums);
-    if (k0 == 0) {
-      const float b = bias != nullptr ? bias[n] : 0.0f;
-      for (int r = 0; r < MR; ++r) z[r * ldz + n] = sums[r] + b;
+    const typename D::T* v = vp + n * half + k0 / 2;
+    const uint8_t* m = mp + n * meta_cols + k0 / 8;
+    if (wr == 2) {
+      block_dot<D, 2, MR>(v, half, m, meta_cols, kl, xk, ldc, sums);
     } else {
-      for (int r = 0; r < MR; ++r) z[r * ldz + n] += sums[r];
+      block_dot<D, 1, MR>(v, half, m, meta_cols, kl, xk, ldc, sums);
+    }
+    for (int64_t j = 0; j < wr; ++j) {
+      if (k0 == 0) {
+        const float b = bias != nullptr ? bias[n + j] : 0.0f;
+        for (int r = 0; r < MR; ++r) z[r * ldz + n + j] = sums[j * MR + r] + b;
+      } else {
+        for (int r = 0; r < MR; ++r) z[r * ldz + n + j] += sums[j * MR + r];
+      }
     }
   }
 }
 
 template <class D>
-void rows(const void* values, const uint8_t* meta, int64_t K, const void* xv, int64_t ldx, int64_t M,
-          const float* bias, int64_t n0, int64_t n1, float* z, int64_t ldz) {
+void rows(const void* values, const uint8_t* meta, int64_t K, const void* xv, int64_t M, const float* bias,
+          int64_t n0, int64_t n1, float* z, int64_t ldz) {
   using T = typename D::T;
   using X = typename D::X;
   const T* vp = static_cast<const T*>(values);
   const X* x = static_cast<const X*>(xv);
-  const int64_t half = K / 2, meta_cols = (K / 4 + 1) / 2;
+  const int64_t half = K / 2, meta_cols = (K / 4 + 1) / 2, ldc = M * D::kChunk;
   const int64_t mr_max = M < 8 ? M : 8;
   // K piece: whole steps (so whole meta bytes), at least 256 columns.
-  int64_t piece = static_cast<int64_t>(24 * 1024 / (sizeof(X) * mr_max)) / D::kChunk * D::kChunk;
+  int64_t piece = static_cast<int64_t>(kPieceBytes / (sizeof(X) * mr_max)) / D::kChunk * D::kChunk;
   piece = piece < 256 ? 256 : piece;
   for (int64_t nb0 = n0; nb0 < n1; nb0 += kRowBlock) {
     const int64_t nb1 = nb0 + kRowBlock < n1 ? nb0 + kRowBlock : n1;
@@ -240,11 +269,11 @@ void rows(const void* values, const uint8_t* meta, int64_t K, const void* xv, in
       const int64_t kl = K - k0 < piece ? K - k0 : piece;
       for (int64_t m0 = 0; m0 < M; m0 += 8) {
         const int64_t mb = M - m0 < 8 ? M - m0 : 8;
-        const X* xm = x + m0 * ldx;
+        const X* xm = x + m0 * D::kChunk;
         float* zm = z + m0 * ldz;
         switch (mb) {
 #define SPARSEOPS_PIECE(R) \
-  case R: block_piece<D, R>(vp, meta, half, meta_cols, k0, kl, xm, ldx, bias, nb0, nb1, zm, ldz); break;
+  case R: block_piece<D, R>(vp, meta, half, meta_cols, k0, kl, xm, ldc, bias, nb0, nb1, zm, ldz); break;
           SPARSEOPS_PIECE(1) SPARSEOPS_PIECE(2) SPARSEOPS_PIECE(3) SPARSEOPS_PIECE(4)
           SPARSEOPS_PIECE(5) SPARSEOPS_PIECE(6) SPARSEOPS_PIECE(7) SPARSEOPS_PIECE(8)
 #undef SPARSEOPS_PIECE
@@ -354,11 +383,11 @@ void decompress_16bit(const uint16_t* vp, const uint8_t* mp, int64_t K, int64_t 
 }  // namespace
 
 void linear24_rows_avx512(ElemType type, const void* values, const uint8_t* meta, int64_t K, const void* x,
-                          int64_t ldx, int64_t M, const float* bias, int64_t n0, int64_t n1, float* z, int64_t ldz) {
+                          int64_t M, const float* bias, int64_t n0, int64_t n1, float* z, int64_t ldz) {
   switch (type) {
-    case ElemType::kFloat: rows<PermScheme<LoadF32>>(values, meta, K, x, ldx, M, bias, n0, n1, z, ldz); break;
-    case ElemType::kHalf: rows<PermScheme<LoadF16>>(values, meta, K, x, ldx, M, bias, n0, n1, z, ldz); break;
-    case ElemType::kBFloat16: rows<PairScheme>(values, meta, K, x, ldx, M, bias, n0, n1, z, ldz); break;
+    case ElemType::kFloat: rows<PermScheme<float>>(values, meta, K, x, M, bias, n0, n1, z, ldz); break;
+    case ElemType::kHalf: rows<PermScheme<uint16_t>>(values, meta, K, x, M, bias, n0, n1, z, ldz); break;
+    case ElemType::kBFloat16: rows<PairScheme>(values, meta, K, x, M, bias, n0, n1, z, ldz); break;
   }
 }
 

@@ -2,8 +2,8 @@
 //
 // Two paths, chosen by M (rows of x):
 //  - small M (M <= gemv_max_m(): 32 fp32/fp16, 16 bf16): parallel over blocks of output rows n; each W row is
-//    streamed once for all M rows of x (the AVX-512 kernel in linear24_avx512.cpp, or the portable
-//    one below), writing fp32 z = x W^T + bias; the activation then runs on z in fp32 before the one
+//    streamed once for all M rows of x (the AVX-512 kernel in linear24_avx512.cpp, on x repacked into
+//    its chunk-interleaved panel, or the portable one below), writing fp32 z = x W^T + bias; the activation then runs on z in fp32 before the one
 //    rounding to x's dtype. Bandwidth-bound for a few rows: the packed W is ~9/16 (fp32) or ~5/8
 //    (16-bit) of dense.
 //  - large M: parallel over tiles of kTileN rows of W; each thread decompresses its tile into a
@@ -104,13 +104,24 @@ void linear24_small_m(const at::Tensor& xc, const at::Tensor& vc, const at::Tens
   const int64_t M = xc.size(0), K = xc.size(1), N = vc.size(0);
   const bool avx512 = cpu_use_avx512();
   const ElemType type = elem_type(vc.scalar_type());
-  // x as the kernel reads it (M is small here): fp32, or bf16 for the AVX-512 bf16 kernel; rows
-  // padded to a 64-byte multiple + 64 bytes so that they do not start a multiple of 4 KiB apart (for
-  // K = 1024, 4096, ... 8 rows read in lockstep would share L1 sets).
-  const bool x_bf16 = avx512 && type == ElemType::kBFloat16;
-  const int64_t ldx = x_bf16 ? (K + 31) / 32 * 32 + 32 : (K + 15) / 16 * 16 + 16;
-  at::Tensor xk = at::empty({M, ldx}, xc.options().dtype(x_bf16 ? at::kBFloat16 : at::kFloat));
-  xk.narrow(1, 0, K).copy_(xc);
+  // x as the kernel reads it (M is small here): the AVX-512 kernel's panel (linear24_cpu.h), or for the
+  // portable one fp32 rows padded to a 64-byte multiple + 64 bytes (so that they do not start a multiple
+  // of 4 KiB apart: for K = 1024, 4096, ... 8 rows read in lockstep would share L1 sets).
+  at::Tensor xk;
+  if (avx512) {
+    const int64_t c = avx512_x_chunk(type), full = K / c, chunks = (K + c - 1) / c;
+    xk = at::empty({chunks, M, c}, xc.options().dtype(type == ElemType::kBFloat16 ? at::kBFloat16 : at::kFloat));
+    const at::Tensor rows = xk.permute({1, 0, 2});  // [M, chunks, c] view of the panel
+    if (full > 0) rows.narrow(1, 0, full).copy_(xc.narrow(1, 0, full * c).view({M, full, c}));
+    if (full < chunks) {
+      const at::Tensor tail = rows.select(1, full);
+      tail.zero_();
+      tail.narrow(1, 0, K - full * c).copy_(xc.narrow(1, full * c, K - full * c));
+    }
+  } else {
+    xk = at::empty({M, (K + 15) / 16 * 16 + 16}, xc.options().dtype(at::kFloat));
+    xk.narrow(1, 0, K).copy_(xc);
+  }
   const at::Tensor bf = bias.has_value() ? bias->to(at::kFloat).contiguous() : at::Tensor();
   at::Tensor z = out.scalar_type() == at::kFloat ? out : at::empty({M, N}, xc.options().dtype(at::kFloat));
   const void* vp = vc.const_data_ptr();
@@ -121,9 +132,9 @@ void linear24_small_m(const at::Tensor& xc, const at::Tensor& vc, const at::Tens
   const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 15) / K);
   at::parallel_for(0, N, grain, [&](int64_t n0, int64_t n1) {
     if (avx512) {
-      linear24_rows_avx512(type, vp, mp, K, xp, ldx, M, bp, n0, n1, zp, N);
+      linear24_rows_avx512(type, vp, mp, K, xp, M, bp, n0, n1, zp, N);
     } else {
-      linear24_rows_baseline(type, vp, mp, K, static_cast<const float*>(xp), ldx, M, bp, n0, n1, zp, N);
+      linear24_rows_baseline(type, vp, mp, K, static_cast<const float*>(xp), xk.size(1), M, bp, n0, n1, zp, N);
     }
   });
   apply_activation_(z, act);
