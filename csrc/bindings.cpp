@@ -35,6 +35,14 @@ static py::dict build_info() {
   info["cusparselt_version"] = py::none();
 #endif
   info["cpu_threads"] = at::get_num_threads();
+  // at::parallel_for is header-inline: our kernels are parallel only if this file's flags enabled it.
+#if defined(_OPENMP)
+  info["cpu_parallel_backend"] = "openmp";
+#elif AT_PARALLEL_NATIVE
+  info["cpu_parallel_backend"] = "native";
+#else
+  info["cpu_parallel_backend"] = "none (serial)";
+#endif
   info["cpu_isa"] = sparseops::cpu_isa_name();
   py::list variants;
   variants.append("baseline");

@@ -63,3 +63,10 @@ def test_op_is_complete(op):
     if op not in opchecked_ops():
         problems.append("no torch.library.opcheck test in tests/")
     assert not problems, f"sparseops::{op}: " + "; ".join(problems)
+
+
+def test_cpu_kernels_use_torchs_parallel_backend():
+    """at::parallel_for is inline in torch's headers: built without -fopenmp, every CPU kernel of ours
+    would silently run on one thread against an OpenMP torch."""
+    torch_backend = "openmp" if "parallel backend: OpenMP" in torch.__config__.parallel_info() else "native"
+    assert sparseops.build_info()["cpu_parallel_backend"] == torch_backend

@@ -13,7 +13,8 @@ def build_info() -> dict[str, Any]:
 
     Keys: ``version``, ``torch_built_against``, ``build_type``, ``cuda`` (CUDA kernels compiled?),
     ``cuda_version``, ``cuda_archs``, ``cutlass_version``, ``cusparselt_version``, ``cpu_threads``
-    (torch's intra-op threads now), ``cpu_isa`` (the CPU kernel variant in use: ``"avx512"`` or
+    (torch's intra-op threads now), ``cpu_parallel_backend`` (how our CPU kernels' ``at::parallel_for``
+    was compiled: ``"openmp"`` like torch's default build), ``cpu_isa`` (the CPU kernel variant in use: ``"avx512"`` or
     ``"baseline"``; set ``SPARSEOPS_CPU_ISA=baseline`` before import to force the portable one) and
     ``cpu_isa_compiled``.
     """
