@@ -162,7 +162,11 @@ void decompress_rows(const T* vp, const uint8_t* mp, int64_t K, int64_t n0, int6
 void linear24_large_m(const at::Tensor& xc, const at::Tensor& vc, const at::Tensor& mc,
                       const std::optional<at::Tensor>& bias, Act act, at::Tensor& out) {
   const int64_t K = xc.size(1), N = vc.size(0);
-  const int64_t tile_n = std::min(kTileN, N);
+  // Tiles of at most kTileN rows (a multiple of 16), their count a multiple of the thread count: a small
+  // N (e.g. a 384-row projection) then still splits evenly instead of one 256-row tile and one 128.
+  const int64_t threads = std::max<int64_t>(1, at::get_num_threads());
+  const int64_t wanted = ((std::max((N + kTileN - 1) / kTileN, threads) + threads - 1) / threads) * threads;
+  const int64_t tile_n = std::min(N, ((N + wanted - 1) / wanted + 15) / 16 * 16);
   const int64_t tiles = (N + tile_n - 1) / tile_n;
   // The GEMM and activation below are torch ops run on worker threads: carry the caller's dispatcher
   // state over (inference mode, grad mode, ...), or writing into an inference-mode `out` would fail.
