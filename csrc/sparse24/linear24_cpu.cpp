@@ -1,7 +1,7 @@
 // sparse24_linear on CPU: y = act(x @ W^T + bias), W [N, K] in the "packed" 2:4 layout.
 //
 // Two paths, chosen by M (rows of x):
-//  - small M (M <= gemv_max_m(): 32 fp32/fp16, 16 bf16): parallel over blocks of output rows n; each W row is
+//  - small M (M <= gemv_max_m(): 64 fp32, 16 bf16, any M for fp16): parallel over blocks of output rows n; each W row is
 //    streamed once for all M rows of x (the AVX-512 kernel in linear24_avx512.cpp, on x repacked into
 //    its chunk-interleaved panel, or the portable one below), writing fp32 z = x W^T + bias; the activation then runs on z in fp32 before the one
 //    rounding to x's dtype. Bandwidth-bound for a few rows: the packed W is ~9/16 (fp32) or ~5/8
@@ -17,6 +17,7 @@
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
+#include <limits>
 
 #include "common/cpu_features.h"
 #include "common/dispatch.h"
@@ -29,10 +30,13 @@ namespace {
 constexpr const char* kOp = "sparse24_linear";
 constexpr int64_t kTileN = 256;  // rows of W per dense tile in the large-M path
 
-// Small-M / large-M crossover (largest M on the small-M path), measured on the bench shapes (N, K) in
-// {4096, 11008} x 4096 on an AVX-512 Zen 5: the fp32 kernel beats dense tiles + MKL up to M ~ 32-48;
-// the bf16 one (vdpbf16ps) beats tiles + oneDNN up to M = 16. The portable kernel is scalar: it is
-// only used for a handful of rows (a guess, not measured on a CPU without AVX-512).
+// Small-M / large-M crossover (largest M on the small-M path), measured with 2 threads on the bench
+// shapes (N, K) in {4096, 11008} x {4096, 11008} on an AVX-512 Zen 5 with OpenMP: the fp32 kernel beats
+// dense tiles + MKL up to M = 64 (1.2-2.0x vs F.linear at M = 48-64, where tiles give 1.0-1.3x) and
+// matches them beyond; the bf16 one (vdpbf16ps) beats tiles + oneDNN only up to M = 16; for fp16 it is
+// used at every M, since torch's fp16 CPU GEMM (no AVX512-FP16 here) is ~3.5x slower than this kernel
+// even at M = 512. The portable kernel is scalar: it is only used for a handful of rows (a guess, not
+// measured on a CPU without AVX-512).
 // SPARSEOPS_LINEAR24_GEMV_MAX_M overrides all of them (for tuning and benchmarks).
 int64_t gemv_max_m(at::ScalarType dtype) {
   static const int64_t forced = [] {
@@ -41,7 +45,8 @@ int64_t gemv_max_m(at::ScalarType dtype) {
   }();
   if (forced >= 0) return forced;
   if (!cpu_use_avx512()) return 4;
-  return dtype == at::kBFloat16 ? 16 : 32;
+  if (dtype == at::kBFloat16) return 16;
+  return dtype == at::kHalf ? std::numeric_limits<int64_t>::max() : 64;
 }
 
 void apply_activation_(at::Tensor& t, Act act) {
