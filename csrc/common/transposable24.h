@@ -34,22 +34,14 @@ struct Transposable24Table {
   uint16_t code[kTransposable24Patterns];
 };
 
-constexpr Transposable24Table make_transposable24_table() {
-  Transposable24Table t{};
-  int k = 0;
-  for (int a = 0; a < 6; ++a)
-    for (int b = 0; b < 6; ++b)
-      for (int c = 0; c < 6; ++c)
-        for (int d = 0; d < 6; ++d) {
-          bool ok = true;
-          for (int col = 0; col < 4; ++col) {
-            const int count = ((t24_pair_bits(a) >> col) & 1) + ((t24_pair_bits(b) >> col) & 1) +
-                              ((t24_pair_bits(c) >> col) & 1) + ((t24_pair_bits(d) >> col) & 1);
-            ok = ok && count == 2;
-          }
-          if (ok && k < kTransposable24Patterns) t.code[k++] = static_cast<uint16_t>(a | (b << 4) | (c << 8) | (d << 12));
-        }
-  return t;
+// True when rows keeping column pairs a, b, c, d keep exactly two elements of every column.
+SPARSEOPS_HD constexpr bool t24_is_transposable(int a, int b, int c, int d) {
+  for (int col = 0; col < 4; ++col) {
+    const uint32_t count = ((t24_pair_bits(a) >> col) & 1) + ((t24_pair_bits(b) >> col) & 1) +
+                           ((t24_pair_bits(c) >> col) & 1) + ((t24_pair_bits(d) >> col) & 1);
+    if (count != 2) return false;
+  }
+  return true;
 }
 
 constexpr int count_transposable24_patterns() {
@@ -57,16 +49,20 @@ constexpr int count_transposable24_patterns() {
   for (int a = 0; a < 6; ++a)
     for (int b = 0; b < 6; ++b)
       for (int c = 0; c < 6; ++c)
-        for (int d = 0; d < 6; ++d) {
-          bool ok = true;
-          for (int col = 0; col < 4; ++col) {
-            ok = ok && ((t24_pair_bits(a) >> col) & 1) + ((t24_pair_bits(b) >> col) & 1) +
-                               ((t24_pair_bits(c) >> col) & 1) + ((t24_pair_bits(d) >> col) & 1) ==
-                           2;
-          }
-          k += ok;
-        }
+        for (int d = 0; d < 6; ++d) k += t24_is_transposable(a, b, c, d);
   return k;
+}
+
+constexpr Transposable24Table make_transposable24_table() {
+  Transposable24Table t{};
+  int k = 0;
+  for (int a = 0; a < 6; ++a)
+    for (int b = 0; b < 6; ++b)
+      for (int c = 0; c < 6; ++c)
+        for (int d = 0; d < 6; ++d)
+          if (t24_is_transposable(a, b, c, d) && k < kTransposable24Patterns)
+            t.code[k++] = static_cast<uint16_t>(a | (b << 4) | (c << 8) | (d << 12));
+  return t;
 }
 static_assert(count_transposable24_patterns() == kTransposable24Patterns, "there are 90 transposable 2:4 patterns");
 static_assert(make_transposable24_table().code[0] == (0 | (0 << 4) | (5 << 8) | (5 << 12)), "pattern 0 order");
