@@ -13,6 +13,7 @@ from torch import Tensor
 
 from . import _build  # noqa: F401  (loads the extension that defines the ops)
 from .sparse24 import Sparse24, _kept_indices_packed, _packed_meta_cols, compress_24
+from .linear24_cuda import cuda_sparse24_linear
 
 _ops = torch.ops.sparseops
 
@@ -103,15 +104,6 @@ def sparse24_linear(
         rows *= d
     x2d = x.reshape(rows, x.shape[-1])
     if x.device.type == "cuda":
-        try:
-            from .linear24_cuda import cuda_sparse24_linear
-        except ModuleNotFoundError as e:
-            if e.name != f"{__package__}.linear24_cuda":
-                raise
-            raise RuntimeError(
-                f"{_OP}: x is on CUDA but the CUDA backends are unavailable (module "
-                f"{__package__}.linear24_cuda is missing from this installation)"
-            ) from e
         y = cuda_sparse24_linear(x2d, w24, bias, act, backend, w24_t=w24_t, scale=scale, out_dtype=out_dtype)
     else:
         if scale is not None or out_dtype is not None:
