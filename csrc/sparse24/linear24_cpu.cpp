@@ -3,7 +3,7 @@
 // Two paths, chosen by M (rows of x):
 //  - small M (M <= gemv_max_m(): 64 fp32, 16 bf16, any M for fp16): parallel over blocks of output rows n; each W row is
 //    streamed once for all M rows of x (the AVX-512 kernel in linear24_avx512.cpp, on x repacked into
-//    its chunk-interleaved panel, or the portable one below), writing fp32 z = x W^T + bias; the activation then runs on z in fp32 before the one
+//    its chunk-interleaved panels, or the portable one below), writing fp32 z = x W^T + bias; the activation then runs on z in fp32 before the one
 //    rounding to x's dtype. Bandwidth-bound for a few rows: the packed W is ~9/16 (fp32) or ~5/8
 //    (16-bit) of dense.
 //  - large M: parallel over tiles of kTileN rows of W; each thread decompresses its tile into a
@@ -115,13 +115,18 @@ void linear24_small_m(const at::Tensor& xc, const at::Tensor& vc, const at::Tens
   at::Tensor xk;
   if (avx512) {
     const int64_t c = avx512_x_chunk(type), full = K / c, chunks = (K + c - 1) / c;
-    xk = at::empty({chunks, M, c}, xc.options().dtype(type == ElemType::kBFloat16 ? at::kBFloat16 : at::kFloat));
-    const at::Tensor rows = xk.permute({1, 0, 2});  // [M, chunks, c] view of the panel
-    if (full > 0) rows.narrow(1, 0, full).copy_(xc.narrow(1, 0, full * c).view({M, full, c}));
-    if (full < chunks) {
-      const at::Tensor tail = rows.select(1, full);
-      tail.zero_();
-      tail.narrow(1, 0, K - full * c).copy_(xc.narrow(1, full * c, K - full * c));
+    xk = at::empty({M * chunks * c}, xc.options().dtype(type == ElemType::kBFloat16 ? at::kBFloat16 : at::kFloat));
+    for (int64_t m0 = 0; m0 < M; m0 += kPanelRows) {
+      const int64_t mb = std::min(kPanelRows, M - m0);
+      const at::Tensor xg = xc.narrow(0, m0, mb);
+      // [mb, chunks, c] view of the group's panel
+      const at::Tensor rows = xk.narrow(0, m0 * chunks * c, mb * chunks * c).view({chunks, mb, c}).permute({1, 0, 2});
+      if (full > 0) rows.narrow(1, 0, full).copy_(xg.narrow(1, 0, full * c).view({mb, full, c}));
+      if (full < chunks) {
+        const at::Tensor tail = rows.select(1, full);
+        tail.zero_();
+        tail.narrow(1, 0, K - full * c).copy_(xg.narrow(1, full * c, K - full * c));
+      }
     }
   } else {
     xk = at::empty({M, (K + 15) / 16 * 16 + 16}, xc.options().dtype(at::kFloat));
