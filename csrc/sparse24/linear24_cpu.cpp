@@ -1,7 +1,7 @@
 // sparse24_linear on CPU: y = act(x @ W^T + bias), W [N, K] in the "packed" 2:4 layout.
 //
 // Two paths, chosen by M (rows of x):
-//  - small M (M <= gemv_max_m(): 64 fp32, 16 bf16, any M for fp16): parallel over blocks of output rows n; each W row is
+//  - small M (M <= gemv_max_m(): 64 fp32 and bf16, any M for fp16): parallel over blocks of output rows n; each W row is
 //    streamed once for all M rows of x (the AVX-512 kernel in linear24_avx512.cpp, on x repacked into
 //    its chunk-interleaved panels, or the portable one below), writing fp32 z = x W^T + bias; the activation then runs on z in fp32 before the one
 //    rounding to x's dtype. Bandwidth-bound for a few rows: the packed W is ~9/16 (fp32) or ~5/8
@@ -31,12 +31,13 @@ constexpr const char* kOp = "sparse24_linear";
 constexpr int64_t kTileN = 256;  // rows of W per dense tile in the large-M path
 
 // Small-M / large-M crossover (largest M on the small-M path), measured with 2 threads on the bench
-// shapes (N, K) in {4096, 11008} x {4096, 11008} on an AVX-512 Zen 5 with OpenMP: the fp32 kernel beats
-// dense tiles + MKL up to M = 64 (1.2-2.0x vs F.linear at M = 48-64, where tiles give 1.0-1.3x) and
-// matches them beyond; the bf16 one (vdpbf16ps) beats tiles + oneDNN only up to M = 16; for fp16 it is
-// used at every M, since torch's fp16 CPU GEMM (no AVX512-FP16 here) is ~3.5x slower than this kernel
-// even at M = 512. The portable kernel is scalar: it is only used for a handful of rows (a guess, not
-// measured on a CPU without AVX-512).
+// shapes (N, K) in {4096, 11008} x {4096, 11008} on an AVX-512 Zen 5 with OpenMP, since x is packed in
+// one panel per 8 rows: the bf16 kernel (vdpbf16ps) beats dense tiles + oneDNN up to M = 64 (by
+// 1.05-1.9x at M = 24-64), about even at M = 80-96; the fp32 one beats tiles + MKL at every M measured
+// (1.6-2x at M = 96-2048), but its crossover is left at 64 for now so that the fp32 large-M path keeps
+// its test coverage (tests/test_linear24.py assumes 64); for fp16 it is used at every M, since torch's
+// fp16 CPU GEMM (no AVX512-FP16 here) is ~3.5x slower than this kernel even at M = 512. The portable
+// kernel is scalar: it is only used for a handful of rows (a guess, not measured on a CPU without AVX-512).
 // SPARSEOPS_LINEAR24_GEMV_MAX_M overrides all of them (for tuning and benchmarks).
 int64_t gemv_max_m(at::ScalarType dtype) {
   static const int64_t forced = [] {
@@ -45,7 +46,6 @@ int64_t gemv_max_m(at::ScalarType dtype) {
   }();
   if (forced >= 0) return forced;
   if (!cpu_use_avx512()) return 4;
-  if (dtype == at::kBFloat16) return 16;
   return dtype == at::kHalf ? std::numeric_limits<int64_t>::max() : 64;
 }
 
