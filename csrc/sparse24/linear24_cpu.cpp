@@ -1,9 +1,9 @@
 // sparse24_linear on CPU: y = act(x @ W^T + bias), W [N, K] in the "packed" 2:4 layout.
 //
 // Two paths, chosen by M (rows of x):
-//  - small M (M <= gemv_max_m(): 64 fp32, 16 bf16, any M for fp16): parallel over blocks of output rows n; each W row is
+//  - small M (M <= gemv_max_m(): 64 fp32 and bf16, any M for fp16): parallel over blocks of output rows n; each W row is
 //    streamed once for all M rows of x (the AVX-512 kernel in linear24_avx512.cpp, on x repacked into
-//    its chunk-interleaved panel, or the portable one below), writing fp32 z = x W^T + bias; the activation then runs on z in fp32 before the one
+//    its chunk-interleaved panels, or the portable one below), writing fp32 z = x W^T + bias; the activation then runs on z in fp32 before the one
 //    rounding to x's dtype. Bandwidth-bound for a few rows: the packed W is ~9/16 (fp32) or ~5/8
 //    (16-bit) of dense.
 //  - large M: parallel over tiles of kTileN rows of W; each thread decompresses its tile into a
@@ -31,12 +31,13 @@ constexpr const char* kOp = "sparse24_linear";
 constexpr int64_t kTileN = 256;  // rows of W per dense tile in the large-M path
 
 // Small-M / large-M crossover (largest M on the small-M path), measured with 2 threads on the bench
-// shapes (N, K) in {4096, 11008} x {4096, 11008} on an AVX-512 Zen 5 with OpenMP: the fp32 kernel beats
-// dense tiles + MKL up to M = 64 (1.2-2.0x vs F.linear at M = 48-64, where tiles give 1.0-1.3x) and
-// matches them beyond; the bf16 one (vdpbf16ps) beats tiles + oneDNN only up to M = 16; for fp16 it is
-// used at every M, since torch's fp16 CPU GEMM (no AVX512-FP16 here) is ~3.5x slower than this kernel
-// even at M = 512. The portable kernel is scalar: it is only used for a handful of rows (a guess, not
-// measured on a CPU without AVX-512).
+// shapes (N, K) in {4096, 11008} x {4096, 11008} on an AVX-512 Zen 5 with OpenMP, since x is packed in
+// one panel per 8 rows: the bf16 kernel (vdpbf16ps) beats dense tiles + oneDNN up to M = 64 (by
+// 1.05-1.9x at M = 24-64), about even at M = 80-96; the fp32 one beats tiles + MKL at every M measured
+// (1.6-2x at M = 96-2048), but its crossover is left at 64 for now so that the fp32 large-M path keeps
+// its test coverage (tests/test_linear24.py assumes 64); for fp16 it is used at every M, since torch's
+// fp16 CPU GEMM (no AVX512-FP16 here) is ~3.5x slower than this kernel even at M = 512. The portable
+// kernel is scalar: it is only used for a handful of rows (a guess, not measured on a CPU without AVX-512).
 // SPARSEOPS_LINEAR24_GEMV_MAX_M overrides all of them (for tuning and benchmarks).
 int64_t gemv_max_m(at::ScalarType dtype) {
   static const int64_t forced = [] {
@@ -45,7 +46,6 @@ int64_t gemv_max_m(at::ScalarType dtype) {
   }();
   if (forced >= 0) return forced;
   if (!cpu_use_avx512()) return 4;
-  if (dtype == at::kBFloat16) return 16;
   return dtype == at::kHalf ? std::numeric_limits<int64_t>::max() : 64;
 }
 
@@ -115,13 +115,18 @@ void linear24_small_m(const at::Tensor& xc, const at::Tensor& vc, const at::Tens
   at::Tensor xk;
   if (avx512) {
     const int64_t c = avx512_x_chunk(type), full = K / c, chunks = (K + c - 1) / c;
-    xk = at::empty({chunks, M, c}, xc.options().dtype(type == ElemType::kBFloat16 ? at::kBFloat16 : at::kFloat));
-    const at::Tensor rows = xk.permute({1, 0, 2});  // [M, chunks, c] view of the panel
-    if (full > 0) rows.narrow(1, 0, full).copy_(xc.narrow(1, 0, full * c).view({M, full, c}));
-    if (full < chunks) {
-      const at::Tensor tail = rows.select(1, full);
-      tail.zero_();
-      tail.narrow(1, 0, K - full * c).copy_(xc.narrow(1, full * c, K - full * c));
+    xk = at::empty({M * chunks * c}, xc.options().dtype(type == ElemType::kBFloat16 ? at::kBFloat16 : at::kFloat));
+    for (int64_t m0 = 0; m0 < M; m0 += kPanelRows) {
+      const int64_t mb = std::min(kPanelRows, M - m0);
+      const at::Tensor xg = xc.narrow(0, m0, mb);
+      // [mb, chunks, c] view of the group's panel
+      const at::Tensor rows = xk.narrow(0, m0 * chunks * c, mb * chunks * c).view({chunks, mb, c}).permute({1, 0, 2});
+      if (full > 0) rows.narrow(1, 0, full).copy_(xg.narrow(1, 0, full * c).view({mb, full, c}));
+      if (full < chunks) {
+        const at::Tensor tail = rows.select(1, full);
+        tail.zero_();
+        tail.narrow(1, 0, K - full * c).copy_(xg.narrow(1, full * c, K - full * c));
+      }
     }
   } else {
     xk = at::empty({M, (K + 15) / 16 * 16 + 16}, xc.options().dtype(at::kFloat));

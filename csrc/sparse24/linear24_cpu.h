@@ -22,11 +22,16 @@ void linear24_rows_baseline(ElemType type, const void* values, const uint8_t* me
                             int64_t ldx, int64_t M, const float* bias, int64_t n0, int64_t n1, float* z, int64_t ldz);
 // The AVX-512 kernel: the same z, with x as fp32 for kFloat/kHalf and as bf16 (uint16 bits) for
 // kBFloat16 (multiplied in bf16 pairs with vdpbf16ps; products are exact in fp32, the sum is fp32), in
-// the "panel" layout: chunks of C = avx512_x_chunk(type) columns (128 bytes), each holding that chunk
-// of all M rows back to back: element (m, k) at x[(k / C) * (M * C) + m * C + k % C], ceil(K / C)
-// chunks, zero beyond K (so the last partial step loads x unmasked). The rows that one kernel step
-// reads together then lie in one 1 KiB block: on the Zen 5 this was tuned on, a microbenchmark loading
-// from 8 rows >= 4 KiB apart (4 KiB pages) ran at a quarter of the L1 load rate (not so with 2 MiB pages).
+// the "panel" layout: one panel per group of up to kPanelRows = 8 rows (the rows one kernel pass
+// reads), group g's panel starting at x + g * kPanelRows * chunks * C; within it, ceil(K / C) = chunks
+// chunks of C = avx512_x_chunk(type) columns (128 bytes), each holding that chunk of the group's mb rows
+// back to back: element (m0 + r, k) at panel[(k / C) * (mb * C) + r * C + k % C], zero beyond K (so the
+// last partial step loads x unmasked). The rows that one kernel step reads together then lie in one
+// 1 KiB block: on the Zen 5 this was tuned on, a microbenchmark loading from 8 rows >= 4 KiB apart
+// (4 KiB pages) ran at a quarter of the L1 load rate (not so with 2 MiB pages). A group's K piece is
+// contiguous too: with all M rows interleaved, the 8 rows of a pass would occupy every other 1 KiB
+// (M = 16), i.e. half of the L1 sets.
+constexpr int64_t kPanelRows = 8;
 constexpr int64_t avx512_x_chunk(ElemType type) { return type == ElemType::kBFloat16 ? 64 : 32; }
 void linear24_rows_avx512(ElemType type, const void* values, const uint8_t* meta, int64_t K, const void* x, int64_t M,
                           const float* bias, int64_t n0, int64_t n1, float* z, int64_t ldz);
