@@ -27,7 +27,7 @@ TORCH_ACT = {
     "silu": F.silu,
     "relu2": lambda z: F.relu(z).square(),
 }
-GEMV_MAX_M = 64  # the largest default small-M / large-M crossover in linear24_cpu.cpp (fp32)
+GEMV_MAX_M = 64  # the largest finite small-M / large-M crossover in linear24_cpu.cpp (bf16)
 
 
 def make_case(m, n, k, dtype, bias=True):
@@ -164,12 +164,18 @@ ISA_SCRIPT = textwrap.dedent(
 )
 
 
-@pytest.mark.parametrize("isa", ["baseline", "default"])
+@pytest.mark.parametrize("isa", ["baseline", "default", "tiles"])
 def test_isa_paths(isa):
+    """Each CPU path in a fresh process (the knobs are read once): the portable kernels, the default
+    (AVX-512) ones, and the tiled large-M path forced for every M and dtype (by default fp32/fp16 never
+    take it on AVX-512 CPUs)."""
     env = dict(os.environ)
     env.pop("SPARSEOPS_CPU_ISA", None)
+    env.pop("SPARSEOPS_LINEAR24_GEMV_MAX_M", None)
     if isa == "baseline":
         env["SPARSEOPS_CPU_ISA"] = "baseline"
+    if isa == "tiles":
+        env["SPARSEOPS_LINEAR24_GEMV_MAX_M"] = "0"
     env["PYTHONPATH"] = os.pathsep.join([os.path.dirname(os.path.dirname(sparseops.__file__)), env.get("PYTHONPATH", "")])
     out = subprocess.run([sys.executable, "-c", ISA_SCRIPT], env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
