@@ -27,7 +27,7 @@ TORCH_ACT = {
     "silu": F.silu,
     "relu2": lambda z: F.relu(z).square(),
 }
-GEMV_MAX_M = 64  # the largest finite small-M / large-M crossover in linear24_cpu.cpp (bf16)
+GEMV_MAX_M = 96  # the largest finite small-M / large-M crossover in linear24_cpu.cpp (bf16)
 
 
 def make_case(m, n, k, dtype, bias=True):

@@ -16,7 +16,7 @@ from sparseops.training import transposable_mask_24
 
 ops = torch.ops.sparseops
 ACTIVATIONS = ["none", "relu", "gelu", "silu", "relu2"]
-GEMV_MAX_M = 64  # the largest finite small-M / large-M crossover of the CPU kernel (bf16)
+GEMV_MAX_M = 96  # the largest finite small-M / large-M crossover of the CPU kernel (bf16)
 
 
 def transposable_weight(n, k, dtype=torch.float32, device="cpu"):

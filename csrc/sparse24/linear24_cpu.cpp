@@ -1,12 +1,12 @@
 // sparse24_linear on CPU: y = act(x @ W^T + bias), W [N, K] in the "packed" 2:4 layout.
 //
 // Two paths, chosen by M (rows of x):
-//  - small M (M <= gemv_max_m(): 64 for bf16, any M for fp32/fp16 on AVX-512): parallel over blocks of output rows n; each W row is
+//  - small M (M <= gemv_max_m(): 96 for bf16, any M for fp32/fp16 on AVX-512): parallel over blocks of output rows n; each W row is
 //    streamed once for all M rows of x (the AVX-512 kernel in linear24_avx512.cpp, on x repacked into
 //    its chunk-interleaved panels, or the portable one below), writing fp32 z = x W^T + bias; the activation then runs on z in fp32 before the one
 //    rounding to x's dtype. Bandwidth-bound for a few rows: the packed W is ~9/16 (fp32) or ~5/8
 //    (16-bit) of dense.
-//  - large M (bf16 M > 64; the portable build above M = 4): parallel over tiles of kTileN rows of W; each thread decompresses its tile into a
+//  - large M (bf16 M > 96; the portable build above M = 4): parallel over tiles of kTileN rows of W; each thread decompresses its tile into a
 //    thread-local dense [kTileN, K] buffer (AVX-512 permutes when available) and runs torch's dense GEMM (MKL / oneDNN, one thread each)
 //    straight into its column slice of the output, bias fused in the GEMM (addmm), then the activation
 //    in place. For fp16/bf16 the activation sees the GEMM's rounded output (as F.linear + act would).
@@ -32,8 +32,8 @@ constexpr int64_t kTileN = 256;  // rows of W per dense tile in the large-M path
 
 // Small-M / large-M crossover (largest M on the small-M path), measured with 2 threads on the bench
 // shapes (N, K) in {4096, 11008} x {4096, 11008} on an AVX-512 Zen 5 with OpenMP, since x is packed in
-// one panel per 8 rows: the bf16 kernel (vdpbf16ps) beats dense tiles + oneDNN up to M = 64 (by
-// 1.05-1.9x at M = 24-64), about even at M = 80-96; the fp32 one beats tiles + MKL at every M measured
+// one panel per 8 rows and W prefetched ahead: the bf16 kernel (vdpbf16ps) beats dense tiles + oneDNN up
+// to M = 96 (by 1.2-1.3x at M = 64, 1.05-1.1x at M = 96), about even at M = 128; the fp32 one beats tiles + MKL at every M measured
 // (1.5-2.1x vs F.linear at M = 256-2048, where tiles give 1.0x) and the fp16 one too (torch's fp16 CPU
 // GEMM, without AVX512-FP16 here, is ~3.5x slower than this kernel even at M = 512), so those two use
 // it at every M. The portable kernel is scalar: it is only used for a handful of rows (a guess, not
@@ -46,7 +46,7 @@ int64_t gemv_max_m(at::ScalarType dtype) {
   }();
   if (forced >= 0) return forced;
   if (!cpu_use_avx512()) return 4;
-  return dtype == at::kBFloat16 ? 64 : std::numeric_limits<int64_t>::max();
+  return dtype == at::kBFloat16 ? 96 : std::numeric_limits<int64_t>::max();
 }
 
 void apply_activation_(at::Tensor& t, Act act) {

@@ -63,7 +63,7 @@ def sparse24_linear(
 
     CPU paths (chosen by ``M``, the product of ``x``'s leading dims):
 
-    - small ``M`` (with AVX-512: every ``M`` for fp32/fp16, ``M <= 64`` for bf16; portable build:
+    - small ``M`` (with AVX-512: every ``M`` for fp32/fp16, ``M <= 96`` for bf16; portable build:
       ``M <= 4``; ``SPARSEOPS_LINEAR24_GEMV_MAX_M`` overrides): a GEMV-style kernel, parallel over
       output features, that streams the packed weights once for all ``M`` rows (AVX-512 when the CPU
       has it, bf16 with ``vdpbf16ps``; else portable C++; ``SPARSEOPS_CPU_ISA=baseline`` forces the
