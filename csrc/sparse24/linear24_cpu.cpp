@@ -18,6 +18,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <limits>
+#include <type_traits>
 
 #include "common/cpu_features.h"
 #include "common/dispatch.h"
@@ -104,6 +105,31 @@ ElemType elem_type(at::ScalarType t) {
   }
 }
 
+// Contiguous x [M, K] into the AVX-512 kernel's panels (layout: linear24_cpu.h), zero beyond K, In -> Out
+// converted. Plain loops: for the few rows of a typical call, the strided torch copies this replaces cost
+// more in dispatch than the copy itself (~4 of the ~6 us of a tiny call).
+template <typename In, typename Out>
+void pack_panels(const In* x, int64_t M, int64_t K, int64_t c, Out* panels) {
+  const int64_t chunks = (K + c - 1) / c;
+  at::parallel_for(0, M, std::max<int64_t>(1, (int64_t{1} << 16) / K), [&](int64_t m_begin, int64_t m_end) {
+    for (int64_t m = m_begin; m < m_end; ++m) {
+      const int64_t m0 = m / kPanelRows * kPanelRows, mb = std::min(kPanelRows, M - m0), r = m - m0;
+      const In* src = x + m * K;
+      Out* panel = panels + m0 * chunks * c;
+      for (int64_t q = 0; q < chunks; ++q) {
+        Out* dst = panel + (q * mb + r) * c;
+        const int64_t n = std::min(c, K - q * c);
+        if constexpr (std::is_same_v<In, Out>) {
+          std::memcpy(dst, src + q * c, sizeof(Out) * n);
+        } else {
+          for (int64_t i = 0; i < n; ++i) dst[i] = static_cast<Out>(src[q * c + i]);
+        }
+        for (int64_t i = n; i < c; ++i) dst[i] = Out(0);
+      }
+    }
+  });
+}
+
 void linear24_small_m(const at::Tensor& xc, const at::Tensor& vc, const at::Tensor& mc,
                       const std::optional<at::Tensor>& bias, Act act, at::Tensor& out) {
   const int64_t M = xc.size(0), K = xc.size(1), N = vc.size(0);
@@ -114,18 +140,16 @@ void linear24_small_m(const at::Tensor& xc, const at::Tensor& vc, const at::Tens
   // of 4 KiB apart: for K = 1024, 4096, ... 8 rows read in lockstep would share L1 sets).
   at::Tensor xk;
   if (avx512) {
-    const int64_t c = avx512_x_chunk(type), full = K / c, chunks = (K + c - 1) / c;
-    xk = at::empty({M * chunks * c}, xc.options().dtype(type == ElemType::kBFloat16 ? at::kBFloat16 : at::kFloat));
-    for (int64_t m0 = 0; m0 < M; m0 += kPanelRows) {
-      const int64_t mb = std::min(kPanelRows, M - m0);
-      const at::Tensor xg = xc.narrow(0, m0, mb);
-      // [mb, chunks, c] view of the group's panel
-      const at::Tensor rows = xk.narrow(0, m0 * chunks * c, mb * chunks * c).view({chunks, mb, c}).permute({1, 0, 2});
-      if (full > 0) rows.narrow(1, 0, full).copy_(xg.narrow(1, 0, full * c).view({mb, full, c}));
-      if (full < chunks) {
-        const at::Tensor tail = rows.select(1, full);
-        tail.zero_();
-        tail.narrow(1, 0, K - full * c).copy_(xg.narrow(1, full * c, K - full * c));
+    const int64_t c = avx512_x_chunk(type), chunks = (K + c - 1) / c;
+    if (type == ElemType::kBFloat16) {
+      xk = at::empty({M * chunks * c}, xc.options());
+      pack_panels(xc.const_data_ptr<c10::BFloat16>(), M, K, c, xk.mutable_data_ptr<c10::BFloat16>());
+    } else {
+      xk = at::empty({M * chunks * c}, xc.options().dtype(at::kFloat));
+      if (type == ElemType::kFloat) {
+        pack_panels(xc.const_data_ptr<float>(), M, K, c, xk.mutable_data_ptr<float>());
+      } else {
+        pack_panels(xc.const_data_ptr<c10::Half>(), M, K, c, xk.mutable_data_ptr<float>());
       }
     }
   } else {
