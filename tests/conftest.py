@@ -2,8 +2,13 @@
 CUDA check runs when a marked test is collected, so collection works on machines without a GPU."""
 from __future__ import annotations
 
+import os
+import time
+
 import pytest
 import torch
+
+_START = time.monotonic()
 
 
 def _cuda_ready() -> bool:
@@ -18,6 +23,14 @@ def pytest_collection_modifyitems(config, items):
         for item in items:
             if "requires_cuda" in item.keywords:
                 item.add_marker(skip)
+
+
+def pytest_runtest_teardown(item, nextitem):
+    # SPARSEOPS_TEST_BUDGET_S: stop cleanly (failures and summary still reported) once this many
+    # seconds have passed; bench/gpu_check.sh uses it so that a time limit does not lose the report.
+    budget = float(os.environ.get("SPARSEOPS_TEST_BUDGET_S") or 0)
+    if budget and time.monotonic() - _START > budget:
+        item.session.shouldstop = f"SPARSEOPS_TEST_BUDGET_S={budget:g} s spent"
 
 
 @pytest.fixture(autouse=True)

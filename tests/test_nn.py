@@ -285,4 +285,6 @@ def test_sparse_linear_cuda_layouts(layout):
     # state_dict holds the packed layout only; a fresh module rebuilds its layout on load.
     fresh = SparseLinear24(128, 64, dtype=torch.float16, device="cuda", layout=layout)
     fresh.load_state_dict(sl.state_dict())
-    torch.testing.assert_close(fresh(x), sl(x), rtol=0, atol=0)
+    # Bit for bit, except across two cuSPARSELt plans (the library does not promise the same kernel).
+    exact = layout != "cusparselt"
+    torch.testing.assert_close(fresh(x), sl(x), rtol=0 if exact else 1e-3, atol=0 if exact else 1e-3)

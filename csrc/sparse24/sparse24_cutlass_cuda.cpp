@@ -97,7 +97,8 @@ at::Tensor sparse24_linear_cutlass_cuda(const at::Tensor& x, const at::Tensor& v
       TORCH_CHECK(false, kOp, ": CUTLASS initialize() failed (", r.cutlass_message, "; CUDA: ",
                   cudaGetErrorString(r.cuda_error), ")");
     case Cutlass24Status::kLaunchFailed:
-      TORCH_CHECK(false, kOp, ": CUTLASS kernel launch failed (", r.cutlass_message,
+      TORCH_CHECK(false, kOp, ": CUTLASS kernel launch failed (", r.cutlass_message, "; CUDA: ",
+                  cudaGetErrorString(r.cuda_error),
                   "); was sparseops built for this GPU's architecture? (build_info()['cuda_archs'])");
   }
   TransposeBiasActParams ep{d.const_data_ptr(), y.mutable_data_ptr(), bias_ptr, M, N, m_pad, act, dtype};

@@ -52,6 +52,11 @@ Cutlass24Result run_gemm(const Cutlass24Params& p, cudaStream_t stream) {
 
   cutlass::Status st = Gemm::can_implement(args);
   if (st != cutlass::Status::kSuccess) return {Cutlass24Status::kCannotImplement, cutlass::cutlassGetStatusString(st), cudaSuccess};
+  // run() clears the CUDA error of a failed launch (it calls cudaGetLastError() itself), so the most
+  // likely cause, no kernel image for this GPU (a build for other archs), is checked here with its error.
+  cudaFuncAttributes attrs;
+  const cudaError_t image = cudaFuncGetAttributes(&attrs, cutlass::Kernel<typename Gemm::GemmKernel>);
+  if (image != cudaSuccess) return {Cutlass24Status::kLaunchFailed, "no usable kernel image", image};
   Gemm gemm;
   st = gemm.initialize(args, nullptr, stream);  // get_workspace_size() is 0 without split-K
   if (st != cutlass::Status::kSuccess) return {Cutlass24Status::kInitFailed, cutlass::cutlassGetStatusString(st), cudaGetLastError()};
