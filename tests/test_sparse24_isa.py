@@ -1,4 +1,5 @@
-"""The CPU kernel variants of nm_mask, compress_24 and decompress_24 agree bit for bit.
+"""The CPU kernel variants of nm_mask, compress_24, decompress_24 and nm_srste (forward and backward)
+agree bit for bit.
 
 The baseline kernels run in a subprocess started with SPARSEOPS_CPU_ISA=baseline (the variant is chosen
 once per process); this process runs the default variant (AVX-512 where the CPU has it). Both run the
@@ -61,7 +62,7 @@ def _two_four(w: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
 
 
 def build_cases() -> dict[str, tuple]:
-    """name -> (op, args); op in nm_mask / compress / decompress."""
+    """name -> (op, args); op in nm_mask / compress / decompress / srste / srste_backward."""
     gen = torch.Generator().manual_seed(1234)
     cases: dict[str, tuple] = {}
     nm_shapes = [(1, 16), (3, 20), (7, 36), (5, 1000), (2, 3, 48), (257, 96), (4, 2 * 4104)]
@@ -127,6 +128,26 @@ def build_cases() -> dict[str, tuple]:
                 meta[r, byte] = 0x70 | bad  # group 256 invalid (low nibble 0), padding nibble 7
             values = torch.randn(256, 514, generator=gen).to(dtype)
             cases[f"decompress invalid {_NAME[dtype]} row {r} byte {byte}"] = ("decompress", values, meta, "packed")
+        # nm_srste: NaN ranked as the largest magnitude (no error); the backward's float32 maths (two
+        # roundings, no FMA) and its rounding to fp16/bf16, also of NaN and of values that overflow.
+        for kind in ("randn", "ties", "special"):
+            for n, m in [(1, 4), (2, 4), (3, 4), (2, 8), (4, 16), (2, 3)]:
+                for shape in [(3, 20), (2, 3, 48), (257, 96), (5, 1000)]:
+                    if shape[-1] % m:
+                        continue
+                    w = _values(kind, shape, dtype, gen)
+                    if kind == "special":
+                        w.view(-1)[::7] = float("nan")
+                    cases[f"srste {n}:{m} {_NAME[dtype]} {kind} {shape}"] = ("srste", w, n, m)
+        for shape in [(7, 36), (129, 1000)]:
+            g, w = _values("special", shape, dtype, gen), _values("special", shape, dtype, gen)
+            g.view(-1)[::11] = float("nan")
+            w.view(-1)[3::13] = float("nan")
+            mask = torch.rand(shape, generator=gen) < 0.5
+            for decay, scale in [(2e-4, None), (0.0, 0.5), (3e-2, 0.0), (0.7, 1e30)]:
+                s_arg = None if scale is None else torch.tensor([scale], dtype=torch.float32)
+                cases[f"srste backward {_NAME[dtype]} {shape} decay={decay} scale={scale}"] = (
+                    "srste_backward", g, w, mask, decay, s_arg)
     return cases
 
 
@@ -138,6 +159,11 @@ def run_case(case: tuple):
         if op == "nm_mask":
             w, n, m = args
             return (ops.nm_mask(w, n, m, None),)
+        if op == "srste":
+            w, n, m = args
+            return ops.nm_srste(w, n, m, 2e-4, None)
+        if op == "srste_backward":
+            return (ops.nm_srste_backward(*args),)
         if op == "compress":
             w, prune, layout = args
             values, meta = ops.compress_24(w, prune, layout)
@@ -189,7 +215,7 @@ def both(tmp_path_factory):
 CASES = list(build_cases())
 
 
-@pytest.mark.parametrize("family", ["nm_mask", "compress", "decompress"])
+@pytest.mark.parametrize("family", ["nm_mask", "compress", "decompress", "srste"])
 def test_isa_variants_bit_identical(both, family):
     baseline, default = both
     names = [n for n in CASES if n.startswith(family)]

@@ -11,6 +11,7 @@
 
 #include "common/cpu_features.h"
 #include "common/dispatch.h"
+#include "sparse24/cpu_dtype.h"
 #include "sparse24/sparse24_checks.h"
 #include "sparse24/sparse24_cpu_kernels.h"
 
@@ -42,13 +43,6 @@ void store_row_meta(const uint8_t* codes, int64_t groups, int64_t r, int64_t row
       out[cutlass_meta_offset(r, c, rows)] = static_cast<int16_t>(word);
     }
   }
-}
-
-template <typename scalar_t>
-constexpr cpu::Dtype cpu_dtype() {
-  if constexpr (std::is_same_v<scalar_t, float>) return cpu::Dtype::kFloat32;
-  if constexpr (std::is_same_v<scalar_t, at::Half>) return cpu::Dtype::kFloat16;
-  return cpu::Dtype::kBFloat16;
 }
 
 // Row r's metadata addresses for the AVX-512 kernels (meta is only read by decompress_24).

@@ -1,12 +1,15 @@
-// nm_mask, AVX-512 kernels for m in {2, 4, 8, 16}: a group is a power-of-two block of lanes of one zmm
-// (16 fp32 or 32 fp16/bf16 scores per vector), so a group never straddles two vectors.
+// nm_mask and the nm_srste forward, AVX-512 kernels for m in {2, 4, 8, 16}: a group is a power-of-two
+// block of lanes of one zmm (16 fp32 or 32 fp16/bf16 scores per vector), so a group never straddles two
+// vectors.
 //
 // Each element is ranked against the other m-1 of its group: rotation d (d = 1..m-1) brings lane
 // (j + d) mod m of the group to lane j; that partner beats j iff |s_partner| > |s_j|, or equal with a
 // lower index. On sign-cleared bit patterns read as signed integers (exact for every non-NaN value) that
 // is one compare, partner > key_j - lower_d, where lower_d is 1 in the lanes whose partner has a lower
 // index. A lane counter adds up the partners that beat it; rank < n is kept. NaN: bits > the exponent
-// mask. No torch headers here (see sparse24_cpu_kernels.h).
+// mask; nm_mask reports it, nm_srste ranks it as +inf (its key clamped to inf's: it ties with +-inf and
+// the lower index wins, as srste_mag in srste_cpu.cpp). No torch headers here (see
+// sparse24_cpu_kernels.h).
 // GCC 12's _mm512_undefined_epi32() (inside vpshufd, vprorq & co.) trips -W(maybe-)uninitialized when
 // inlined: a false positive, silenced for this file (the pragma must precede the intrinsics header).
 #pragma GCC diagnostic ignored "-Wuninitialized"
@@ -89,24 +92,38 @@ struct Ranker32 {
   }
 };
 
-template <int M>
-int64_t nm_mask32(const int32_t* s, bool* out, int64_t count, int n) {
+// One ranking pass over count elements (a multiple of M) of 32-bit scores s: the keep mask into mask;
+// kSrste: NaN ranked as +inf and s where kept / +0 elsewhere into out; else the flat index (within the
+// pass) of the first element of the first group holding a NaN is returned (the outputs are then partly
+// written), or -1. Full vectors are loaded and stored unmasked (masked stores are slow on Zen 4/5: the
+// nm_mask pass ran 4x slower with them); the last partial vector is masked, its zero lanes past the
+// end forming whole groups that are not stored.
+template <int M, bool kSrste>
+int64_t rank32(const int32_t* s, bool* mask, int32_t* out, int64_t count, int n) {
   const Ranker32<M> ranker(n);
   const __m512i abs_mask = _mm512_set1_epi32(0x7fffffff);
   const __m512i inf = _mm512_set1_epi32(0x7f800000);
-  int64_t i = 0;
-  for (; i + 16 <= count; i += 16) {
-    const __m512i key = _mm512_and_si512(_mm512_loadu_si512(s + i), abs_mask);
-    const __mmask16 nan = _mm512_cmpgt_epi32_mask(key, inf);
-    if (nan) return i + (__builtin_ctz(nan) & ~(M - 1));
-    _mm_storeu_si128(reinterpret_cast<__m128i*>(out + i), _mm_maskz_set1_epi8(ranker.keep(key), 1));
-  }
-  if (i < count) {  // count - i is a multiple of M: the zero lanes past the end form whole groups
-    const __mmask16 lanes = static_cast<__mmask16>((1u << (count - i)) - 1);
-    const __m512i key = _mm512_and_si512(_mm512_maskz_loadu_epi32(lanes, s + i), abs_mask);
-    const __mmask16 nan = _mm512_cmpgt_epi32_mask(key, inf);
-    if (nan) return i + (__builtin_ctz(nan) & ~(M - 1));
-    _mm_mask_storeu_epi8(out + i, lanes, _mm_maskz_set1_epi8(ranker.keep(key), 1));
+  for (int64_t i = 0; i < count; i += 16) {
+    const bool full = count - i >= 16;
+    const __mmask16 lanes = full ? __mmask16(0xFFFF) : static_cast<__mmask16>((1u << (count - i)) - 1);
+    const __m512i v = full ? _mm512_loadu_si512(s + i) : _mm512_maskz_loadu_epi32(lanes, s + i);
+    __m512i key = _mm512_and_si512(v, abs_mask);
+    if constexpr (kSrste) {
+      key = _mm512_min_epi32(key, inf);
+    } else {
+      const __mmask16 nan = _mm512_cmpgt_epi32_mask(key, inf);
+      if (nan) return i + (__builtin_ctz(nan) & ~(M - 1));
+    }
+    const __mmask16 keep = ranker.keep(key);
+    const __m128i keep_bytes = _mm_maskz_set1_epi8(keep, 1);
+    const __m512i kept = _mm512_maskz_mov_epi32(keep, v);
+    if (full) {
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(mask + i), keep_bytes);
+      if constexpr (kSrste) _mm512_storeu_si512(out + i, kept);
+    } else {
+      _mm_mask_storeu_epi8(mask + i, lanes, keep_bytes);
+      if constexpr (kSrste) _mm512_mask_storeu_epi32(out + i, lanes, kept);
+    }
   }
   return -1;
 }
@@ -158,51 +175,72 @@ struct Ranker16 {
   }
 };
 
-// nan_above: sign-cleared bits above this are NaN (0x7c00 fp16, 0x7f80 bf16).
-template <int M>
-int64_t nm_mask16(const int16_t* s, bool* out, int64_t count, int n, int16_t nan_above) {
+// rank32 for 16-bit scores; nan_above: sign-cleared bits above this are NaN (0x7c00 fp16, 0x7f80 bf16).
+template <int M, bool kSrste>
+int64_t rank16(const int16_t* s, bool* mask, int16_t* out, int64_t count, int n, int16_t nan_above) {
   const Ranker16<M> ranker(n);
   const __m512i abs_mask = _mm512_set1_epi16(0x7fff);
   const __m512i inf = _mm512_set1_epi16(nan_above);
-  int64_t i = 0;
-  for (; i + 32 <= count; i += 32) {
-    const __m512i key = _mm512_and_si512(_mm512_loadu_si512(s + i), abs_mask);
-    const __mmask32 nan = _mm512_cmpgt_epi16_mask(key, inf);
-    if (nan) return i + (__builtin_ctz(nan) & ~(M - 1));
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + i), _mm256_maskz_set1_epi8(ranker.keep(key), 1));
-  }
-  if (i < count) {
-    const __mmask32 lanes = static_cast<__mmask32>((1u << (count - i)) - 1);  // count - i < 32
-    const __m512i key = _mm512_and_si512(_mm512_maskz_loadu_epi16(lanes, s + i), abs_mask);
-    const __mmask32 nan = _mm512_cmpgt_epi16_mask(key, inf);
-    if (nan) return i + (__builtin_ctz(nan) & ~(M - 1));
-    _mm256_mask_storeu_epi8(out + i, lanes, _mm256_maskz_set1_epi8(ranker.keep(key), 1));
+  for (int64_t i = 0; i < count; i += 32) {
+    const bool full = count - i >= 32;
+    const __mmask32 lanes = full ? ~__mmask32(0) : static_cast<__mmask32>((1u << (count - i)) - 1);
+    const __m512i v = full ? _mm512_loadu_si512(s + i) : _mm512_maskz_loadu_epi16(lanes, s + i);
+    __m512i key = _mm512_and_si512(v, abs_mask);
+    if constexpr (kSrste) {
+      key = _mm512_min_epi16(key, inf);
+    } else {
+      const __mmask32 nan = _mm512_cmpgt_epi16_mask(key, inf);
+      if (nan) return i + (__builtin_ctz(nan) & ~(M - 1));
+    }
+    const __mmask32 keep = ranker.keep(key);
+    const __m256i keep_bytes = _mm256_maskz_set1_epi8(keep, 1);
+    const __m512i kept = _mm512_maskz_mov_epi16(keep, v);
+    if (full) {
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(mask + i), keep_bytes);
+      if constexpr (kSrste) _mm512_storeu_si512(out + i, kept);
+    } else {
+      _mm256_mask_storeu_epi8(mask + i, lanes, keep_bytes);
+      if constexpr (kSrste) _mm512_mask_storeu_epi16(out + i, lanes, kept);
+    }
   }
   return -1;
 }
 
-template <int M>
-int64_t nm_mask_m(Dtype dtype, const void* score, bool* out, int64_t begin, int64_t end, int n) {
+// Elements [begin, end) of a pass (multiples of m); returns as rank32/rank16, with the index made flat.
+template <int M, bool kSrste>
+int64_t rank_m(Dtype dtype, const void* s, bool* mask, void* out, int64_t begin, int64_t end, int n) {
   int64_t r;
   if (dtype == Dtype::kFloat32) {
-    r = nm_mask32<M>(static_cast<const int32_t*>(score) + begin, out + begin, end - begin, n);
+    int32_t* o = kSrste ? static_cast<int32_t*>(out) + begin : nullptr;
+    r = rank32<M, kSrste>(static_cast<const int32_t*>(s) + begin, mask + begin, o, end - begin, n);
   } else {
     const int16_t nan_above = dtype == Dtype::kFloat16 ? 0x7c00 : 0x7f80;
-    r = nm_mask16<M>(static_cast<const int16_t*>(score) + begin, out + begin, end - begin, n, nan_above);
+    int16_t* o = kSrste ? static_cast<int16_t*>(out) + begin : nullptr;
+    r = rank16<M, kSrste>(static_cast<const int16_t*>(s) + begin, mask + begin, o, end - begin, n, nan_above);
   }
   return r < 0 ? -1 : begin + r;
+}
+
+template <bool kSrste>
+int64_t rank_any_m(Dtype dtype, const void* s, bool* mask, void* out, int64_t begin, int64_t end, int n, int m) {
+  switch (m) {
+    case 2: return rank_m<2, kSrste>(dtype, s, mask, out, begin, end, n);
+    case 4: return rank_m<4, kSrste>(dtype, s, mask, out, begin, end, n);
+    case 8: return rank_m<8, kSrste>(dtype, s, mask, out, begin, end, n);
+    case 16: return rank_m<16, kSrste>(dtype, s, mask, out, begin, end, n);
+    default: return -2;  // not reached: the callers check nm_mask_avx512_supports(m)
+  }
 }
 
 }  // namespace
 
 int64_t nm_mask_avx512(Dtype dtype, const void* score, bool* out, int64_t begin, int64_t end, int n, int m) {
-  switch (m) {
-    case 2: return nm_mask_m<2>(dtype, score, out, begin, end, n);
-    case 4: return nm_mask_m<4>(dtype, score, out, begin, end, n);
-    case 8: return nm_mask_m<8>(dtype, score, out, begin, end, n);
-    case 16: return nm_mask_m<16>(dtype, score, out, begin, end, n);
-    default: return -2;  // not reached: the caller checks nm_mask_avx512_supports(m)
-  }
+  return rank_any_m<false>(dtype, score, out, nullptr, begin, end, n, m);
+}
+
+void nm_srste_forward_avx512(Dtype dtype, const void* w, void* out, bool* mask, int64_t begin, int64_t end, int n,
+                             int m) {
+  rank_any_m<true>(dtype, w, mask, out, begin, end, n, m);
 }
 
 }  // namespace sparseops::sparse24::cpu

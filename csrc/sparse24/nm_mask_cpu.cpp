@@ -13,6 +13,7 @@
 #include "common/cpu_features.h"
 #include "common/dispatch.h"
 #include "common/nm_select.h"
+#include "sparse24/cpu_dtype.h"
 #include "sparse24/sparse24_checks.h"
 #include "sparse24/sparse24_cpu_kernels.h"
 
@@ -84,14 +85,11 @@ at::Tensor nm_mask_cpu(const at::Tensor& w, int64_t n, int64_t m, const std::opt
     const scalar_t* sp = s.const_data_ptr<scalar_t>();
     bool* op = out.mutable_data_ptr<bool>();
     if (cpu_use_avx512() && cpu::nm_mask_avx512_supports(m)) {
-      const cpu::Dtype dtype = std::is_same_v<scalar_t, float>        ? cpu::Dtype::kFloat32
-                               : std::is_same_v<scalar_t, at::Half> ? cpu::Dtype::kFloat16
-                                                                     : cpu::Dtype::kBFloat16;
       // Chunks of whole 64-element blocks (a multiple of every supported m and of the vector width).
       constexpr int64_t kBlock = 64;
       const int64_t numel = s.numel();
       at::parallel_for(0, (numel + kBlock - 1) / kBlock, 512, [&](int64_t b0, int64_t b1) {
-        const int64_t bad = cpu::nm_mask_avx512(dtype, sp, op, b0 * kBlock, std::min(b1 * kBlock, numel),
+        const int64_t bad = cpu::nm_mask_avx512(cpu_dtype<scalar_t>(), sp, op, b0 * kBlock, std::min(b1 * kBlock, numel),
                                                 static_cast<int>(n), static_cast<int>(m));
         if (bad >= 0) record_min(first_nan, bad);
       });

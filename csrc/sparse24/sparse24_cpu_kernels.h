@@ -1,6 +1,7 @@
 #pragma once
-// CPU kernels of the sparse24 mask/format ops that live outside the *_cpu.cpp glue files: the AVX-512
-// variants (nm_mask_avx512.cpp, compress24_avx512.cpp) and the scalar 2:4 selection the baseline uses.
+// CPU kernels of the sparse24 mask/format/training ops that live outside the *_cpu.cpp glue files: the
+// AVX-512 variants (nm_mask_avx512.cpp, compress24_avx512.cpp, srste_avx512.cpp) and the scalar 2:4
+// selection the baseline uses.
 //
 // The AVX-512 files are compiled with -mavx512*: they include no torch header and call no inline
 // function shared with baseline files (an inline function compiled in both could be merged by the linker
@@ -26,6 +27,19 @@ constexpr bool nm_mask_avx512_supports(int64_t m) { return m == 2 || m == 4 || m
 // Returns the flat index of the first element of the first group in the range that holds a NaN (the
 // range is then left partly written), or -1.
 int64_t nm_mask_avx512(Dtype dtype, const void* score, bool* out, int64_t begin, int64_t end, int n, int m);
+
+// ---- nm_srste -----------------------------------------------------------------------------------
+
+// The nm_srste forward over the flat w[begin, end) (multiples of m, nm_mask_avx512_supports(m)): the
+// keep mask as nm_mask's but with NaN ranked as the largest magnitude, and out = w where kept, +0
+// elsewhere (the bits of kept elements unchanged).
+void nm_srste_forward_avx512(Dtype dtype, const void* w, void* out, bool* mask, int64_t begin, int64_t end, int n,
+                             int m);
+
+// The nm_srste backward over flat elements [begin, end): out = mask ? grad : grad * scale + decay * w in
+// float32 (two roundings then the add, no fused multiply-add), rounded once to dtype as torch rounds.
+void nm_srste_backward_avx512(Dtype dtype, const void* grad, const void* w, const bool* mask, void* out,
+                              int64_t begin, int64_t end, float scale, float decay);
 
 // ---- compress_24 / decompress_24 --------------------------------------------------------------
 

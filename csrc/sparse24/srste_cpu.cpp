@@ -1,15 +1,19 @@
 // nm_srste / nm_srste_backward on CPU.
 //   forward: one pass over w, groups of m split across threads: mask (top-n |w| per group, ties to the
-//            lower index, NaN ranked largest) and w where kept / 0 elsewhere, written together.
-//   backward: elementwise in float32 (fp16/bf16 converted on load/store), a loop the compiler vectorises.
+//            lower index, NaN ranked largest) and w where kept / 0 elsewhere, written together. AVX-512
+//            (nm_mask's ranking, nm_mask_avx512.cpp) for m in {2, 4, 8, 16}; else the portable loops below.
+//   backward: elementwise in float32 (fp16/bf16 converted on load/store): AVX-512 (srste_avx512.cpp) or
+//            a portable loop the compiler vectorises. Both ISA paths agree bit for bit.
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include <cmath>
 #include <limits>
 
+#include "common/cpu_features.h"
 #include "common/dispatch.h"
 #include "common/nm_select.h"
+#include "sparse24/cpu_dtype.h"
 #include "sparse24/srste_checks.h"
 
 namespace sparseops::sparse24 {
@@ -82,7 +86,15 @@ std::tuple<at::Tensor, at::Tensor> nm_srste_cpu(const at::Tensor& w, int64_t n, 
     const scalar_t* wp = wc.const_data_ptr<scalar_t>();
     scalar_t* op = out.mutable_data_ptr<scalar_t>();
     bool* mp = mask.mutable_data_ptr<bool>();
-    if (m == 4) {
+    if (cpu_use_avx512() && cpu::nm_mask_avx512_supports(m)) {
+      // Chunks of whole 64-element blocks (a multiple of every supported m and of the vector width).
+      constexpr int64_t kBlock = 64;
+      const int64_t numel = wc.numel();
+      at::parallel_for(0, (numel + kBlock - 1) / kBlock, 512, [&](int64_t b0, int64_t b1) {
+        cpu::nm_srste_forward_avx512(cpu_dtype<scalar_t>(), wp, op, mp, b0 * kBlock, std::min(b1 * kBlock, numel),
+                                     static_cast<int>(n), static_cast<int>(m));
+      });
+    } else if (m == 4) {
       srste_forward_groups4(wp, op, mp, groups, static_cast<int>(n));
     } else {
       srste_forward_groups<0>(wp, op, mp, groups, static_cast<int>(n), static_cast<int>(m));
@@ -120,8 +132,13 @@ at::Tensor nm_srste_backward_cpu(const at::Tensor& grad, const at::Tensor& w, co
     const scalar_t* wp = wc.const_data_ptr<scalar_t>();
     const bool* mp = mc.const_data_ptr<bool>();
     scalar_t* op = out.mutable_data_ptr<scalar_t>();
+    const bool avx512 = cpu_use_avx512();
     at::parallel_for(0, numel, kGrain, [&](int64_t begin, int64_t end) {
-      srste_backward_range(gp, wp, mp, op, begin, end, scale_f, decay_f);
+      if (avx512) {
+        cpu::nm_srste_backward_avx512(cpu_dtype<scalar_t>(), gp, wp, mp, op, begin, end, scale_f, decay_f);
+      } else {
+        srste_backward_range(gp, wp, mp, op, begin, end, scale_f, decay_f);
+      }
     });
   });
   return out;
