@@ -1,5 +1,5 @@
-"""The CPU kernel variants of nm_mask, compress_24, decompress_24 and nm_srste (forward and backward)
-agree bit for bit.
+"""The CPU kernel variants of nm_mask, compress_24, decompress_24, nm_srste (forward and backward) and
+transposable_mask_24 agree bit for bit.
 
 The baseline kernels run in a subprocess started with SPARSEOPS_CPU_ISA=baseline (the variant is chosen
 once per process); this process runs the default variant (AVX-512 where the CPU has it). Both run the
@@ -62,7 +62,7 @@ def _two_four(w: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
 
 
 def build_cases() -> dict[str, tuple]:
-    """name -> (op, args); op in nm_mask / compress / decompress / srste / srste_backward."""
+    """name -> (op, args); op in nm_mask / compress / decompress / srste / srste_backward / transposable."""
     gen = torch.Generator().manual_seed(1234)
     cases: dict[str, tuple] = {}
     nm_shapes = [(1, 16), (3, 20), (7, 36), (5, 1000), (2, 3, 48), (257, 96), (4, 2 * 4104)]
@@ -148,6 +148,16 @@ def build_cases() -> dict[str, tuple]:
                 s_arg = None if scale is None else torch.tensor([scale], dtype=torch.float32)
                 cases[f"srste backward {_NAME[dtype]} {shape} decay={decay} scale={scale}"] = (
                     "srste_backward", g, w, mask, decay, s_arg)
+        # transposable_mask_24: runs of 16 blocks, shorter remainders, ties (the enumeration order decides),
+        # +-Inf, and the first NaN block reported.
+        for kind in ("randn", "ties", "special"):
+            for shape in [(4, 4), (8, 64), (12, 68), (20, 260), (64, 1028)]:
+                cases[f"transposable {_NAME[dtype]} {kind} {shape}"] = ("transposable", _values(kind, shape, dtype, gen))
+        for pos in [(0, 0), (9, 70), (63, 1027)]:
+            w = torch.randn(64, 1028, generator=gen).to(dtype)
+            w[pos] = float("nan")
+            w[60, 1000] = float("nan")
+            cases[f"transposable nan {_NAME[dtype]} {pos}"] = ("transposable", w)
     return cases
 
 
@@ -159,6 +169,8 @@ def run_case(case: tuple):
         if op == "nm_mask":
             w, n, m = args
             return (ops.nm_mask(w, n, m, None),)
+        if op == "transposable":
+            return (ops.transposable_mask_24(args[0]),)
         if op == "srste":
             w, n, m = args
             return ops.nm_srste(w, n, m, 2e-4, None)
@@ -215,7 +227,7 @@ def both(tmp_path_factory):
 CASES = list(build_cases())
 
 
-@pytest.mark.parametrize("family", ["nm_mask", "compress", "decompress", "srste"])
+@pytest.mark.parametrize("family", ["nm_mask", "compress", "decompress", "srste", "transposable"])
 def test_isa_variants_bit_identical(both, family):
     baseline, default = both
     names = [n for n in CASES if n.startswith(family)]

@@ -63,6 +63,15 @@ int64_t compress24_row_avx512(Dtype dtype, const void* w, void* values, const Ro
 // first group with an invalid code, or -1; after such a group the row is left partly written.
 int64_t decompress24_row_avx512(Dtype dtype, const void* values, const RowMeta& meta, void* dense, int64_t cols);
 
+// ---- transposable_mask_24 ------------------------------------------------------------------------
+
+// The 16 4x4 blocks of rows [row0, row0 + 4) x columns [col0, col0 + 64) of w (row stride cols): each
+// block's keep pattern, the best of codes[0..num_codes) (the table of common/transposable24.h) by its
+// solver's sums and tie rule, written into mask (same strides). Returns false, writing nothing, when
+// one of the values is NaN.
+bool transposable16_avx512(Dtype dtype, const void* w, int64_t cols, int64_t row0, int64_t col0, const uint16_t* codes,
+                           int num_codes, bool* mask);
+
 // ---- scalar helpers (baseline files only; internal linkage) --------------------------------------
 
 // top_n_mask(mag, n, 4) with the 6 pairwise compares instead of 16 (identical for non-NaN input):
