@@ -46,6 +46,7 @@ static py::dict build_info() {
   info["cpu_isa"] = sparseops::cpu_isa_name();
   py::list variants;
   variants.append("baseline");
+  variants.append("avx2");
   variants.append("avx512");
   info["cpu_isa_compiled"] = variants;
   return info;

@@ -150,7 +150,7 @@ ISA_SCRIPT = textwrap.dedent(
     torch.manual_seed(0)
     print(sparseops.build_info()["cpu_isa"])
     for dtype in (torch.float32, torch.bfloat16, torch.float16):
-        for m, n, k in ((1, 7, 36), (3, 33, 260), (11, 5, 100), (40, 9, 68)):
+        for m, n, k in ((1, 7, 36), (3, 33, 260), (11, 5, 100), (40, 9, 68), (16, 70, 1600), (2, 13, 1540)):
             w = torch.randn(n, k).to(dtype)
             v, meta = ops.compress_24(w, True, "packed")
             x, b = torch.randn(m, k).to(dtype), torch.randn(n).to(dtype)
@@ -164,16 +164,16 @@ ISA_SCRIPT = textwrap.dedent(
 )
 
 
-@pytest.mark.parametrize("isa", ["baseline", "default", "tiles"])
+@pytest.mark.parametrize("isa", ["baseline", "avx2", "default", "tiles"])
 def test_isa_paths(isa):
-    """Each CPU path in a fresh process (the knobs are read once): the portable kernels, the default
-    (AVX-512) ones, and the tiled large-M path forced for every M and dtype (by default fp32/fp16 never
-    take it on AVX-512 CPUs)."""
+    """Each CPU path in a fresh process (the knobs are read once): the portable kernels, the AVX2 ones,
+    the default (AVX-512) ones, and the tiled large-M path forced for every M and dtype (by default
+    fp32/fp16 never take it on AVX-512 CPUs). K values end in a partial 8-column chunk and span pieces."""
     env = dict(os.environ)
     env.pop("SPARSEOPS_CPU_ISA", None)
     env.pop("SPARSEOPS_LINEAR24_GEMV_MAX_M", None)
-    if isa == "baseline":
-        env["SPARSEOPS_CPU_ISA"] = "baseline"
+    if isa in ("baseline", "avx2"):
+        env["SPARSEOPS_CPU_ISA"] = isa
     if isa == "tiles":
         env["SPARSEOPS_LINEAR24_GEMV_MAX_M"] = "0"
     env["PYTHONPATH"] = os.pathsep.join([os.path.dirname(os.path.dirname(sparseops.__file__)), env.get("PYTHONPATH", "")])
@@ -183,7 +183,9 @@ def test_isa_paths(isa):
     assert lines[-1] == "ok"
     if isa == "baseline":
         assert lines[0] == "baseline"
-    else:
+    elif isa == "avx2":
+        assert lines[0] in ("avx2", "baseline")  # baseline on a CPU without AVX2
+    elif "SPARSEOPS_CPU_ISA" not in os.environ:  # else this process runs a capped variant itself
         assert lines[0] == sparseops.build_info()["cpu_isa"]
 
 

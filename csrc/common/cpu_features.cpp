@@ -5,24 +5,37 @@
 
 namespace sparseops {
 
-static bool detect_avx512() {
+static CpuIsa detect_isa() {
   const char* forced = std::getenv("SPARSEOPS_CPU_ISA");
-  if (forced != nullptr && std::strcmp(forced, "baseline") == 0) return false;
+  const CpuIsa cap = forced == nullptr                     ? CpuIsa::kAvx512
+                     : std::strcmp(forced, "baseline") == 0 ? CpuIsa::kBaseline
+                     : std::strcmp(forced, "avx2") == 0     ? CpuIsa::kAvx2
+                                                            : CpuIsa::kAvx512;
 #if defined(__x86_64__) || defined(_M_X64)
   __builtin_cpu_init();
-  return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-         __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
-         __builtin_cpu_supports("avx512bf16") && __builtin_cpu_supports("fma");
+  const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+  const bool avx512 = avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                      __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
+                      __builtin_cpu_supports("avx512bf16");
+  const CpuIsa has = avx512 ? CpuIsa::kAvx512 : avx2 ? CpuIsa::kAvx2 : CpuIsa::kBaseline;
+  return has < cap ? has : cap;
 #else
-  return false;
+  (void)cap;
+  return CpuIsa::kBaseline;
 #endif
 }
 
-bool cpu_use_avx512() {
-  static const bool use = detect_avx512();
-  return use;
+CpuIsa cpu_isa() {
+  static const CpuIsa isa = detect_isa();
+  return isa;
 }
 
-std::string cpu_isa_name() { return cpu_use_avx512() ? "avx512" : "baseline"; }
+std::string cpu_isa_name() {
+  switch (cpu_isa()) {
+    case CpuIsa::kAvx512: return "avx512";
+    case CpuIsa::kAvx2: return "avx2";
+    default: return "baseline";
+  }
+}
 
 }  // namespace sparseops

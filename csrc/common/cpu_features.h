@@ -1,9 +1,14 @@
 #pragma once
-// Which CPU kernel variant runs: AVX-512 (compiled with -mavx512*) when the CPU has it, else baseline.
-// SPARSEOPS_CPU_ISA=baseline forces the portable kernels (tests use it to cover both paths).
+// Which CPU kernel variant runs: AVX-512 (files *_avx512.cpp, compiled with -mavx512*) when the CPU has
+// AVX-512 F/BW/VL/DQ/BF16, else AVX2 (*_avx2.cpp: the ops that have such a variant; the others run
+// their portable kernels) when it has AVX2 + FMA + F16C, else the portable (baseline) kernels.
+// SPARSEOPS_CPU_ISA=baseline or =avx2 caps the choice (tests use it to cover every path).
 #include <string>
 
 namespace sparseops {
-bool cpu_use_avx512();
+enum class CpuIsa { kBaseline, kAvx2, kAvx512 };
+CpuIsa cpu_isa();
+inline bool cpu_use_avx512() { return cpu_isa() == CpuIsa::kAvx512; }
+inline bool cpu_use_avx2() { return cpu_isa() == CpuIsa::kAvx2; }
 std::string cpu_isa_name();
 }  // namespace sparseops

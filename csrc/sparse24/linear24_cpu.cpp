@@ -1,15 +1,16 @@
 // sparse24_linear on CPU: y = act(x @ W^T + bias), W [N, K] in the "packed" 2:4 layout.
 //
-// Two paths, chosen by M (rows of x):
-//  - small M (M <= gemv_max_m(): 96 for bf16, any M for fp32/fp16 on AVX-512): parallel over blocks of output rows n; each W row is
-//    streamed once for all M rows of x (the AVX-512 kernel in linear24_avx512.cpp, on x repacked into
-//    its chunk-interleaved panels, or the portable one below), writing fp32 z = x W^T + bias; the activation then runs on z in fp32 before the one
-//    rounding to x's dtype. Bandwidth-bound for a few rows: the packed W is ~9/16 (fp32) or ~5/8
-//    (16-bit) of dense.
-//  - large M (bf16 M > 96; the portable build above M = 4): parallel over tiles of kTileN rows of W; each thread decompresses its tile into a
-//    thread-local dense [kTileN, K] buffer (AVX-512 permutes when available) and runs torch's dense GEMM (MKL / oneDNN, one thread each)
-//    straight into its column slice of the output, bias fused in the GEMM (addmm), then the activation
-//    in place. For fp16/bf16 the activation sees the GEMM's rounded output (as F.linear + act would).
+// Two paths, chosen by M (rows of x) and the CPU (gemv_max_m below):
+//  - small M: parallel over blocks of output rows n; each W row is streamed once for all M rows of x
+//    (the AVX-512 kernel in linear24_avx512.cpp on x repacked into its chunk-interleaved panels, the
+//    AVX2 one in linear24_avx2.cpp, or the portable one below), writing fp32 z = x W^T + bias; the
+//    activation then runs on z in fp32 before the one rounding to x's dtype. Bandwidth-bound for a few
+//    rows: the packed W is ~9/16 (fp32) or ~5/8 (16-bit) of dense.
+//  - large M: parallel over tiles of kTileN rows of W; each thread decompresses its tile into a
+//    thread-local dense [kTileN, K] buffer (AVX-512 permutes when available) and runs torch's dense GEMM
+//    (MKL / oneDNN, one thread each) straight into its column slice of the output, bias fused in the
+//    GEMM (addmm), then the activation in place. For fp16/bf16 the activation sees the GEMM's rounded
+//    output (as F.linear + act would).
 #include <ATen/Parallel.h>
 #include <ATen/ThreadLocalState.h>
 #include <torch/library.h>
@@ -32,22 +33,29 @@ constexpr const char* kOp = "sparse24_linear";
 constexpr int64_t kTileN = 256;  // rows of W per dense tile in the large-M path
 
 // Small-M / large-M crossover (largest M on the small-M path), measured with 2 threads on the bench
-// shapes (N, K) in {4096, 11008} x {4096, 11008} on an AVX-512 Zen 5 with OpenMP, since x is packed in
-// one panel per 8 rows and W prefetched ahead: the bf16 kernel (vdpbf16ps) beats dense tiles + oneDNN up
-// to M = 96 (by 1.2-1.3x at M = 64, 1.05-1.1x at M = 96), about even at M = 128; the fp32 one beats tiles + MKL at every M measured
-// (1.5-2.1x vs F.linear at M = 256-2048, where tiles give 1.0x) and the fp16 one too (torch's fp16 CPU
-// GEMM, without AVX512-FP16 here, is ~3.5x slower than this kernel even at M = 512), so those two use
-// it at every M. The portable kernel is scalar: it is only used for a handful of rows (a guess, not
-// measured on a CPU without AVX-512). SPARSEOPS_LINEAR24_GEMV_MAX_M overrides all of them (tuning,
-// benchmarks, and the tests that force the tiled path).
+// shapes (N, K) in {4096, 11008} x {4096, 11008} on a Zen 5 with OpenMP.
+// - AVX-512, x packed in one panel per 8 rows and W prefetched ahead: the bf16 kernel (vdpbf16ps) beats
+//   dense tiles + oneDNN up to M = 96 (by 1.2-1.3x at M = 64, 1.05-1.1x at M = 96), about even at
+//   M = 128; the fp32 one beats tiles + MKL at every M measured (1.5-2.1x vs F.linear at M = 256-2048,
+//   where tiles give 1.0x) and the fp16 one too (torch's fp16 CPU GEMM, without AVX512-FP16 here, is
+//   ~3.5x slower than this kernel even at M = 512), so those two use it at every M.
+// - AVX2 (measured on the same machine with the kernel forced to AVX2 and torch's kernels capped to
+//   AVX2 too: ONEDNN_MAX_CPU_ISA=AVX2, MKL_ENABLE_INSTRUCTIONS=AVX2, ATEN_CPU_CAPABILITY=avx2): fp32
+//   beats tiles + MKL up to M = 64 (1.2-1.6x vs F.linear at M = 32), tiles win from M = 128; bf16 and
+//   fp16, which torch computes without native support there, stay ~2.9x faster than F.linear at every M
+//   measured (up to 512), so they use the kernel at every M.
+// - The portable kernel is scalar: only for a handful of rows (a guess, not measured on such a CPU).
+// SPARSEOPS_LINEAR24_GEMV_MAX_M overrides all of them (tuning, benchmarks, tests forcing the tiled path).
 int64_t gemv_max_m(at::ScalarType dtype) {
   static const int64_t forced = [] {
     const char* env = std::getenv("SPARSEOPS_LINEAR24_GEMV_MAX_M");
     return env != nullptr ? std::max<int64_t>(0, std::atoll(env)) : int64_t{-1};
   }();
   if (forced >= 0) return forced;
+  constexpr int64_t kEvery = std::numeric_limits<int64_t>::max();
+  if (cpu_use_avx2()) return dtype == at::kFloat ? 64 : kEvery;
   if (!cpu_use_avx512()) return 4;
-  return dtype == at::kBFloat16 ? 96 : std::numeric_limits<int64_t>::max();
+  return dtype == at::kBFloat16 ? 96 : kEvery;
 }
 
 void apply_activation_(at::Tensor& t, Act act) {
@@ -152,9 +160,10 @@ void linear24_small_m(const at::Tensor& xc, const at::Tensor& vc, const at::Tens
         pack_panels(xc.const_data_ptr<c10::Half>(), M, K, c, xk.mutable_data_ptr<float>());
       }
     }
-  } else {
+  } else {  // fp32 rows, zero beyond K (the AVX2 kernel reads up to the next multiple of 8)
     xk = at::empty({M, (K + 15) / 16 * 16 + 16}, xc.options().dtype(at::kFloat));
     xk.narrow(1, 0, K).copy_(xc);
+    xk.narrow(1, K, xk.size(1) - K).zero_();
   }
   const at::Tensor bf = bias.has_value() ? bias->to(at::kFloat).contiguous() : at::Tensor();
   at::Tensor z = out.scalar_type() == at::kFloat ? out : at::empty({M, N}, xc.options().dtype(at::kFloat));
@@ -167,6 +176,8 @@ void linear24_small_m(const at::Tensor& xc, const at::Tensor& vc, const at::Tens
   at::parallel_for(0, N, grain, [&](int64_t n0, int64_t n1) {
     if (avx512) {
       linear24_rows_avx512(type, vp, mp, K, xp, M, bp, n0, n1, zp, N);
+    } else if (cpu_use_avx2()) {
+      linear24_rows_avx2(type, vp, mp, K, static_cast<const float*>(xp), xk.size(1), M, bp, n0, n1, zp, N);
     } else {
       linear24_rows_baseline(type, vp, mp, K, static_cast<const float*>(xp), xk.size(1), M, bp, n0, n1, zp, N);
     }

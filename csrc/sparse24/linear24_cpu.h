@@ -36,6 +36,11 @@ constexpr int64_t avx512_x_chunk(ElemType type) { return type == ElemType::kBFlo
 void linear24_rows_avx512(ElemType type, const void* values, const uint8_t* meta, int64_t K, const void* x, int64_t M,
                           const float* bias, int64_t n0, int64_t n1, float* z, int64_t ldz);
 
+// The AVX2 kernel (x86 CPUs without AVX-512): the same z from x in the portable kernel's layout, fp32
+// rows ldx apart, which must also be zero from K up to the next multiple of 8.
+void linear24_rows_avx2(ElemType type, const void* values, const uint8_t* meta, int64_t K, const float* x,
+                        int64_t ldx, int64_t M, const float* bias, int64_t n0, int64_t n1, float* z, int64_t ldz);
+
 // Large-M path: rows [n0, n0 + rows) of packed W written dense into `dense` ([rows, K], row stride K).
 void linear24_decompress_rows_avx512(ElemType type, const void* values, const uint8_t* meta, int64_t K, int64_t n0,
                                      int64_t rows, void* dense);

@@ -14,9 +14,9 @@ def build_info() -> dict[str, Any]:
     Keys: ``version``, ``torch_built_against``, ``build_type``, ``cuda`` (CUDA kernels compiled?),
     ``cuda_version``, ``cuda_archs``, ``cutlass_version``, ``cusparselt_version``, ``cpu_threads``
     (torch's intra-op threads now), ``cpu_parallel_backend`` (how our CPU kernels' ``at::parallel_for``
-    was compiled: ``"openmp"`` like torch's default build), ``cpu_isa`` (the CPU kernel variant in use: ``"avx512"`` or
-    ``"baseline"``; set ``SPARSEOPS_CPU_ISA=baseline`` before import to force the portable one) and
-    ``cpu_isa_compiled``.
+    was compiled: ``"openmp"`` like torch's default build), ``cpu_isa`` (the CPU kernel variant in use: ``"avx512"``,
+    ``"avx2"`` or ``"baseline"``; set ``SPARSEOPS_CPU_ISA=avx2`` or ``=baseline`` before import to cap it)
+    and ``cpu_isa_compiled``.
     """
     return dict(_C.build_info())
 
