@@ -144,8 +144,8 @@ void linear24_small_m(const at::Tensor& xc, const at::Tensor& vc, const at::Tens
   const bool avx512 = cpu_use_avx512();
   const ElemType type = elem_type(vc.scalar_type());
   // x as the kernel reads it (M is small here): the AVX-512 kernel's panel (linear24_cpu.h), or for the
-  // portable one fp32 rows padded to a 64-byte multiple + 64 bytes (so that they do not start a multiple
-  // of 4 KiB apart: for K = 1024, 4096, ... 8 rows read in lockstep would share L1 sets).
+  // AVX2 and portable ones fp32 rows padded to a 64-byte multiple + 64 bytes (so that they do not start a
+  // multiple of 4 KiB apart: for K = 1024, 4096, ... 8 rows read in lockstep would share L1 sets).
   at::Tensor xk;
   if (avx512) {
     const int64_t c = avx512_x_chunk(type), chunks = (K + c - 1) / c;
