@@ -99,12 +99,15 @@ def sparse24_linear(
         raise ValueError(f"{_OP}: expected x of shape [..., K] with at least 1 dimension (got a 0-D tensor)")
     if w24_t is not None:
         _check_w24_t(w24, w24_t)
-    lead = x.shape[:-1]
-    rows = 1
-    for d in lead:
-        rows *= d
-    x2d = x.reshape(rows, x.shape[-1])
-    if x.device.type == "cuda":
+    if x.dim() == 2:  # the common case, without the two reshapes (a few us per call matter for small M)
+        lead, x2d = None, x
+    else:
+        lead = x.shape[:-1]
+        rows = 1
+        for d in lead:
+            rows *= d
+        x2d = x.reshape(rows, x.shape[-1])
+    if x.is_cuda:
         y = cuda_sparse24_linear(x2d, w24, bias, act, backend, w24_t=w24_t, scale=scale, out_dtype=out_dtype)
     else:
         if scale is not None or out_dtype is not None:
@@ -123,10 +126,10 @@ def sparse24_linear(
                 "compress the weight with compress_24(w, layout='packed')"
             )
         if w24_t is None:
-            y = _ops.sparse24_linear(x2d, w24.values, w24.meta, bias, act)
+            y = _ops.sparse24_linear.default(x2d, w24.values, w24.meta, bias, act)
         else:
-            y = _ops.sparse24_linear(x2d, w24.values, w24.meta, bias, act, w24_t.values, w24_t.meta)
-    return y.reshape(*lead, y.shape[-1])
+            y = _ops.sparse24_linear.default(x2d, w24.values, w24.meta, bias, act, w24_t.values, w24_t.meta)
+    return y if lead is None else y.reshape(*lead, y.shape[-1])
 
 
 def _check_w24_t(w24: Sparse24, w24_t) -> None:
