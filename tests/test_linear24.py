@@ -189,6 +189,15 @@ def test_isa_paths(isa):
         assert lines[0] == sparseops.build_info()["cpu_isa"]
 
 
+def test_unknown_cpu_isa_value_warns():
+    env = dict(os.environ, SPARSEOPS_CPU_ISA="AVX2")  # the values are lower case
+    env["PYTHONPATH"] = os.pathsep.join([os.path.dirname(os.path.dirname(sparseops.__file__)), env.get("PYTHONPATH", "")])
+    code = "import sparseops; print(sparseops.build_info()['cpu_isa'])"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "ignoring SPARSEOPS_CPU_ISA=AVX2 (expected baseline, avx2 or avx512)" in out.stderr
+
+
 # ---- autograd ------------------------------------------------------------------------------------
 
 

@@ -1,5 +1,7 @@
 #include "common/cpu_features.h"
 
+#include <c10/util/Exception.h>
+
 #include <cstdlib>
 #include <cstring>
 
@@ -7,10 +9,15 @@ namespace sparseops {
 
 static CpuIsa detect_isa() {
   const char* forced = std::getenv("SPARSEOPS_CPU_ISA");
-  const CpuIsa cap = forced == nullptr                     ? CpuIsa::kAvx512
-                     : std::strcmp(forced, "baseline") == 0 ? CpuIsa::kBaseline
-                     : std::strcmp(forced, "avx2") == 0     ? CpuIsa::kAvx2
-                                                            : CpuIsa::kAvx512;
+  CpuIsa cap = CpuIsa::kAvx512;
+  if (forced != nullptr && std::strcmp(forced, "baseline") == 0) {
+    cap = CpuIsa::kBaseline;
+  } else if (forced != nullptr && std::strcmp(forced, "avx2") == 0) {
+    cap = CpuIsa::kAvx2;
+  } else if (forced != nullptr && forced[0] != '\0' && std::strcmp(forced, "avx512") != 0) {
+    TORCH_WARN("sparseops: ignoring SPARSEOPS_CPU_ISA=", forced,
+               " (expected baseline, avx2 or avx512); using the best variant this CPU supports");
+  }
 #if defined(__x86_64__) || defined(_M_X64)
   __builtin_cpu_init();
   const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");

@@ -2,7 +2,8 @@
 // Which CPU kernel variant runs: AVX-512 (files *_avx512.cpp, compiled with -mavx512*) when the CPU has
 // AVX-512 F/BW/VL/DQ/BF16, else AVX2 (*_avx2.cpp: the ops that have such a variant; the others run
 // their portable kernels) when it has AVX2 + FMA + F16C, else the portable (baseline) kernels.
-// SPARSEOPS_CPU_ISA=baseline or =avx2 caps the choice (tests use it to cover every path).
+// SPARSEOPS_CPU_ISA=baseline or =avx2 caps the choice (tests use it to cover every path); another value
+// is ignored with a warning.
 #include <string>
 
 namespace sparseops {
