@@ -46,8 +46,10 @@ static py::dict build_info() {
   info["cpu_isa"] = sparseops::cpu_isa_name();
   py::list variants;
   variants.append("baseline");
+#if SPARSEOPS_X86_KERNELS
   variants.append("avx2");
   variants.append("avx512");
+#endif
   info["cpu_isa_compiled"] = variants;
   return info;
 }

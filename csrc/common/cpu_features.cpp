@@ -18,7 +18,7 @@ static CpuIsa detect_isa() {
     TORCH_WARN("sparseops: ignoring SPARSEOPS_CPU_ISA=", forced,
                " (expected baseline, avx2 or avx512); using the best variant this CPU supports");
   }
-#if defined(__x86_64__) || defined(_M_X64)
+#if SPARSEOPS_X86_KERNELS && (defined(__x86_64__) || defined(_M_X64))
   __builtin_cpu_init();
   const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
   const bool avx512 = avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&

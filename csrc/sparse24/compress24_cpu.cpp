@@ -83,6 +83,7 @@ std::tuple<at::Tensor, at::Tensor> compress_24_cpu(const at::Tensor& w, bool pru
       scalar_t* vp = values.mutable_data_ptr<scalar_t>();
       void* mp = meta.data_ptr();
       const int64_t grain = std::max<int64_t>(1, 16384 / cols);
+#if SPARSEOPS_X86_KERNELS
       if (cpu_use_avx512()) {
         at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
           for (int64_t r = begin; r < end; ++r) {
@@ -96,6 +97,7 @@ std::tuple<at::Tensor, at::Tensor> compress_24_cpu(const at::Tensor& w, bool pru
         });
         return;
       }
+#endif
       at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
         std::vector<uint8_t> codes(groups);
         for (int64_t r = begin; r < end; ++r) {
@@ -155,6 +157,7 @@ at::Tensor decompress_24_cpu(const at::Tensor& values, const at::Tensor& meta, c
       const void* mp = mc.const_data_ptr();
       scalar_t* dp = dense.mutable_data_ptr<scalar_t>();
       const int64_t grain = std::max<int64_t>(1, 16384 / cols);
+#if SPARSEOPS_X86_KERNELS
       if (cpu_use_avx512()) {
         at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
           for (int64_t r = begin; r < end; ++r) {
@@ -170,6 +173,7 @@ at::Tensor decompress_24_cpu(const at::Tensor& values, const at::Tensor& meta, c
         });
         return;
       }
+#endif
       at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
         for (int64_t r = begin; r < end; ++r) {
           for (int64_t g = 0; g < groups; ++g) {

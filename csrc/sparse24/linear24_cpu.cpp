@@ -174,13 +174,17 @@ void linear24_small_m(const at::Tensor& xc, const at::Tensor& vc, const at::Tens
   float* zp = z.mutable_data_ptr<float>();
   const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 15) / K);
   at::parallel_for(0, N, grain, [&](int64_t n0, int64_t n1) {
+#if SPARSEOPS_X86_KERNELS
     if (avx512) {
       linear24_rows_avx512(type, vp, mp, K, xp, M, bp, n0, n1, zp, N);
-    } else if (cpu_use_avx2()) {
-      linear24_rows_avx2(type, vp, mp, K, static_cast<const float*>(xp), xk.size(1), M, bp, n0, n1, zp, N);
-    } else {
-      linear24_rows_baseline(type, vp, mp, K, static_cast<const float*>(xp), xk.size(1), M, bp, n0, n1, zp, N);
+      return;
     }
+    if (cpu_use_avx2()) {
+      linear24_rows_avx2(type, vp, mp, K, static_cast<const float*>(xp), xk.size(1), M, bp, n0, n1, zp, N);
+      return;
+    }
+#endif
+    linear24_rows_baseline(type, vp, mp, K, static_cast<const float*>(xp), xk.size(1), M, bp, n0, n1, zp, N);
   });
   apply_activation_(z, act);
   if (!z.is_same(out)) out.copy_(z);
@@ -216,8 +220,8 @@ void linear24_large_m(const at::Tensor& xc, const at::Tensor& vc, const at::Tens
   // The GEMM and activation below are torch ops run on worker threads: carry the caller's dispatcher
   // state over (inference mode, grad mode, ...), or writing into an inference-mode `out` would fail.
   const at::ThreadLocalState tls;
-  const bool avx512 = cpu_use_avx512();
-  const ElemType type = elem_type(xc.scalar_type());
+  [[maybe_unused]] const bool avx512 = cpu_use_avx512();
+  [[maybe_unused]] const ElemType type = elem_type(xc.scalar_type());
   SPARSEOPS_DISPATCH_FLOAT_HALF_BF16(xc.scalar_type(), kOp, [&] {
     const scalar_t* vp = vc.const_data_ptr<scalar_t>();
     const uint8_t* mp = mc.const_data_ptr<uint8_t>();
@@ -226,9 +230,12 @@ void linear24_large_m(const at::Tensor& xc, const at::Tensor& vc, const at::Tens
       at::Tensor tile = at::empty({tile_n, K}, xc.options());
       for (int64_t t = t0; t < t1; ++t) {
         const int64_t n0 = t * tile_n, rows = std::min(tile_n, N - n0);
+#if SPARSEOPS_X86_KERNELS
         if (avx512) {
           linear24_decompress_rows_avx512(type, vp, mp, K, n0, rows, tile.mutable_data_ptr());
-        } else {
+        } else
+#endif
+        {
           decompress_rows<scalar_t>(vp, mp, K, n0, rows, tile.mutable_data_ptr<scalar_t>());
         }
         const at::Tensor w = tile.narrow(0, 0, rows);

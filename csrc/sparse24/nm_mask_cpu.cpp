@@ -84,6 +84,7 @@ at::Tensor nm_mask_cpu(const at::Tensor& w, int64_t n, int64_t m, const std::opt
   SPARSEOPS_DISPATCH_FLOAT_HALF_BF16(s.scalar_type(), "nm_mask", [&] {
     const scalar_t* sp = s.const_data_ptr<scalar_t>();
     bool* op = out.mutable_data_ptr<bool>();
+#if SPARSEOPS_X86_KERNELS
     if (cpu_use_avx512() && cpu::nm_mask_avx512_supports(m)) {
       // Chunks of whole 64-element blocks (a multiple of every supported m and of the vector width).
       constexpr int64_t kBlock = 64;
@@ -93,7 +94,9 @@ at::Tensor nm_mask_cpu(const at::Tensor& w, int64_t n, int64_t m, const std::opt
                                                 static_cast<int>(n), static_cast<int>(m));
         if (bad >= 0) record_min(first_nan, bad);
       });
-    } else if (m == 4) {
+    } else
+#endif
+    if (m == 4) {
       nm_mask_groups4(sp, op, groups, static_cast<int>(n), first_nan);
     } else {
       nm_mask_groups(sp, op, groups, static_cast<int>(n), static_cast<int>(m), first_nan);

@@ -86,6 +86,7 @@ std::tuple<at::Tensor, at::Tensor> nm_srste_cpu(const at::Tensor& w, int64_t n, 
     const scalar_t* wp = wc.const_data_ptr<scalar_t>();
     scalar_t* op = out.mutable_data_ptr<scalar_t>();
     bool* mp = mask.mutable_data_ptr<bool>();
+#if SPARSEOPS_X86_KERNELS
     if (cpu_use_avx512() && cpu::nm_mask_avx512_supports(m)) {
       // Chunks of whole 64-element blocks (a multiple of every supported m and of the vector width).
       constexpr int64_t kBlock = 64;
@@ -94,7 +95,9 @@ std::tuple<at::Tensor, at::Tensor> nm_srste_cpu(const at::Tensor& w, int64_t n, 
         cpu::nm_srste_forward_avx512(cpu_dtype<scalar_t>(), wp, op, mp, b0 * kBlock, std::min(b1 * kBlock, numel),
                                      static_cast<int>(n), static_cast<int>(m));
       });
-    } else if (m == 4) {
+    } else
+#endif
+    if (m == 4) {
       srste_forward_groups4(wp, op, mp, groups, static_cast<int>(n));
     } else {
       srste_forward_groups<0>(wp, op, mp, groups, static_cast<int>(n), static_cast<int>(m));
@@ -132,13 +135,15 @@ at::Tensor nm_srste_backward_cpu(const at::Tensor& grad, const at::Tensor& w, co
     const scalar_t* wp = wc.const_data_ptr<scalar_t>();
     const bool* mp = mc.const_data_ptr<bool>();
     scalar_t* op = out.mutable_data_ptr<scalar_t>();
-    const bool avx512 = cpu_use_avx512();
+    [[maybe_unused]] const bool avx512 = cpu_use_avx512();
     at::parallel_for(0, numel, kGrain, [&](int64_t begin, int64_t end) {
+#if SPARSEOPS_X86_KERNELS
       if (avx512) {
         cpu::nm_srste_backward_avx512(cpu_dtype<scalar_t>(), gp, wp, mp, op, begin, end, scale_f, decay_f);
-      } else {
-        srste_backward_range(gp, wp, mp, op, begin, end, scale_f, decay_f);
+        return;
       }
+#endif
+      srste_backward_range(gp, wp, mp, op, begin, end, scale_f, decay_f);
     });
   });
   return out;

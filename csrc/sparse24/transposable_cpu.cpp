@@ -56,6 +56,7 @@ at::Tensor transposable_mask_24_cpu(const at::Tensor& w) {
         for (int j = 0; j < 4; ++j) mp[(r0 + r) * cols + c0 + j] = (bits >> j) & 1u;
       }
     };
+#if SPARSEOPS_X86_KERNELS
     if (cpu_use_avx512()) {
       // Work items: runs of 16 blocks (64 columns) of a block row, the row's remainder run shorter.
       const int64_t runs_per_row = (block_cols + 15) / 16;
@@ -68,11 +69,12 @@ at::Tensor transposable_mask_24_cpu(const at::Tensor& w) {
           }
         }
       });
-    } else {
-      at::parallel_for(0, blocks, 256, [&](int64_t begin, int64_t end) {
-        for (int64_t b = begin; b < end; ++b) solve_block(b);
-      });
+      return;
     }
+#endif
+    at::parallel_for(0, blocks, 256, [&](int64_t begin, int64_t end) {
+      for (int64_t b = begin; b < end; ++b) solve_block(b);
+    });
   });
   const int64_t bad = first_nan.load();
   if (bad != std::numeric_limits<int64_t>::max()) report_transposable_nan(bad, block_cols);
