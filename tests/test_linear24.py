@@ -164,19 +164,24 @@ ISA_SCRIPT = textwrap.dedent(
 )
 
 
+def _child_env(**knobs: str) -> dict:
+    """This process's environment for a child Python, with only the given sparseops knobs set and this
+    sparseops importable."""
+    env = dict(os.environ)
+    env.pop("SPARSEOPS_CPU_ISA", None)
+    env.pop("SPARSEOPS_LINEAR24_GEMV_MAX_M", None)
+    env.update(knobs)
+    env["PYTHONPATH"] = os.pathsep.join([os.path.dirname(os.path.dirname(sparseops.__file__)), env.get("PYTHONPATH", "")])
+    return env
+
+
 @pytest.mark.parametrize("isa", ["baseline", "avx2", "default", "tiles"])
 def test_isa_paths(isa):
     """Each CPU path in a fresh process (the knobs are read once): the portable kernels, the AVX2 ones,
     the default (AVX-512) ones, and the tiled large-M path forced for every M and dtype (by default
     fp32/fp16 never take it on AVX-512 CPUs). K values end in a partial 8-column chunk and span pieces."""
-    env = dict(os.environ)
-    env.pop("SPARSEOPS_CPU_ISA", None)
-    env.pop("SPARSEOPS_LINEAR24_GEMV_MAX_M", None)
-    if isa in ("baseline", "avx2"):
-        env["SPARSEOPS_CPU_ISA"] = isa
-    if isa == "tiles":
-        env["SPARSEOPS_LINEAR24_GEMV_MAX_M"] = "0"
-    env["PYTHONPATH"] = os.pathsep.join([os.path.dirname(os.path.dirname(sparseops.__file__)), env.get("PYTHONPATH", "")])
+    knobs = {"tiles": {"SPARSEOPS_LINEAR24_GEMV_MAX_M": "0"}, "default": {}}.get(isa, {"SPARSEOPS_CPU_ISA": isa})
+    env = _child_env(**knobs)
     out = subprocess.run([sys.executable, "-c", ISA_SCRIPT], env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     lines = out.stdout.split()
@@ -190,8 +195,7 @@ def test_isa_paths(isa):
 
 
 def test_unknown_cpu_isa_value_warns():
-    env = dict(os.environ, SPARSEOPS_CPU_ISA="AVX2")  # the values are lower case
-    env["PYTHONPATH"] = os.pathsep.join([os.path.dirname(os.path.dirname(sparseops.__file__)), env.get("PYTHONPATH", "")])
+    env = _child_env(SPARSEOPS_CPU_ISA="AVX2")  # the values are lower case
     code = "import sparseops; print(sparseops.build_info()['cpu_isa'])"
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
