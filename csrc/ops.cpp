@@ -1,5 +1,5 @@
 // The op catalogue: every sparseops schema, defined once. Kernels live in csrc/<family>/, Python faces
-// (fake kernels, autograd, typed wrappers) in python/sparseops/<family>.py.
+// (fake kernels, autograd, typed wrappers) in python/sparseops/<family>/.
 #include <torch/library.h>
 
 TORCH_LIBRARY(sparseops, m) {

@@ -14,8 +14,8 @@ import torch.nn.functional as F
 
 import sparseops
 from sparseops import Sparse24, compress_24, decompress_24
-from sparseops import linear24_cuda as L
-from sparseops.sparse24 import _kept_indices_packed
+from sparseops.sparse24 import linear_cuda as L
+from sparseops.sparse24.formats import _kept_indices_packed
 
 cuda = pytest.mark.requires_cuda
 _ops = torch.ops.sparseops
@@ -410,6 +410,12 @@ def test_backend_choice_packed_needs_no_gpu():
     assert L.cuda_backend_choice(L.GEMV_MAX_M + 1, s, "cuda") == "packed_dense"
 
 
+def test_backend_choice_rejects_a_cpu_device():
+    s = compress_24(torch.randn(64, 128), prune=True)
+    with pytest.raises(ValueError, match="cuda_backend_choice: expected a CUDA device"):
+        L.cuda_backend_choice(1, s, torch.device("cpu"))
+
+
 # ---------------------------------------------------------------------------------------------
 # opcheck and torch.compile
 
@@ -443,7 +449,6 @@ def test_opcheck_cusparselt(with_bias):
 @cuda
 @pytest.mark.parametrize("m", [1, 12])
 def test_opcheck_packed(m):
-    pytest.importorskip("sparseops.linear24", reason="the packed op's fake lives in sparseops.linear24")
     x, w, bias = _inputs(m, 64, 128, torch.bfloat16, True)
     s = compress_24(w)
     torch.library.opcheck(_ops.sparse24_linear, (x, s.values, s.meta, bias, "relu"))
@@ -455,8 +460,7 @@ def test_compile_fullgraph(layout):
     if layout == "cutlass":
         _needs_sm80()
     if layout == "packed":
-        pytest.importorskip("sparseops.linear24", reason="the packed op's fake lives in sparseops.linear24")
-    torch._dynamo.reset()
+        torch._dynamo.reset()
     x, w, bias = _inputs(16, 128, 256, torch.float16, True)
     s = compress_24(w, layout=layout)
 

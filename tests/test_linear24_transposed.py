@@ -9,10 +9,10 @@ from torch import nn
 
 from conftest import devices
 from sparseops import Sparse24, compress_24, decompress_24
-from sparseops.linear24 import compress_24_transposable, sparse24_linear
+from sparseops import compress_24_transposable, sparse24_linear
 from sparseops.nn import SparseLinear24
 from sparseops.reference import sparse24_linear_ref
-from sparseops.training import transposable_mask_24
+from sparseops import transposable_mask_24
 
 ops = torch.ops.sparseops
 ACTIVATIONS = ["none", "relu", "gelu", "silu", "relu2"]

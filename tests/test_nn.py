@@ -17,7 +17,7 @@ from sparseops.nn import (
     sparsify_,
 )
 from sparseops.reference import nm_mask_ref
-from sparseops.training import GradientFlowSchedule
+from sparseops import GradientFlowSchedule
 
 
 def _tol(dtype):
@@ -129,8 +129,9 @@ class _MLP(nn.Module):
 def test_sparsify_magnitude_default_filter():
     model = _MLP()
     dense_up = model.up.weight.detach().clone()
-    out = sparsify_(model)
-    assert out is model
+    report = sparsify_(model)
+    assert report.converted == ["up", "odd"]
+    assert report.skipped == {"head.1": "in_features=6 is not a multiple of 4"}
     assert isinstance(model.up, SparseLinear24) and isinstance(model.odd, SparseLinear24)
     assert isinstance(model.head[1], nn.Linear)
     assert torch.equal(model.up.to_dense(), torch.where(nm_mask_ref(dense_up, 2, 4), dense_up, 0))
@@ -164,6 +165,27 @@ def test_sparsify_filter_fn_and_wanda_with_list_and_callable():
         h = reference.up(x_all)
     expected_odd = SparseLinear24.from_dense(reference.odd, "wanda", calibration=h)
     assert torch.equal(model2.odd.to_dense(), expected_odd.to_dense())
+
+
+def test_sparsify_reports_and_logs_what_it_skipped(caplog):
+    def only_odd(module, fqn):
+        return fqn != "up"
+
+    with caplog.at_level("INFO", logger="sparseops"):
+        report = sparsify_(_MLP(), only_odd, method="transposable")
+    assert report.converted == []
+    assert report.skipped == {
+        "up": "excluded by filter_fn",
+        "odd": "out_features=6 is not a multiple of 4 (method='transposable')",
+        "head.1": "in_features=6 is not a multiple of 4",
+    }
+    assert "skipped odd: out_features=6 is not a multiple of 4" in caplog.text
+
+
+def test_sparsify_error_names_the_layer():
+    model = _MLP().double()
+    with pytest.raises(TypeError, match=r"^sparsify_: layer up: "):
+        sparsify_(model)
 
 
 def test_collect_input_norms_restores_mode_and_checks_coverage():

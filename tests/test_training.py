@@ -15,7 +15,7 @@ from sparseops.reference import (
     transposable_mask_24_ref,
     transposable_patterns_ref,
 )
-from sparseops.training import GradientFlowSchedule, nm_srste, transposable_mask_24
+from sparseops import GradientFlowSchedule, nm_srste, transposable_mask_24
 
 from conftest import devices
 

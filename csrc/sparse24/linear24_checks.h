@@ -48,8 +48,8 @@ inline Linear24Sizes check_linear24_inputs(const at::Tensor& x, const at::Tensor
   check_same_device(op, "meta", meta, "x", x);
   const int64_t m = x.size(0), k = x.size(1), n = values.size(0);
   TORCH_CHECK(k % 4 == 0, op, ": expected x.size(1) (K) to be divisible by 4 (got ", k, ")");
-  TORCH_CHECK(k == 2 * values.size(1), op, ": expected x.size(1) == 2 * values.size(1) (got ", k, " vs 2 * ",
-              values.size(1), ")");
+  TORCH_CHECK(k == 2 * values.size(1), op, ": x has ", k, " features (x.size(-1)) but the weight expects ",
+              2 * values.size(1), " (2 * values.size(1) = 2 * ", values.size(1), ")");
   TORCH_CHECK_TYPE(meta.scalar_type() == at::kByte, op, ": expected meta to have dtype uint8 (layout \"packed\") (got ",
                    meta.scalar_type(), ")");
   TORCH_CHECK(meta.dim() == 2 && meta.size(0) == n && meta.size(1) == packed_meta_cols(k), op,

@@ -253,7 +253,7 @@ void linear24_large_m(const at::Tensor& xc, const at::Tensor& vc, const at::Tens
 
 // ---- the op ---------------------------------------------------------------------------------------
 
-// values_t/meta_t (W^T compressed) are for the backward (python/sparseops/linear24.py): checked, not read.
+// values_t/meta_t (W^T compressed) are for the backward (python/sparseops/sparse24/linear.py): checked, not read.
 at::Tensor sparse24_linear_cpu(const at::Tensor& x, const at::Tensor& values, const at::Tensor& meta,
                                const std::optional<at::Tensor>& bias, c10::string_view activation,
                                const std::optional<at::Tensor>& values_t, const std::optional<at::Tensor>& meta_t) {

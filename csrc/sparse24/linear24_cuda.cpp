@@ -19,7 +19,7 @@ constexpr const char* kOp = "sparse24_linear";
 bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
 
 // The CPU kernel's checks (same messages on every device), plus the device.
-// values_t/meta_t (W^T compressed) are for the backward (python/sparseops/linear24.py): checked, not read.
+// values_t/meta_t (W^T compressed) are for the backward (python/sparseops/sparse24/linear.py): checked, not read.
 Act check_linear24_cuda_inputs(const at::Tensor& x, const at::Tensor& values, const at::Tensor& meta,
                                const std::optional<at::Tensor>& bias, c10::string_view activation,
                                const std::optional<at::Tensor>& values_t, const std::optional<at::Tensor>& meta_t) {

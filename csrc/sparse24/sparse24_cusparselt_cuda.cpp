@@ -364,7 +364,8 @@ at::Tensor sparse24_linear_cusparselt_cuda(const at::Tensor& x, const at::Tensor
   const bool quantised = is_8bit(in_t);
   const int64_t N = out_features, K = in_features, M = x.size(0);
   check_weight_shape(op, N, K, in_t);
-  TORCH_CHECK(x.size(1) == K, op, ": expected x.size(1) == in_features (got ", x.size(1), " vs ", K, ")");
+  TORCH_CHECK(x.size(1) == K, op, ": x has ", x.size(1), " features (x.size(-1)) but the weight expects ", K,
+              " (in_features)");
   TORCH_CHECK(alg_id >= -1, op, ": expected alg_id >= -1 (-1: default) (got ", alg_id, ")");
   TORCH_CHECK(!(search && alg_id >= 0), op, ": pass either alg_id >= 0 or search=True, not both (got alg_id=",
               alg_id, ")");

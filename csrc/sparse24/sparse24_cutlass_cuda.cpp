@@ -37,8 +37,8 @@ Act check_cutlass_inputs(const at::Tensor& x, const at::Tensor& values, const at
   check_same_device(kOp, "values", values, "x", x);
   check_same_device(kOp, "meta", meta, "x", x);
   const int64_t K = x.size(1), N = values.size(0);
-  TORCH_CHECK(2 * values.size(1) == K, kOp, ": expected x.size(-1) == 2 * values.size(1) (got ", K, " vs ",
-              2 * values.size(1), ")");
+  TORCH_CHECK(2 * values.size(1) == K, kOp, ": x has ", K, " features (x.size(-1)) but the weight expects ",
+              2 * values.size(1), " (2 * values.size(1) = 2 * ", values.size(1), ")");
   TORCH_CHECK(N % kCutlassNMultiple == 0, kOp, ": the CUTLASS sparse GEMM needs out_features (values.size(0)) % ",
               kCutlassNMultiple, " == 0 (got ", N, ")");
   TORCH_CHECK(K % kCutlassKMultiple == 0, kOp, ": the CUTLASS sparse GEMM needs in_features (x.size(1)) % ",

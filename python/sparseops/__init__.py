@@ -3,11 +3,18 @@ the typed functions re-exported here (and the modules in :mod:`sparseops.nn`).""
 from __future__ import annotations
 
 from ._build import build_info, cuda_compiled
-from .sparse24 import Sparse24, compress_24, decompress_24, nm_mask
-from .linear24 import compress_24_transposable, sparse24_linear
-from . import linear24_cuda  # noqa: F401  (fake kernels + autograd of the CUDA-only 2:4 GEMM ops)
-from .linear24_cuda import cuda_backend_choice
-from .training import GradientFlowSchedule, nm_srste, transposable_mask_24
+from .sparse24 import (
+    GradientFlowSchedule,
+    Sparse24,
+    compress_24,
+    compress_24_transposable,
+    cuda_backend_choice,
+    decompress_24,
+    nm_mask,
+    nm_srste,
+    sparse24_linear,
+    transposable_mask_24,
+)
 from . import nn  # noqa: F401
 
 __version__ = build_info()["version"]

@@ -2,26 +2,37 @@
 with SR-STE), and sparsify_ (swap a model's nn.Linear modules in place, magnitude or Wanda pruning)."""
 from __future__ import annotations
 
+import logging
 import math
+from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Optional, Union
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .. import training
-from ..linear24 import compress_24_transposable, sparse24_linear
-from ..sparse24 import Sparse24, compress_24, decompress_24, nm_mask
+from ..sparse24 import (
+    Sparse24,
+    compress_24,
+    compress_24_transposable,
+    decompress_24,
+    nm_mask,
+    nm_srste,
+    sparse24_linear,
+    transposable_mask_24,
+)
 
 __all__ = [
     "InputNorms",
     "NMSparseLinear",
     "SparseLinear24",
+    "SparsifyReport",
     "collect_input_norms",
     "set_gradient_flow_step",
     "sparsify_",
 ]
 
+_log = logging.getLogger("sparseops")
 _LAYOUTS = ("packed", "cutlass", "cusparselt")
 _METHODS = ("magnitude", "wanda", "transposable")
 
@@ -95,7 +106,7 @@ def collect_input_norms(model: nn.Module, calibration: Any,
         filter_fn: ``filter_fn(module, fqn) -> bool`` over ``nn.Linear`` modules (default: all whose
             ``in_features % 4 == 0``).
     """
-    filter_fn = filter_fn or _default_filter
+    filter_fn = filter_fn or (lambda module, fqn: _why_not_convertible(module, "wanda") is None)
     stats: dict[str, InputNorms] = {}
     handles = []
     for fqn, module in model.named_modules():
@@ -150,7 +161,7 @@ class SparseLinear24(nn.Module):
     the 2:4 kernel instead of a dense ``W``. ``W`` itself is a buffer (no gradient). Loading a state dict
     without them drops them (the loaded ``W`` need not be transposable); one with them creates them.
 
-    Forward: ``sparseops.linear24.sparse24_linear(x, W, bias, activation=activation, backend=backend,
+    Forward: ``sparseops.sparse24_linear(x, W, bias, activation=activation, backend=backend,
     w24_t=W^T or None)`` with ``x [*, in_features]`` of the layer's dtype and device. Works under
     ``torch.compile``.
 
@@ -311,7 +322,7 @@ class SparseLinear24(nn.Module):
             if out_features % 4 != 0:
                 raise ValueError("SparseLinear24.from_dense: method='transposable' needs out_features to be a "
                                  f"multiple of 4 (got {out_features})")
-            mask = training.transposable_mask_24(w)
+            mask = transposable_mask_24(w)
         else:
             mask = nm_mask(w, 2, 4, score=score)
         bias = getattr(linear, "bias", None)
@@ -332,24 +343,47 @@ class SparseLinear24(nn.Module):
 # sparsify_
 
 
-def _default_filter(module: nn.Module, fqn: str) -> bool:
-    return isinstance(module, nn.Linear) and module.in_features % 4 == 0
+@dataclass
+class SparsifyReport:
+    """What :func:`sparsify_` did: ``converted`` lists the fully qualified names of the ``nn.Linear``
+    modules it replaced; ``skipped`` maps every other ``nn.Linear`` of the model to the reason."""
+
+    converted: list[str] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)
+
+    def __str__(self) -> str:
+        lines = [f"sparsify_: converted {len(self.converted)} nn.Linear layer(s) to SparseLinear24, "
+                 f"skipped {len(self.skipped)}"]
+        lines += [f"  skipped {fqn or '<model>'}: {why}" for fqn, why in self.skipped.items()]
+        return "\n".join(lines)
+
+
+def _why_not_convertible(linear: nn.Linear, method: str) -> Optional[str]:
+    if linear.in_features % 4 != 0:
+        return f"in_features={linear.in_features} is not a multiple of 4"
+    if method == "transposable" and linear.out_features % 4 != 0:
+        return f"out_features={linear.out_features} is not a multiple of 4 (method='transposable')"
+    return None
 
 
 def sparsify_(model: nn.Module, filter_fn: Optional[Callable[[nn.Module, str], bool]] = None, method: str = "magnitude",
-              calibration: Any = None, *, layout: str = "packed", backend: str = "auto") -> nn.Module:
+              calibration: Any = None, *, layout: str = "packed", backend: str = "auto") -> SparsifyReport:
     """Replaces ``nn.Linear`` modules of ``model`` in place by :class:`SparseLinear24` (2:4 pruned).
 
     Args:
-        model: any module; modified in place and returned.
+        model: any module; modified in place.
         filter_fn: ``filter_fn(module, fqn) -> bool`` deciding which ``nn.Linear`` modules to convert
-            (default: every ``nn.Linear`` with ``in_features % 4 == 0``).
-        method: ``"magnitude"``, ``"wanda"`` or ``"transposable"`` (see :meth:`SparseLinear24.from_dense`;
-            ``"transposable"`` needs ``out_features % 4 == 0`` in every selected layer).
+            (default: all). Layers whose shape 2:4 cannot serve (``in_features % 4 != 0``; for
+            ``"transposable"`` also ``out_features % 4 != 0``) are skipped either way.
+        method: ``"magnitude"``, ``"wanda"`` or ``"transposable"`` (see :meth:`SparseLinear24.from_dense`).
         calibration: for ``"wanda"``: a callable ``calibration(model)`` that runs the model on calibration
             data, or an iterable of model inputs (see :func:`collect_input_norms`). All layers' statistics
             come from the dense model, collected in one pass before any layer is swapped.
         layout, backend: passed to every :class:`SparseLinear24`.
+
+    Returns:
+        a :class:`SparsifyReport` of the layers converted and skipped (with the reason); the same summary
+        is logged at INFO level on the ``sparseops`` logger. An error while converting a layer names it.
     """
     if method not in _METHODS:
         raise ValueError(f"sparsify_: expected method in {_METHODS} (got {method!r})")
@@ -357,18 +391,33 @@ def sparsify_(model: nn.Module, filter_fn: Optional[Callable[[nn.Module, str], b
         raise ValueError("sparsify_: method='wanda' needs calibration (a callable running the model, or a list of inputs)")
     if method != "wanda" and calibration is not None:
         raise ValueError("sparsify_: calibration is only used by method='wanda'")
-    select = filter_fn or _default_filter
-    targets = [(fqn, m) for fqn, m in model.named_modules() if isinstance(m, nn.Linear) and select(m, fqn)]
-    stats = collect_input_norms(model, calibration, select) if method == "wanda" else {}
+    if isinstance(model, nn.Linear):
+        raise ValueError("sparsify_: the model itself is an nn.Linear; use SparseLinear24.from_dense(model)")
+    report = SparsifyReport()
+    targets = []
+    for fqn, module in model.named_modules():
+        if not isinstance(module, nn.Linear):
+            continue
+        why = "excluded by filter_fn" if filter_fn is not None and not filter_fn(module, fqn) else None
+        why = why or _why_not_convertible(module, method)
+        if why:
+            report.skipped[fqn] = why
+        else:
+            targets.append((fqn, module))
+    selected = {id(m) for _, m in targets}
+    stats = collect_input_norms(model, calibration, lambda m, _: id(m) in selected) if method == "wanda" else {}
     for fqn, linear in targets:
-        new = SparseLinear24.from_dense(linear, method, stats.get(fqn), layout=layout, backend=backend)
+        try:
+            new = SparseLinear24.from_dense(linear, method, stats.get(fqn), layout=layout, backend=backend)
+        except (ValueError, TypeError) as exc:
+            raise type(exc)(f"sparsify_: layer {fqn}: {exc}") from exc
         new.train(linear.training)
-        if not fqn:
-            raise ValueError("sparsify_: the model itself is an nn.Linear; use SparseLinear24.from_dense(model)")
         parent_name, _, child_name = fqn.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
         setattr(parent, child_name, new)
-    return model
+        report.converted.append(fqn)
+    _log.info("%s", report)
+    return report
 
 
 # ---------------------------------------------------------------------------------------------
@@ -381,10 +430,10 @@ class NMSparseLinear(nn.Module):
     Keeps a dense ``weight [out_features, in_features]`` (a parameter, updated by the optimizer) and
     computes ``F.linear(x, nm_srste(weight, n, m, decay, pruned_grad_scale), bias)``: the forward uses
     the N:M magnitude-masked weight (re-chosen every step), the backward passes the gradient straight
-    through to all weights and decays the pruned ones (see :mod:`sparseops.training`). The matmul is
+    through to all weights and decays the pruned ones (see :mod:`sparseops.sparse24.training`). The matmul is
     dense; :meth:`to_inference` returns the compressed :class:`SparseLinear24` (2:4 only).
 
-    ``schedule`` (e.g. :class:`sparseops.training.GradientFlowSchedule`) maps a training step to
+    ``schedule`` (e.g. :class:`sparseops.GradientFlowSchedule`) maps a training step to
     ``pruned_grad_scale``; call :meth:`set_step` (or :func:`set_gradient_flow_step` on the model) each step.
     The value lives in a float32 buffer updated in place, so ``torch.compile`` does not recompile.
 
@@ -434,7 +483,7 @@ class NMSparseLinear(nn.Module):
 
     def sparse_weight(self) -> Tensor:
         """The N:M-masked weight the forward uses (differentiable with the SR-STE gradient)."""
-        return training.nm_srste(self.weight, self.n, self.m, decay=self.decay, pruned_grad_scale=self.pruned_grad_scale)
+        return nm_srste(self.weight, self.n, self.m, decay=self.decay, pruned_grad_scale=self.pruned_grad_scale)
 
     @torch.no_grad()
     def mask(self) -> Tensor:

@@ -19,7 +19,7 @@ from torch import Tensor
 
 import sparseops
 from sparseops.bench import Case, register
-from sparseops.linear24 import compress_24_transposable, sparse24_linear
+from sparseops import compress_24_transposable, sparse24_linear
 
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 _GEMV_MAX_M = 16

@@ -25,7 +25,7 @@ from torch import Tensor
 
 import sparseops
 from sparseops.bench import Case, register, unavailable
-from sparseops.linear24_cuda import GEMV_MAX_M, cuda_sparse24_linear
+from sparseops.sparse24.linear_cuda import GEMV_MAX_M, cuda_sparse24_linear
 
 _DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -85,7 +85,7 @@ def _case(m: int, n: int, k: int, dtype_name: str) -> Case:
     return Case(label=f"{dtype_name} M={m} N={n} K={k}", params=params, impls=impls, baseline="torch_dense", **size)
 
 
-@register("linear24", "cuda_sparse24_linear")
+@register("sparse24", "cuda_sparse24_linear")
 def linear24_cuda_cases(device: str, quick: bool):
     if device != "cuda":
         return
@@ -173,7 +173,7 @@ def _quant_case(m: int, n: int, k: int, qname: str) -> Case:
     return Case(label=f"{qname}->bf16 M={m} N={n} K={k}", params=params, impls=impls, baseline=baseline, **size)
 
 
-@register("linear24", "cuda_sparse24_linear_quant")
+@register("sparse24", "cuda_sparse24_linear_quant")
 def linear24_cuda_quant_cases(device: str, quick: bool):
     if device != "cuda":
         return

@@ -25,7 +25,7 @@ from typing import Optional, Union
 import torch
 from torch import Tensor
 
-from . import _build  # noqa: F401  (loads the extension that defines the ops)
+from .. import _build  # noqa: F401  (loads the extension that defines the ops)
 
 _ops = torch.ops.sparseops
 

@@ -10,7 +10,7 @@ from typing import NamedTuple, Optional
 import torch
 from torch import Tensor
 
-from . import _build  # noqa: F401  (loads the extension that defines the ops)
+from .. import _build  # noqa: F401  (loads the extension that defines the ops)
 
 _ops = torch.ops.sparseops
 

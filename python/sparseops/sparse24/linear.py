@@ -2,7 +2,7 @@
 
 Python face of the ``sparseops::sparse24_linear`` op: the typed wrapper, its fake (meta) kernel and
 its autograd, side by side. CPU kernels: ``csrc/sparse24/linear24_cpu.cpp`` and ``linear24_avx512.cpp``;
-the CUDA backends are reached through ``sparseops.linear24_cuda``.
+the CUDA backends are reached through :mod:`sparseops.sparse24.linear_cuda`.
 """
 from __future__ import annotations
 
@@ -11,9 +11,10 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from . import _build  # noqa: F401  (loads the extension that defines the ops)
-from .sparse24 import Sparse24, _kept_indices_packed, _packed_meta_cols, compress_24
-from .linear24_cuda import cuda_sparse24_linear
+from .. import _build  # noqa: F401  (loads the extension that defines the ops)
+from .formats import Sparse24, _kept_indices_packed, _packed_meta_cols, compress_24
+from .linear_cuda import cuda_sparse24_linear
+from .training import transposable_mask_24
 
 _ops = torch.ops.sparseops
 
@@ -45,7 +46,7 @@ def sparse24_linear(
         activation: ``None``/``"none"``, ``"relu"``, ``"gelu"`` (erf form, torch's default), ``"silu"``
             or ``"relu2"`` (relu squared), applied after the bias.
         backend: ``"auto"`` or ``"cpu"`` on CPU; on CUDA also ``"gemv"``, ``"cusparselt"``, ``"cutlass"``
-            (see ``sparseops.linear24_cuda``).
+            (see ``sparseops.sparse24.linear_cuda``).
         w24_t: optional ``W^T [K, N]`` compressed in the ``"packed"`` layout, for a ``W`` whose mask is
             transposable (2:4 along both dims; see :func:`compress_24_transposable`); needs ``N % 4 == 0``
             and ``w24.layout == "packed"``. Not read by the forward: the backward then computes
@@ -55,7 +56,7 @@ def sparse24_linear(
             one) or recompress both after every update of ``W``.
         scale, out_dtype: CUDA ``"cusparselt"`` layout only, for int8 / float8_e4m3fn ``x`` and ``W``:
             ``y = act((x @ W^T) * scale + bias)`` with a float32 ``scale`` (``[]``/``[1]`` or ``[N]``) and
-            ``y`` in ``out_dtype`` (float16/bfloat16, default bfloat16); see ``sparseops.linear24_cuda``.
+            ``y`` in ``out_dtype`` (float16/bfloat16, default bfloat16); see ``sparseops.sparse24.linear_cuda``.
             Not supported on CPU (ValueError).
 
     Returns:
@@ -183,8 +184,6 @@ def compress_24_transposable(w: Tensor, *, prune: bool = False) -> tuple[Sparse2
     if w.dtype not in _FLOAT_DTYPES:
         raise TypeError(f"{op}: expected w float32/float16/bfloat16 (got {w.dtype})")
     if prune:
-        from .training import transposable_mask_24
-
         w = torch.where(transposable_mask_24(w), w, torch.zeros((), dtype=w.dtype, device=w.device))
     else:
         nz = w != 0
@@ -223,7 +222,8 @@ def _sparse24_linear_fake(
     m, k = x.shape
     n, half = values.shape
     torch._check(k % 4 == 0, lambda: f"{_OP}: expected x.size(1) (K) to be divisible by 4 (got {k})")
-    torch._check(k == 2 * half, lambda: f"{_OP}: expected x.size(1) == 2 * values.size(1) (got {k} vs 2 * {half})")
+    torch._check(k == 2 * half, lambda: f"{_OP}: x has {k} features (x.size(-1)) but the weight expects {2 * half} "
+                 f"(2 * values.size(1) = 2 * {half})")
     torch._check(meta.dtype == torch.uint8, lambda: f"{_OP}: expected meta to have dtype uint8 (got {meta.dtype})")
     torch._check(
         meta.dim() == 2 and meta.shape[0] == n and meta.shape[1] == _packed_meta_cols(k),

@@ -35,8 +35,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from . import _build  # noqa: F401  (loads the extension that defines the ops)
-from .sparse24 import Sparse24
+from .. import _build  # noqa: F401  (loads the extension that defines the ops)
+from .formats import Sparse24
 
 _ops = torch.ops.sparseops
 
@@ -88,6 +88,9 @@ def cuda_backend_choice(m: int, w24: Sparse24, device: Union[torch.device, str])
     """
     if not isinstance(w24, Sparse24):
         raise TypeError(f"cuda_backend_choice: expected w24 to be a Sparse24 (got {type(w24).__name__})")
+    if torch.device(device).type != "cuda":
+        raise ValueError(f"cuda_backend_choice: expected a CUDA device (got {device!r}); on the CPU "
+                         "sparse24_linear always runs sparseops' own packed kernel")
     if w24.layout == "packed":
         return "gemv" if m <= GEMV_MAX_M else "packed_dense"
     if w24.layout == "cutlass":
@@ -123,7 +126,7 @@ def cuda_sparse24_linear(
             ``w24.layout`` (``"gemv"``: packed, ``"cutlass"``: cutlass, ``"cusparselt"``: cusparselt);
             a mismatch is a ValueError.
         w24_t: optional packed ``W^T`` for the backward of the packed op (see
-            ``sparseops.linear24.sparse24_linear``; the caller checks it); ignored by the other backends.
+            ``sparseops.sparse24_linear``; the caller checks it); ignored by the other backends.
         scale: required for int8/float8_e4m3fn x, None otherwise: float32 on x's device, shape ``[]``/``[1]``
             (per tensor) or ``[N]`` (per output feature); multiplies the int32/fp32 accumulator before
             the bias. Extra memory: ``N`` floats (the per-tensor scale expanded to cuSPARSELt's alpha vector).
@@ -224,7 +227,7 @@ def _sparse24_linear_cutlass_fake(
     torch._check(values.dtype == x.dtype, lambda: f"{op}: expected values.dtype == x.dtype")
     torch._check(meta.dtype == torch.int16, lambda: f"{op}: expected meta to have dtype int16 (got {meta.dtype})")
     n, k = values.shape[0], x.shape[1]
-    torch._check(2 * values.shape[1] == k, lambda: f"{op}: expected x.size(-1) == 2 * values.size(1)")
+    torch._check(2 * values.shape[1] == k, lambda: f"{op}: x has {k} features (x.size(-1)) but the weight expects {2 * values.shape[1]}")
     torch._check(n % CUTLASS_N_MULTIPLE == 0, lambda: f"{op}: out_features must be divisible by {CUTLASS_N_MULTIPLE}")
     torch._check(k % CUTLASS_K_MULTIPLE == 0, lambda: f"{op}: in_features must be divisible by {CUTLASS_K_MULTIPLE}")
     torch._check(meta.shape[0] == n and meta.shape[1] == k // 16, lambda: f"{op}: expected meta of shape [{n}, {k // 16}]")
@@ -277,7 +280,8 @@ def _sparse24_linear_cusparselt_fake(
     torch._check(x.dim() == 2, lambda: f"{op}: expected x to be 2-D (got {x.dim()}-D)")
     torch._check(x.dtype in _CSLT_DTYPES, lambda: f"{op}: expected x float16/bfloat16/int8/float8_e4m3fn (got {x.dtype})")
     torch._check(compressed.dtype == torch.uint8 and compressed.dim() == 1, lambda: f"{op}: expected a 1-D uint8 compressed")
-    torch._check(x.shape[1] == in_features, lambda: f"{op}: expected x.size(1) == in_features")
+    torch._check(x.shape[1] == in_features,
+                 lambda: f"{op}: x has {x.shape[1]} features (x.size(-1)) but the weight expects {in_features}")
     quant = x.dtype in QUANT_DTYPES
     mult = CUSPARSELT_MULTIPLE_8BIT if quant else CUSPARSELT_MULTIPLE
     torch._check(
