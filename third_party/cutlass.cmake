@@ -1,18 +1,21 @@
-# CUTLASS headers (header-only) from the nvidia-cutlass wheel: site-packages/cutlass_library/source/include.
-# Override: -DSPARSEOPS_CUTLASS_DIR=/path/to/cutlass (the folder holding include/cutlass/version.h).
+# CUTLASS headers (header-only) from the nvidia-cutlass wheel (cutlass_library/source/include): where
+# tools/setup_env.sh puts them (<env prefix>/opt/nvidia-cutlass, outside site-packages), else an
+# importable cutlass_library. Override: -DSPARSEOPS_CUTLASS_DIR=/path/to/cutlass (the folder holding
+# include/cutlass/version.h), or the environment variable of the same name.
 # Defines sparseops_cutlass (INTERFACE target) and SPARSEOPS_CUTLASS_VERSION.
 set(SPARSEOPS_CUTLASS_DIR "$ENV{SPARSEOPS_CUTLASS_DIR}" CACHE PATH "CUTLASS source root (holds include/cutlass)")
 if(NOT SPARSEOPS_CUTLASS_DIR)
   execute_process(
     COMMAND "${Python_EXECUTABLE}" -c
-      "import cutlass_library, os; print(os.path.join(os.path.dirname(cutlass_library.__file__), 'source'))"
+      "import os, sys; p = os.path.join(sys.prefix, 'opt', 'nvidia-cutlass', 'cutlass_library', 'source')\nif not os.path.isdir(p): import cutlass_library; p = os.path.join(os.path.dirname(cutlass_library.__file__), 'source')\nprint(p)"
     OUTPUT_VARIABLE SPARSEOPS_CUTLASS_DIR OUTPUT_STRIP_TRAILING_WHITESPACE ERROR_QUIET)
 endif()
 set(_cutlass_version_h "${SPARSEOPS_CUTLASS_DIR}/include/cutlass/version.h")
 if(NOT EXISTS "${_cutlass_version_h}")
   message(FATAL_ERROR
     "sparseops: CUTLASS headers not found (looked for ${_cutlass_version_h}).\n"
-    "Fix: `pip install --no-deps nvidia-cutlass` into the build environment, or pass "
+    "Fix: `pip install --no-deps --target <env prefix>/opt/nvidia-cutlass nvidia-cutlass==4.2.0.0` (what "
+    "tools/setup_env.sh does), or pass "
     "-DSPARSEOPS_CUTLASS_DIR=<cutlass root> (or set SPARSEOPS_CUTLASS_DIR), or build without CUDA "
     "with SPARSEOPS_WITH_CUDA=off.")
 endif()
