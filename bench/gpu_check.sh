@@ -7,7 +7,8 @@
 # ~5 minutes on the 16-core H200 machine, so that a warm rerun fits the 15-minute device budget. The CPU
 # suite is not rerun here (CI runs it; it was also run here against the GPU machine's torch 2.11).
 # Files written (at most 8, as the device tool returns): gpu_check.log, build.log, tests_cuda.log,
-# bench_quick/results.json, bench/{results.json,speedup.png}.
+# bench_quick/results.json, bench/results.json (plots are left out: the device tool returns 8 files;
+# sparseops.bench.report.write_plots redraws them from a results.json).
 # Run it with the CUTLASS wheel carried: device run, carry [".whl"], command
 #   bench/gpu_check.sh "$OUT" .whl
 set -uo pipefail
@@ -60,6 +61,7 @@ stamp "benchmarks"
 # Quick pass first (results guaranteed), then the full shapes; results.json is rewritten after every
 # registration, so a timeout keeps what was measured.
 timeout 45 "$PY" -m sparseops.bench --device cuda --quick --out "$OUT/bench_quick" 2>&1 | tail -60
-rm -f "$OUT/bench_quick/speedup.png"  # the device tool returns at most 8 files
+rm -f "$OUT"/bench_quick/*.png  # the device tool returns at most 8 files
 timeout 110 "$PY" -m sparseops.bench --device cuda --out "$OUT/bench" 2>&1 | tail -80
+rm -f "$OUT"/bench/*.png
 stamp "done"

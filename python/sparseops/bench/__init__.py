@@ -2,8 +2,8 @@
 
 It times every registered case on one device, sparseops side by side with dense PyTorch, the pure
 PyTorch reference and the optional peers that are installed (``pip install sparseops[bench]``),
-prints a table (time, speedup against the case's primary baseline and every other impl, GB/s or
-GFLOP/s and the fraction of the machine's limit), and writes ``results.json`` and ``speedup.png``
+prints a table (time, speedup against the case's primary baseline, GB/s or GFLOP/s and the fraction
+of the machine's limit; ratios against every other impl go to the JSON file), and writes ``results.json`` and ``speedup_<family>.png``
 into ``--out`` (default ``bench_results/<timestamp>/``). ``--list`` shows what would run.
 
 Adding cases

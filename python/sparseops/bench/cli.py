@@ -6,26 +6,29 @@ import datetime
 import os
 import platform
 import sys
+import textwrap
 import traceback
 from typing import Any, Optional, Sequence
 
 import torch
 
 from . import timing  # imports torch.utils.benchmark (see timing.py)
-from .registry import PRIMARY, Case, discover
-from .report import ensure_dir, format_table, write_json, write_plot
+from .registry import ALL_DEVICES, DEVICES, PRIMARY, Case, discover
+from .report import TABLE_WIDTH, ensure_dir, format_table, write_json, write_plots
 
 
 def _parser() -> argparse.ArgumentParser:
+    families = ", ".join(sorted({f for f, _ in discover()}))
     p = argparse.ArgumentParser(
         prog="python -m sparseops.bench",
         description="Times sparseops against dense PyTorch and the installed peers; prints a table and "
-        "writes results.json and speedup.png into --out.",
+        "writes results.json and one speedup_<family>.png per family into --out.",
+        epilog=f"families: {families}. --list shows the cases a selection would run.",
     )
     default_device = "cuda" if torch.cuda.is_available() else "cpu"
     p.add_argument("--device", choices=("cpu", "cuda"), default=default_device, help=f"default: {default_device}")
     p.add_argument("--quick", action="store_true", help="small shapes and short timings (< 2 min on 2 cores)")
-    p.add_argument("--family", action="append", help="run only this family (repeatable)")
+    p.add_argument("--family", action="append", help=f"run only this family (repeatable): {families}")
     p.add_argument("--filter", help="run only cases whose 'family/name label' contains this (case-insensitive)")
     p.add_argument("--threads", type=int, help="torch.set_num_threads before timing (default: torch's default)")
     p.add_argument("--out", help="output folder (default: bench_results/<timestamp>/)")
@@ -76,6 +79,8 @@ def _select(args: argparse.Namespace, parser: argparse.ArgumentParser):
 
 
 def _cases(family: str, name: str, gen, args) -> list[Case]:
+    if args.device not in DEVICES.get((family, name), ALL_DEVICES):
+        return []
     needle = (args.filter or "").lower()
     out = []
     for case in gen(args.device, args.quick or args.smoke):
@@ -161,6 +166,17 @@ class _Peaks:
         return f"limits: memory {bw} [{d['gbps_source']}]; compute {fl} [{d['gflops_source']}]"
 
 
+def _nothing_selected(args: argparse.Namespace, selected) -> str:
+    """Why a selection ran no case, in the user's terms (e.g. a family whose cases are CUDA-only)."""
+    what = " ".join(filter(None, [" ".join(f"--family {f}" for f in args.family or []),
+                                  f"--filter {args.filter!r}" if args.filter else ""])) or "the registry"
+    msg = f"sparseops.bench: nothing to run: {what} has no case on --device {args.device}"
+    elsewhere = sorted({f"{f}/{n}" for (f, n), _ in selected if args.device not in DEVICES.get((f, n), ALL_DEVICES)})
+    if elsewhere:
+        msg += f" (only on another device: {', '.join(elsewhere)})"
+    return msg + "; nothing was measured or written. --list shows what a selection runs."
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
@@ -187,9 +203,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     torch.manual_seed(0)
     timer = timing.Timer(args.device, threads, settings)
     peaks = _Peaks(timer, args.peak_gbps, args.peak_gflops)
-    peaks.gbps()  # measured up front, so every memory-bound row is judged against the same number
     machine = _machine(args.device, threads)
-    out_dir = ensure_dir(args.out or os.path.join("bench_results", datetime.datetime.now().strftime("%Y%m%d-%H%M%S")))
+    out_dir = args.out or os.path.join("bench_results", datetime.datetime.now().strftime("%Y%m%d-%H%M%S"))
 
     results: list[dict[str, Any]] = []
     json_path = os.path.join(out_dir, "results.json")
@@ -210,14 +225,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     for gi, ((family, name), gen) in enumerate(selected, 1):
         cases = _cases(family, name, gen, args)
         for ci, case in enumerate(cases, 1):
-            print(f"[{ci}/{len(cases)}] {family}/{name} {case.label}  (registration {gi}/{len(selected)})",
+            print(f"[{ci}/{len(cases)}] {family}/{name} {case.label}  (op {gi} of {len(selected)})",
                   file=sys.stderr, flush=True)
             results += _run_case(family, name, case, timer, peaks)
         del cases
         if args.device == "cuda":
             torch.cuda.empty_cache()
         # Rewritten after every registration, so a run stopped by a time limit keeps what it measured.
-        write_json(json_path, payload(complete=False))
+        if results:
+            ensure_dir(out_dir)
+            write_json(json_path, payload(complete=False))
+    if not results:
+        print(_nothing_selected(args, selected), file=sys.stderr)
+        return 2
 
     header = [
         f"sparseops {machine['sparseops']} benchmark: device {args.device} ({machine['device_name']}), "
@@ -230,18 +250,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         header.append(f"note: the 1-minute load average was {load:.2f} at start ({os.cpu_count()} CPUs): "
                       "other processes competed for the CPUs, so these timings are noisy")
     header.append("")
-    print("\n".join(header))
-    print(format_table(results, args.device) if results else "no case matched the selection")
+    print("\n".join(textwrap.fill(h, TABLE_WIDTH, subsequent_indent="  ") if h else h for h in header))
+    print(format_table(results, args.device))
     for r in results:
         if r["status"] == "error":
             print(f"\nERROR {r['family']}/{r['name']} {r['label']} {r['impl']}:\n{r['traceback']}")
 
     write_json(json_path, payload(complete=True))
-    plot_path = os.path.join(out_dir, "speedup.png")
     title = f"sparseops on {args.device} ({machine['device_name']}, {threads} threads)"
-    note = write_plot(plot_path, results, title)
+    plots, note = write_plots(out_dir, results, title)
     print(f"\nwrote {json_path}")
-    print(f"note: {note}" if note else f"wrote {plot_path}")
+    for path in plots:
+        print(f"wrote {path}")
+    if note:
+        print(f"note: {note}")
     errors = sum(r["status"] == "error" for r in results)
     if errors:
         print(f"{errors} impl(s) failed; see ERROR above", file=sys.stderr)

@@ -9,8 +9,10 @@ from typing import Any, Callable, Iterable, Optional
 
 CaseGenerator = Callable[[str, bool], Iterable["Case"]]
 
-# (family, name) -> generator, in registration order.
+# (family, name) -> generator, in registration order; and the devices each registration has cases for.
 REGISTRY: dict[tuple[str, str], CaseGenerator] = {}
+DEVICES: dict[tuple[str, str], tuple[str, ...]] = {}
+ALL_DEVICES = ("cpu", "cuda")
 
 PRIMARY = "sparseops"
 
@@ -79,8 +81,9 @@ class Case:
         return "memory" if self.bytes is not None else "compute"
 
 
-def register(family: str, name: str) -> Callable[[CaseGenerator], CaseGenerator]:
-    """Registers ``fn(device: str, quick: bool) -> Iterable[Case]`` as ``family/name``.
+def register(family: str, name: str, *, devices: tuple[str, ...] = ALL_DEVICES) -> Callable[[CaseGenerator], CaseGenerator]:
+    """Registers ``fn(device: str, quick: bool) -> Iterable[Case]`` as ``family/name``, called only for
+    the ``devices`` it has cases for (e.g. ``devices=("cuda",)`` for a CUDA-only backend).
 
     ``device`` is ``"cpu"`` or ``"cuda"``; ``quick`` asks for small shapes (the whole quick run must
     finish in under 2 minutes on 2 CPU cores). The harness collects one registration's cases (so
@@ -89,12 +92,15 @@ def register(family: str, name: str) -> Callable[[CaseGenerator], CaseGenerator]
     for what, value in (("family", family), ("name", name)):
         if not value or "/" in value or " " in value:
             raise ValueError(f"sparseops.bench.register: expected a non-empty {what} without '/' or spaces (got {value!r})")
+    if not devices or not set(devices) <= set(ALL_DEVICES):
+        raise ValueError(f"sparseops.bench.register: expected devices within {ALL_DEVICES} (got {devices!r})")
 
     def decorate(fn: CaseGenerator) -> CaseGenerator:
         key = (family, name)
         if key in REGISTRY and REGISTRY[key] is not fn:
             raise ValueError(f"sparseops.bench.register: {family}/{name} is registered twice")
         REGISTRY[key] = fn
+        DEVICES[key] = tuple(devices)
         return fn
 
     return decorate

@@ -85,10 +85,8 @@ def _case(m: int, n: int, k: int, dtype_name: str) -> Case:
     return Case(label=f"{dtype_name} M={m} N={n} K={k}", params=params, impls=impls, baseline="torch_dense", **size)
 
 
-@register("sparse24", "cuda_sparse24_linear")
+@register("sparse24", "cuda_sparse24_linear", devices=("cuda",))
 def linear24_cuda_cases(device: str, quick: bool):
-    if device != "cuda":
-        return
     for dtype_name in (("fp16",) if quick else tuple(_DTYPES)):
         for m, n, k in _problems(quick):
             yield _case(m, n, k, dtype_name)
@@ -173,10 +171,8 @@ def _quant_case(m: int, n: int, k: int, qname: str) -> Case:
     return Case(label=f"{qname}->bf16 M={m} N={n} K={k}", params=params, impls=impls, baseline=baseline, **size)
 
 
-@register("sparse24", "cuda_sparse24_linear_quant")
+@register("sparse24", "cuda_sparse24_linear_quant", devices=("cuda",))
 def linear24_cuda_quant_cases(device: str, quick: bool):
-    if device != "cuda":
-        return
     qnames = ["int8"]
     if torch.cuda.get_device_capability() >= (9, 0):
         qnames.append("fp8")  # float8_e4m3fn: our cuSPARSELt path needs sm90+
