@@ -3,6 +3,8 @@
 #include <ATen/Parallel.h>
 #include <pybind11/pybind11.h>
 
+#include <string>
+
 #include "common/cpu_features.h"
 
 namespace py = pybind11;
@@ -10,7 +12,9 @@ namespace py = pybind11;
 static py::dict build_info() {
   py::dict info;
   info["version"] = SPARSEOPS_VERSION;
-  info["torch_built_against"] = SPARSEOPS_TORCH_VERSION;
+  info["torch_built_against"] = SPARSEOPS_TORCH_VERSION;  // torch.__version__ at build time, e.g. 2.14.1+cu130
+  const std::string torch_cuda = SPARSEOPS_TORCH_CUDA_VERSION;
+  info["torch_cuda_built_against"] = torch_cuda.empty() ? py::object(py::none()) : py::object(py::str(torch_cuda));
   info["build_type"] = SPARSEOPS_BUILD_TYPE;
 #ifdef SPARSEOPS_WITH_CUDA
   info["cuda"] = true;

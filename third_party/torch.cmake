@@ -1,7 +1,8 @@
 # Finds the installed PyTorch through the Python interpreter and defines:
 #   sparseops_torch        INTERFACE target: torch include dirs, libtorch/libtorch_cpu/libc10, ABI flag
 #   sparseops_torch_cuda   INTERFACE target: libtorch_cuda/libc10_cuda (only when torch has CUDA)
-#   SPARSEOPS_TORCH_VERSION, SPARSEOPS_TORCH_CUDA_VERSION ("" for a CPU-only torch), SPARSEOPS_TORCH_LIB_DIR
+#   SPARSEOPS_TORCH_VERSION (public, e.g. 2.14.1), SPARSEOPS_TORCH_FULL_VERSION (torch.__version__, e.g.
+#   2.14.1+cu130), SPARSEOPS_TORCH_CUDA_VERSION ("" for a CPU-only torch), SPARSEOPS_TORCH_LIB_DIR
 #
 # We do not call find_package(Torch): with a CUDA build of torch its config insists on finding a CUDA
 # toolkit (even for a CPU-only build of ours), injects global -gencode flags that override per-target
@@ -9,7 +10,7 @@
 
 execute_process(
   COMMAND "${Python_EXECUTABLE}" -c
-    "import torch, torch.utils.cpp_extension as ce, os; print(';'.join([torch.__version__.split('+')[0], torch.version.cuda or '', str(int(torch._C._GLIBCXX_USE_CXX11_ABI)), os.path.join(os.path.dirname(torch.__file__), 'lib'), '|'.join(ce.include_paths())]))"
+    "import torch, torch.utils.cpp_extension as ce, os; print(';'.join([torch.__version__.split('+')[0], torch.version.cuda or '', str(int(torch._C._GLIBCXX_USE_CXX11_ABI)), os.path.join(os.path.dirname(torch.__file__), 'lib'), '|'.join(ce.include_paths()), torch.__version__]))"
   OUTPUT_VARIABLE _torch_info
   OUTPUT_STRIP_TRAILING_WHITESPACE
   RESULT_VARIABLE _torch_rc
@@ -24,6 +25,7 @@ list(GET _torch_info 1 SPARSEOPS_TORCH_CUDA_VERSION)
 list(GET _torch_info 2 _torch_abi)
 list(GET _torch_info 3 SPARSEOPS_TORCH_LIB_DIR)
 list(GET _torch_info 4 _torch_includes)
+list(GET _torch_info 5 SPARSEOPS_TORCH_FULL_VERSION)
 string(REPLACE "|" ";" _torch_includes "${_torch_includes}")
 message(STATUS "sparseops: torch ${SPARSEOPS_TORCH_VERSION} (CUDA '${SPARSEOPS_TORCH_CUDA_VERSION}') at ${SPARSEOPS_TORCH_LIB_DIR}")
 

@@ -20,4 +20,4 @@ if [ ! -f "$BUILD_DIR/build.ninja" ]; then
     -Dpybind11_DIR="$("$PY" -c 'import pybind11; print(pybind11.get_cmake_dir())')" >/dev/null
 fi
 "$NINJA" -C "$BUILD_DIR" "$@"
-cp "$BUILD_DIR"/_C*.so python/sparseops/
+cp "$BUILD_DIR"/_C*.so "$BUILD_DIR"/_build_config.py python/sparseops/

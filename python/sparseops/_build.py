@@ -11,8 +11,10 @@ _C = load_extension()
 def build_info() -> dict[str, Any]:
     """Versions and build knobs of the loaded extension.
 
-    Keys: ``version``, ``torch_built_against``, ``build_type``, ``cuda`` (CUDA kernels compiled?),
-    ``cuda_version``, ``cuda_archs``, ``cutlass_version``, ``cusparselt_version``, ``cpu_threads``
+    Keys: ``version``, ``torch_built_against`` (``torch.__version__`` of the build, e.g. ``2.14.1+cu130``;
+    importing sparseops under another torch raises ImportError), ``torch_cuda_built_against``
+    (``torch.version.cuda`` of the build; None for a CPU-only torch), ``build_type``, ``cuda`` (CUDA kernels
+    compiled?), ``cuda_version`` (the nvcc toolkit's), ``cuda_archs``, ``cutlass_version``, ``cusparselt_version``, ``cpu_threads``
     (torch's intra-op threads now), ``cpu_parallel_backend`` (how our CPU kernels' ``at::parallel_for``
     was compiled: ``"openmp"`` like torch's default build), ``cpu_isa`` (the CPU kernel variant in use: ``"avx512"``,
     ``"avx2"`` or ``"baseline"``; set ``SPARSEOPS_CPU_ISA=avx2`` or ``=baseline`` before import to cap it)
