@@ -202,6 +202,16 @@ def test_unknown_cpu_isa_value_warns():
     assert "ignoring SPARSEOPS_CPU_ISA=AVX2 (expected baseline, avx2 or avx512)" in out.stderr
 
 
+@pytest.mark.parametrize("value", ["", "abc", "-5", "12x"])
+def test_bad_gemv_max_m_value_warns_and_is_ignored(value):
+    env = _child_env(SPARSEOPS_LINEAR24_GEMV_MAX_M=value)
+    code = ("import torch, sparseops; s = sparseops.compress_24(torch.randn(8, 16), prune=True); "
+            "print(sparseops.sparse24_linear(torch.randn(2, 16), s).shape)")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert f'ignoring SPARSEOPS_LINEAR24_GEMV_MAX_M="{value}" (expected a whole number >= 0)' in out.stderr
+
+
 # ---- autograd ------------------------------------------------------------------------------------
 
 

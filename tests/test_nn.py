@@ -28,6 +28,14 @@ def _tol(dtype):
 # SparseLinear24
 
 
+@pytest.mark.parametrize("cls", [SparseLinear24, NMSparseLinear])
+def test_from_dense_rejects_a_bias_that_is_not_out_features_long(cls):
+    linear = nn.Linear(16, 8)
+    linear.bias = nn.Parameter(torch.randn(1))  # would broadcast in copy_
+    with pytest.raises(ValueError, match=rf"{cls.__name__}.from_dense: expected bias of shape \[8\] \(out_features\) \(got \[1\]\)"):
+        cls.from_dense(linear)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("bias", [True, False])
 def test_from_dense_magnitude(dtype, bias):

@@ -162,6 +162,8 @@ def test_compress_not_24_names_first_offender(device):
         (torch.randn(32, 16), {"layout": "cutlass"}, TypeError, r"compress_24: expected w \(layout=\"cutlass\"\) to have dtype"),
         (torch.randn(32, 16).half(), {"layout": "cutlass"}, RuntimeError, r"layout=\"cutlass\" expects w.size\(0\) % 32"),
         (torch.randn(4, 8), {"layout": "csr"}, ValueError, r"compress_24: expected layout in"),
+        (torch.randn(16, 16).half(), {"layout": "cusparselt"}, ValueError,
+         r"compress_24: layout='cusparselt' is CUDA-only .* on the CPU use layout='packed'"),
     ],
 )
 def test_compress_bad_input(w, kwargs, exc, match):

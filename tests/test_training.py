@@ -199,6 +199,15 @@ def test_nm_srste_bad_inputs():
         nm_srste(w, pruned_grad_scale="1")
 
 
+def test_nm_srste_backward_reads_any_nonzero_mask_byte_as_kept():
+    """A bool mask made from other bytes (uint8.view(torch.bool)) may hold 2, 255, ...: such a byte
+    is kept, like 1 (reading it as a C++ bool would be undefined behaviour)."""
+    w, grad = torch.randn(4, 16), torch.randn(4, 16)
+    raw = torch.randint(0, 4, (4, 16), dtype=torch.uint8) * 85  # 0, 85, 170, 255
+    got = ops.nm_srste_backward(grad, w, raw.view(torch.bool), 0.5, None)
+    torch.testing.assert_close(got, ops.nm_srste_backward(grad, w, raw != 0, 0.5, None), rtol=0, atol=0)
+
+
 def test_nm_srste_backward_bad_inputs():
     w = torch.randn(4, 8)
     grad = torch.randn(4, 8)

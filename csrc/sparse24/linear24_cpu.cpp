@@ -16,6 +16,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <cstdlib>
 #include <cstring>
 #include <limits>
@@ -49,7 +50,16 @@ constexpr int64_t kTileN = 256;  // rows of W per dense tile in the large-M path
 int64_t gemv_max_m(at::ScalarType dtype) {
   static const int64_t forced = [] {
     const char* env = std::getenv("SPARSEOPS_LINEAR24_GEMV_MAX_M");
-    return env != nullptr ? std::max<int64_t>(0, std::atoll(env)) : int64_t{-1};
+    if (env == nullptr) return int64_t{-1};
+    char* end = nullptr;
+    errno = 0;
+    const long long v = std::strtoll(env, &end, 10);
+    if (end == env || *end != '\0' || errno != 0 || v < 0) {  // "", "abc", "5x", "-5", overflow
+      TORCH_WARN("sparseops: ignoring SPARSEOPS_LINEAR24_GEMV_MAX_M=\"", env,
+                 "\" (expected a whole number >= 0); using the measured default crossovers");
+      return int64_t{-1};
+    }
+    return static_cast<int64_t>(v);
   }();
   if (forced >= 0) return forced;
   constexpr int64_t kEvery = std::numeric_limits<int64_t>::max();

@@ -38,7 +38,7 @@ void nm_srste_forward_avx512(Dtype dtype, const void* w, void* out, bool* mask, 
 
 // The nm_srste backward over flat elements [begin, end): out = mask ? grad : grad * scale + decay * w in
 // float32 (two roundings then the add, no fused multiply-add), rounded once to dtype as torch rounds.
-void nm_srste_backward_avx512(Dtype dtype, const void* grad, const void* w, const bool* mask, void* out,
+void nm_srste_backward_avx512(Dtype dtype, const void* grad, const void* w, const uint8_t* mask, void* out,
                               int64_t begin, int64_t end, float scale, float decay);
 
 // ---- compress_24 / decompress_24 --------------------------------------------------------------

@@ -59,7 +59,7 @@ inline void store16(void* p, int64_t i, __mmask16 lanes, __m512 v) {
 }
 
 template <Dtype D, bool kFull>
-inline void step(const void* grad, const void* w, const bool* mask, void* out, int64_t i, __mmask16 lanes, __m512 s,
+inline void step(const void* grad, const void* w, const uint8_t* mask, void* out, int64_t i, __mmask16 lanes, __m512 s,
                  __m512 d) {
   const __m512 g = load16<D, kFull>(grad, i, lanes);
   __m512 gs = _mm512_mul_ps(g, s), wd = _mm512_mul_ps(load16<D, kFull>(w, i, lanes), d);
@@ -70,7 +70,7 @@ inline void step(const void* grad, const void* w, const bool* mask, void* out, i
 }
 
 template <Dtype D>
-void backward(const void* grad, const void* w, const bool* mask, void* out, int64_t begin, int64_t end, float scale,
+void backward(const void* grad, const void* w, const uint8_t* mask, void* out, int64_t begin, int64_t end, float scale,
               float decay) {
   const __m512 s = _mm512_set1_ps(scale), d = _mm512_set1_ps(decay);
   int64_t i = begin;
@@ -80,7 +80,7 @@ void backward(const void* grad, const void* w, const bool* mask, void* out, int6
 
 }  // namespace
 
-void nm_srste_backward_avx512(Dtype dtype, const void* grad, const void* w, const bool* mask, void* out,
+void nm_srste_backward_avx512(Dtype dtype, const void* grad, const void* w, const uint8_t* mask, void* out,
                               int64_t begin, int64_t end, float scale, float decay) {
   switch (dtype) {
     case Dtype::kFloat32: backward<Dtype::kFloat32>(grad, w, mask, out, begin, end, scale, decay); break;

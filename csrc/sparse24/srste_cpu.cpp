@@ -112,12 +112,12 @@ std::tuple<at::Tensor, at::Tensor> nm_srste_cpu(const at::Tensor& w, int64_t n, 
 // conversions as far as the ISA allows); at::vec's generic (non-AVX) Vectorized ran 3x slower here.
 template <typename scalar_t>
 void srste_backward_range(const scalar_t* __restrict__ grad, const scalar_t* __restrict__ w,
-                          const bool* __restrict__ mask, scalar_t* __restrict__ out, int64_t begin, int64_t end,
+                          const uint8_t* __restrict__ mask, scalar_t* __restrict__ out, int64_t begin, int64_t end,
                           float scale, float decay) {
   for (int64_t i = begin; i < end; ++i) {
     const float g = static_cast<float>(grad[i]);
     const float pruned = g * scale + decay * static_cast<float>(w[i]);
-    out[i] = static_cast<scalar_t>(mask[i] ? g : pruned);
+    out[i] = static_cast<scalar_t>(mask[i] != 0 ? g : pruned);
   }
 }
 
@@ -133,7 +133,9 @@ at::Tensor nm_srste_backward_cpu(const at::Tensor& grad, const at::Tensor& w, co
   SPARSEOPS_DISPATCH_FLOAT_HALF_BF16(wc.scalar_type(), "nm_srste_backward", [&] {
     const scalar_t* gp = gc.const_data_ptr<scalar_t>();
     const scalar_t* wp = wc.const_data_ptr<scalar_t>();
-    const bool* mp = mc.const_data_ptr<bool>();
+    // The mask's bytes as uint8: any non-zero byte is "kept" (a bool tensor viewed from other bytes,
+    // e.g. uint8.view(torch.bool), may hold values other than 0/1; reading those as bool is UB).
+    const uint8_t* mp = static_cast<const uint8_t*>(mc.const_data_ptr());
     scalar_t* op = out.mutable_data_ptr<scalar_t>();
     [[maybe_unused]] const bool avx512 = cpu_use_avx512();
     at::parallel_for(0, numel, kGrain, [&](int64_t begin, int64_t end) {

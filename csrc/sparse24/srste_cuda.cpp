@@ -29,7 +29,8 @@ at::Tensor nm_srste_backward_cuda(const at::Tensor& grad, const at::Tensor& w, c
   const c10::cuda::OptionalCUDAGuard guard(w.device());
   const at::Tensor gc = grad.contiguous(), wc = w.contiguous(), mc = mask.contiguous();
   at::Tensor out = at::empty(wc.sizes(), wc.options());
-  NmSrsteBackwardParams p{gc.const_data_ptr(), wc.const_data_ptr(), mc.const_data_ptr<bool>(), out.mutable_data_ptr(),
+  NmSrsteBackwardParams p{gc.const_data_ptr(), wc.const_data_ptr(), static_cast<const uint8_t*>(mc.const_data_ptr()),
+                          out.mutable_data_ptr(),
                           wc.numel(), static_cast<float>(decay), scale.value, scale.device_ptr,
                           to_device_dtype("nm_srste_backward", wc.scalar_type())};
   SPARSEOPS_CUDA_CHECK(launch_nm_srste_backward(p, current_stream()));

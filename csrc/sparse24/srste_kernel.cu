@@ -35,13 +35,13 @@ __global__ void nm_srste_kernel(const scalar_t* __restrict__ w, scalar_t* __rest
 
 template <typename scalar_t>
 __global__ void nm_srste_backward_kernel(const scalar_t* __restrict__ grad, const scalar_t* __restrict__ w,
-                                         const bool* __restrict__ mask, scalar_t* __restrict__ grad_w, int64_t numel,
+                                         const uint8_t* __restrict__ mask, scalar_t* __restrict__ grad_w, int64_t numel,
                                          float decay, float scale_value, const float* __restrict__ scale_ptr) {
   const float scale = scale_ptr != nullptr ? *scale_ptr : scale_value;
   for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < numel; i += (int64_t)gridDim.x * blockDim.x) {
     const float g = to_float(grad[i]);
     // kept: grad; pruned: grad * scale + decay * w (the SR-STE formula as a select, as on CPU).
-    const float r = mask[i] ? g : __fadd_rn(__fmul_rn(g, scale), __fmul_rn(decay, to_float(w[i])));
+    const float r = mask[i] != 0 ? g : __fadd_rn(__fmul_rn(g, scale), __fmul_rn(decay, to_float(w[i])));
     grad_w[i] = from_float<scalar_t>(r);
   }
 }

@@ -22,7 +22,7 @@ cudaError_t launch_nm_srste(const NmSrsteParams& p, cudaStream_t stream);
 struct NmSrsteBackwardParams {
   const void* grad;   // [numel], dtype, contiguous
   const void* w;      // [numel], dtype, contiguous
-  const bool* mask;   // [numel]
+  const uint8_t* mask;  // [numel], a bool tensor's bytes: non-zero = kept
   void* grad_w;       // [numel], dtype
   int64_t numel;
   float decay;

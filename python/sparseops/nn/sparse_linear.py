@@ -136,6 +136,12 @@ def collect_input_norms(model: nn.Module, calibration: Any,
 # SparseLinear24
 
 
+def _check_bias_shape(where: str, bias: Optional[Tensor], out_features: int) -> None:
+    # copy_ would broadcast a [1] or [] bias silently.
+    if bias is not None and tuple(bias.shape) != (out_features,):
+        raise ValueError(f"{where}: expected bias of shape [{out_features}] (out_features) (got {list(bias.shape)})")
+
+
 def _checked_layout(layout: str) -> str:
     if layout not in _LAYOUTS:
         raise ValueError(f"SparseLinear24: expected layout in {_LAYOUTS} (got {layout!r})")
@@ -326,6 +332,7 @@ class SparseLinear24(nn.Module):
         else:
             mask = nm_mask(w, 2, 4, score=score)
         bias = getattr(linear, "bias", None)
+        _check_bias_shape("SparseLinear24.from_dense", bias, out_features)
         module = cls(in_features, out_features, bias is not None, dtype=w.dtype, device=w.device, backend=backend,
                      activation=activation)
         module.layout = _checked_layout(layout)
@@ -499,6 +506,7 @@ class NMSparseLinear(nn.Module):
                    schedule: Optional[Callable[[int], float]] = None) -> "NMSparseLinear":
         """An NMSparseLinear starting from ``linear``'s weights (sparse fine-tuning of a dense model)."""
         w = linear.weight
+        _check_bias_shape("NMSparseLinear.from_dense", linear.bias, w.shape[0])
         module = cls(w.shape[1], w.shape[0], linear.bias is not None, n=n, m=m, decay=decay, schedule=schedule,
                      dtype=w.dtype, device=w.device)
         module.weight.copy_(w)

@@ -121,6 +121,10 @@ def compress_24(w: Tensor, *, prune: bool = False, layout: str = "packed") -> Sp
     Differentiable: the gradient of ``values`` flows back to the kept positions of ``w``.
     """
     if layout in CUDA_ONLY_LAYOUTS:
+        if not isinstance(w, Tensor) or w.device.type != "cuda":
+            where = w.device if isinstance(w, Tensor) else type(w).__name__
+            raise ValueError(f"compress_24: layout={layout!r} is CUDA-only (cuSPARSELt's opaque device format; got w "
+                             f"on {where}); on the CPU use layout='packed' (the default) or 'cutlass'")
         if prune:
             if w.dtype in (torch.int8, torch.float8_e4m3fn):
                 # nm_mask is float-only: rank on an fp16 copy (exact for every int8 and e4m3 value) and
