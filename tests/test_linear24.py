@@ -202,6 +202,42 @@ def test_unknown_cpu_isa_value_warns():
     assert "ignoring SPARSEOPS_CPU_ISA=AVX2 (expected baseline, avx2 or avx512)" in out.stderr
 
 
+CORRUPT_META_SCRIPT = textwrap.dedent(
+    """
+    import torch, sparseops
+    ops = torch.ops.sparseops
+    # The issue's example: code 0x0 (first index 0, second 0) is invalid.
+    v, m = torch.arange(1, 9.).reshape(1, 8), torch.zeros(1, 2, dtype=torch.uint8)
+    # A real weight with one corrupt code deep inside: row 17, group 10 (byte 5, low nibble 0xB: 3 >= 2).
+    w = torch.randn(40, 292)
+    values, meta = ops.compress_24(w, True, "packed")
+    meta[17, 5] = (meta[17, 5] & 0xF0) | 0xB
+    for dtype in (torch.float32, torch.bfloat16, torch.float16):
+        for rows in (1, 7, 200):  # small-M kernels and (for bf16, or forced) the tiled path
+            for vv, mm, k, where in ((v, m, 16, "row 0, group 0"), (values, meta, 292, "row 17, group 10")):
+                try:
+                    ops.sparse24_linear(torch.ones(rows, k, dtype=dtype), vv.to(dtype), mm, None, "none")
+                except RuntimeError as e:
+                    assert f"sparse24_linear: meta holds an invalid 2:4 code at {where}" in str(e), str(e)
+                else:
+                    raise SystemExit(f"no error: {dtype} rows={rows} {where}")
+    print("ok")
+    """
+)
+
+
+@pytest.mark.parametrize("isa", ["baseline", "avx2", "default", "tiles"])
+def test_corrupt_meta_is_an_error_on_every_path(isa):
+    """Every CPU path (portable, AVX2, AVX-512 small-M kernels; tiles) checks the metadata rows of its work
+    item before its kernel reads them, so corrupt metadata is one error everywhere, not a path-dependent
+    answer (the issue's example gave 0.0, 36.0 and 20.0 on three paths)."""
+    knobs = {"tiles": {"SPARSEOPS_LINEAR24_GEMV_MAX_M": "0"}, "default": {}}.get(isa, {"SPARSEOPS_CPU_ISA": isa})
+    out = subprocess.run([sys.executable, "-c", CORRUPT_META_SCRIPT], env=_child_env(**knobs), capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split()[-1] == "ok"
+
+
 @pytest.mark.parametrize("value", ["", "abc", "-5", "12x"])
 def test_bad_gemv_max_m_value_warns_and_is_ignored(value):
     env = _child_env(SPARSEOPS_LINEAR24_GEMV_MAX_M=value)

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "common/cpu_features.h"
+#include "common/first_error.h"
 #include "common/dispatch.h"
 #include "sparse24/cpu_dtype.h"
 #include "sparse24/sparse24_checks.h"
@@ -17,14 +18,6 @@
 
 namespace sparseops::sparse24 {
 namespace {
-
-constexpr int64_t kNone = std::numeric_limits<int64_t>::max();
-
-void record_min(std::atomic<int64_t>& slot, int64_t v) {
-  int64_t prev = slot.load();
-  while (v < prev && !slot.compare_exchange_weak(prev, v)) {
-  }
-}
 
 // Writes one row's nibbles into the metadata tensor in the requested layout.
 void store_row_meta(const uint8_t* codes, int64_t groups, int64_t r, int64_t rows, Layout layout, void* meta,
@@ -76,7 +69,7 @@ std::tuple<at::Tensor, at::Tensor> compress_24_cpu(const at::Tensor& w, bool pru
   at::Tensor values = at::empty({rows, cols / 2}, wc.options());
   const int64_t meta_cols = layout == Layout::kPacked ? packed_meta_cols(cols) : cutlass_meta_cols(cols);
   at::Tensor meta = at::empty({rows, meta_cols}, wc.options().dtype(layout == Layout::kPacked ? at::kByte : at::kShort));
-  std::atomic<int64_t> first_bad{kNone};  // flat group index of the first NaN (prune) or >2-non-zero group
+  std::atomic<int64_t> first_bad{kNoError};  // flat group index of the first NaN (prune) or >2-non-zero group
   if (rows > 0 && cols > 0) {
     SPARSEOPS_DISPATCH_FLOAT_HALF_BF16(wc.scalar_type(), "compress_24", [&] {
       const scalar_t* wp = wc.const_data_ptr<scalar_t>();
@@ -139,7 +132,7 @@ std::tuple<at::Tensor, at::Tensor> compress_24_cpu(const at::Tensor& w, bool pru
     });
   }
   const int64_t bad = first_bad.load();
-  check_compress_result(bad == kNone ? -1 : bad, groups, prune);
+  check_compress_result(bad == kNoError ? -1 : bad, groups, prune);
   return {values, meta};
 }
 
@@ -150,7 +143,7 @@ at::Tensor decompress_24_cpu(const at::Tensor& values, const at::Tensor& meta, c
   const at::Tensor mc = meta.contiguous();
   const int64_t rows = vc.size(0), cols = 2 * vc.size(1), groups = cols / 4, meta_cols = mc.size(1);
   at::Tensor dense = at::empty({rows, cols}, vc.options());
-  std::atomic<int64_t> first_bad{kNone};
+  std::atomic<int64_t> first_bad{kNoError};
   if (rows > 0 && cols > 0) {
     SPARSEOPS_DISPATCH_FLOAT_HALF_BF16(vc.scalar_type(), "decompress_24", [&] {
       const scalar_t* vp = vc.const_data_ptr<scalar_t>();
@@ -192,7 +185,7 @@ at::Tensor decompress_24_cpu(const at::Tensor& values, const at::Tensor& meta, c
     });
   }
   const int64_t bad = first_bad.load();
-  check_decompress_result(bad == kNone ? -1 : bad, groups);
+  check_decompress_result(bad == kNoError ? -1 : bad, groups);
   return dense;
 }
 

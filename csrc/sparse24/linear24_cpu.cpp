@@ -24,8 +24,11 @@
 
 #include "common/cpu_features.h"
 #include "common/dispatch.h"
+#include "common/first_error.h"
 #include "sparse24/linear24_checks.h"
+#include "sparse24/sparse24_checks.h"
 #include "sparse24/linear24_cpu.h"
+#include "sparse24/packed_meta_check.h"
 
 namespace sparseops::sparse24 {
 namespace {
@@ -148,6 +151,22 @@ void pack_panels(const In* x, int64_t M, int64_t K, int64_t c, Out* panels) {
   });
 }
 
+// Every path checks the metadata rows of its work item right before its kernel reads them (they are
+// then in cache for the kernel; the check is a few ALU operations per 16 codes, and the metadata is
+// 1/16 (fp32) or 1/8 (16-bit) of the values' bytes) and stops at an invalid code: corrupt metadata is
+// an error on every path instead of a path-dependent answer. Records the first bad code's flat index.
+bool meta_rows_valid(const uint8_t* mp, int64_t K, int64_t n0, int64_t n1, std::atomic<int64_t>& first_bad) {
+  const int64_t meta_cols = packed_meta_cols(K), groups = K / 4;
+  for (int64_t n = n0; n < n1; ++n) {
+    const int64_t g = first_invalid_packed_group(mp + n * meta_cols, groups);
+    if (g >= 0) {
+      record_min(first_bad, n * groups + g);
+      return false;
+    }
+  }
+  return true;
+}
+
 void linear24_small_m(const at::Tensor& xc, const at::Tensor& vc, const at::Tensor& mc,
                       const std::optional<at::Tensor>& bias, Act act, at::Tensor& out) {
   const int64_t M = xc.size(0), K = xc.size(1), N = vc.size(0);
@@ -183,7 +202,9 @@ void linear24_small_m(const at::Tensor& xc, const at::Tensor& vc, const at::Tens
   const float* bp = bf.defined() ? bf.const_data_ptr<float>() : nullptr;
   float* zp = z.mutable_data_ptr<float>();
   const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 15) / K);
+  std::atomic<int64_t> first_bad{kNoError};
   at::parallel_for(0, N, grain, [&](int64_t n0, int64_t n1) {
+    if (!meta_rows_valid(mp, K, n0, n1, first_bad)) return;
 #if SPARSEOPS_X86_KERNELS
     if (avx512) {
       linear24_rows_avx512(type, vp, mp, K, xp, M, bp, n0, n1, zp, N);
@@ -196,6 +217,7 @@ void linear24_small_m(const at::Tensor& xc, const at::Tensor& vc, const at::Tens
 #endif
     linear24_rows_baseline(type, vp, mp, K, static_cast<const float*>(xp), xk.size(1), M, bp, n0, n1, zp, N);
   });
+  check_meta_result(kOp, "meta", first_bad == kNoError ? -1 : first_bad.load(), K / 4);
   apply_activation_(z, act);
   if (!z.is_same(out)) out.copy_(z);
 }
@@ -235,11 +257,13 @@ void linear24_large_m(const at::Tensor& xc, const at::Tensor& vc, const at::Tens
   SPARSEOPS_DISPATCH_FLOAT_HALF_BF16(xc.scalar_type(), kOp, [&] {
     const scalar_t* vp = vc.const_data_ptr<scalar_t>();
     const uint8_t* mp = mc.const_data_ptr<uint8_t>();
+    std::atomic<int64_t> first_bad{kNoError};
     at::parallel_for(0, tiles, 1, [&](int64_t t0, int64_t t1) {
       at::ThreadLocalStateGuard guard(tls);
       at::Tensor tile = at::empty({tile_n, K}, xc.options());
       for (int64_t t = t0; t < t1; ++t) {
         const int64_t n0 = t * tile_n, rows = std::min(tile_n, N - n0);
+        if (!meta_rows_valid(mp, K, n0, n0 + rows, first_bad)) return;
 #if SPARSEOPS_X86_KERNELS
         if (avx512) {
           linear24_decompress_rows_avx512(type, vp, mp, K, n0, rows, tile.mutable_data_ptr());
@@ -258,6 +282,7 @@ void linear24_large_m(const at::Tensor& xc, const at::Tensor& vc, const at::Tens
         apply_activation_(o, act);
       }
     });
+    check_meta_result(kOp, "meta", first_bad == kNoError ? -1 : first_bad.load(), K / 4);
   });
 }
 

@@ -11,6 +11,7 @@
 #include <type_traits>
 
 #include "common/cpu_features.h"
+#include "common/first_error.h"
 #include "common/dispatch.h"
 #include "common/nm_select.h"
 #include "sparse24/cpu_dtype.h"
@@ -19,12 +20,6 @@
 
 namespace sparseops::sparse24 {
 namespace {
-
-void record_min(std::atomic<int64_t>& slot, int64_t v) {
-  int64_t prev = slot.load();
-  while (v < prev && !slot.compare_exchange_weak(prev, v)) {
-  }
-}
 
 // Baseline, m == 4: pairwise compares (cpu::top_n_mask4), 4 bools written as one word.
 template <typename scalar_t>
@@ -80,7 +75,7 @@ at::Tensor nm_mask_cpu(const at::Tensor& w, int64_t n, int64_t m, const std::opt
   const at::Tensor s = (score.has_value() ? *score : w).contiguous();
   at::Tensor out = at::empty(w.sizes(), w.options().dtype(at::kBool));
   const int64_t groups = s.numel() / m;
-  std::atomic<int64_t> first_nan{std::numeric_limits<int64_t>::max()};
+  std::atomic<int64_t> first_nan{kNoError};
   SPARSEOPS_DISPATCH_FLOAT_HALF_BF16(s.scalar_type(), "nm_mask", [&] {
     const scalar_t* sp = s.const_data_ptr<scalar_t>();
     bool* op = out.mutable_data_ptr<bool>();
@@ -103,7 +98,7 @@ at::Tensor nm_mask_cpu(const at::Tensor& w, int64_t n, int64_t m, const std::opt
     }
   });
   const int64_t bad = first_nan.load();
-  TORCH_CHECK(bad == std::numeric_limits<int64_t>::max(), "nm_mask: ", score.has_value() ? "score" : "w",
+  TORCH_CHECK(bad == kNoError, "nm_mask: ", score.has_value() ? "score" : "w",
               " contains NaN (first in the group starting at flat index ", bad, "); magnitudes cannot be ranked");
   return out;
 }

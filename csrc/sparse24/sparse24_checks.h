@@ -81,9 +81,13 @@ inline void check_compress_result(int64_t bad, int64_t groups, bool prune) {
               ") has more than 2 non-zeros; pass prune=True to keep the 2 largest by magnitude");
 }
 
-inline void check_decompress_result(int64_t bad, int64_t groups) {
-  TORCH_CHECK(bad < 0, "decompress_24: meta holds an invalid 2:4 code at row ", bad / std::max<int64_t>(groups, 1),
-              ", group ", bad % std::max<int64_t>(groups, 1), " (meta must come from compress_24 with the same layout)");
+// bad: flat index (row * groups + group) of the first invalid metadata code found, or < 0.
+inline void check_meta_result(const char* op, const char* arg, int64_t bad, int64_t groups) {
+  TORCH_CHECK(bad < 0, op, ": ", arg, " holds an invalid 2:4 code at row ", bad / std::max<int64_t>(groups, 1),
+              ", group ", bad % std::max<int64_t>(groups, 1), " (a code's first kept index must be below its second; ",
+              arg, " must come from compress_24 with the same layout)");
 }
+
+inline void check_decompress_result(int64_t bad, int64_t groups) { check_meta_result("decompress_24", "meta", bad, groups); }
 
 }  // namespace sparseops::sparse24

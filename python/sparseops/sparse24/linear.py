@@ -77,6 +77,11 @@ def sparse24_linear(
       activation applied in place (for fp16/bf16 on the GEMM's rounded output, as ``F.linear`` + act).
       Extra memory: ``256*K`` elements per thread, plus a contiguous copy of ``x`` if it is strided.
 
+    Metadata: on the CPU every call checks each metadata row before its kernel reads it (a few ALU
+    operations per 16 codes, on bytes then in cache) and raises ``RuntimeError`` naming the row and group
+    of an invalid code, whatever the path. CUDA kernels do not re-check per call (it would need a device
+    sync): there, metadata is trusted as :func:`compress_24` made it (``decompress_24`` still checks).
+
     Autograd: gradients for ``x``, ``w24.values`` and ``bias``. Without ``w24_t`` the backward
     decompresses ``W`` (``N*K`` elements) for ``grad_x = grad_z @ W``; with it, ``grad_x`` is
     ``sparse24_linear(grad_z, w24_t)`` (the paths above with ``M`` rows, ``N`` as the reduction dim and
