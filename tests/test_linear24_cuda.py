@@ -404,6 +404,23 @@ def test_auto_cutlass_layout_with_unsupported_k_falls_back():
     _assert_close(L.cuda_sparse24_linear(x, s, bias, "gelu"), _reference(x, w, bias, "gelu"), torch.bfloat16)
 
 
+@cuda
+@pytest.mark.parametrize("m", [1, 40])  # the GEMV, and decompress + cuBLAS with the structural row fix-up
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_packed_nonfinite_x_at_a_pruned_position_never_enters_the_product(m, dtype):
+    from sparseops.reference import sparse24_linear_ref
+
+    x, w, bias = _inputs(m, 64, 128, dtype, True)
+    x[0, 3] = float("inf")
+    x[-1, 77] = float("nan")
+    s = compress_24(w, prune=True)
+    y = _ops.sparse24_linear(x, s.values, s.meta, bias, "none")
+    ref = sparse24_linear_ref(x.cpu(), s.values.cpu(), s.meta.cpu(), bias.cpu()).to(y.device)
+    assert torch.equal(torch.isnan(y), torch.isnan(ref)) and torch.equal(torch.isinf(y), torch.isinf(ref))
+    finite = torch.isfinite(ref)
+    _assert_close(y[finite], ref[finite].float(), dtype)
+
+
 def test_backend_choice_packed_needs_no_gpu():
     s = compress_24(torch.randn(64, 128), prune=True)
     assert L.cuda_backend_choice(1, s, "cuda") == "gemv"

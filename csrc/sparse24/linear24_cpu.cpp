@@ -16,11 +16,13 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
 #include <limits>
 #include <type_traits>
+#include <vector>
 
 #include "common/cpu_features.h"
 #include "common/dispatch.h"
@@ -167,10 +169,12 @@ bool meta_rows_valid(const uint8_t* mp, int64_t K, int64_t n0, int64_t n1, std::
   return true;
 }
 
+// gather_only: never the AVX2 kernel, which expands W with explicit zeros (see restore_structural_rows).
 void linear24_small_m(const at::Tensor& xc, const at::Tensor& vc, const at::Tensor& mc,
-                      const std::optional<at::Tensor>& bias, Act act, at::Tensor& out) {
+                      const std::optional<at::Tensor>& bias, Act act, at::Tensor& out, bool gather_only = false) {
   const int64_t M = xc.size(0), K = xc.size(1), N = vc.size(0);
   const bool avx512 = cpu_use_avx512();
+  [[maybe_unused]] const bool avx2 = cpu_use_avx2() && !gather_only;
   const ElemType type = elem_type(vc.scalar_type());
   // x as the kernel reads it (M is small here): the AVX-512 kernel's panel (linear24_cpu.h), or for the
   // AVX2 and portable ones fp32 rows padded to a 64-byte multiple + 64 bytes (so that they do not start a
@@ -210,7 +214,7 @@ void linear24_small_m(const at::Tensor& xc, const at::Tensor& vc, const at::Tens
       linear24_rows_avx512(type, vp, mp, K, xp, M, bp, n0, n1, zp, N);
       return;
     }
-    if (cpu_use_avx2()) {
+    if (avx2) {
       linear24_rows_avx2(type, vp, mp, K, static_cast<const float*>(xp), xk.size(1), M, bp, n0, n1, zp, N);
       return;
     }
@@ -286,6 +290,39 @@ void linear24_large_m(const at::Tensor& xc, const at::Tensor& vc, const at::Tens
   });
 }
 
+// ---- inf / NaN in x -----------------------------------------------------------------------------------
+
+// Rows of a contiguous x [M, K] that hold an inf or a NaN.
+std::vector<int64_t> nonfinite_rows(const at::Tensor& xc) {
+  const int64_t M = xc.size(0), K = xc.size(1);
+  std::vector<int64_t> rows;
+  SPARSEOPS_DISPATCH_FLOAT_HALF_BF16(xc.scalar_type(), kOp, [&] {
+    const scalar_t* x = xc.const_data_ptr<scalar_t>();
+    for (int64_t m = 0; m < M; ++m) {
+      bool finite = true;
+      for (int64_t k = 0; k < K; ++k) finite &= std::isfinite(static_cast<float>(x[m * K + k]));
+      if (!finite) rows.push_back(m);
+    }
+  });
+  return rows;
+}
+
+// A pruned weight is structurally absent: x at a pruned position never enters the product (so an inf
+// there cannot turn into 0 * inf = NaN), as on sparse tensor cores. The gather kernels (AVX-512,
+// portable) read x at kept positions only; the AVX2 kernel and the tiles multiply pruned positions by an
+// explicit zero, so after them the rows of x holding inf/NaN (rare; found by one pass over x) are
+// recomputed by a gather kernel.
+void restore_structural_rows(const at::Tensor& xc, const at::Tensor& vc, const at::Tensor& mc,
+                             const std::optional<at::Tensor>& bias, Act act, at::Tensor& out) {
+  const std::vector<int64_t> rows = nonfinite_rows(xc);
+  if (rows.empty()) return;
+  const at::Tensor idx = at::tensor(rows, xc.options().dtype(at::kLong));
+  const at::Tensor xb = xc.index_select(0, idx);
+  at::Tensor ob = at::empty({xb.size(0), out.size(1)}, out.options());
+  linear24_small_m(xb, vc, mc, bias, act, ob, /*gather_only=*/true);
+  out.index_copy_(0, idx, ob);
+}
+
 // ---- the op ---------------------------------------------------------------------------------------
 
 // values_t/meta_t (W^T compressed) are for the backward (python/sparseops/sparse24/linear.py): checked, not read.
@@ -311,11 +348,13 @@ at::Tensor sparse24_linear_cpu(const at::Tensor& x, const at::Tensor& values, co
   const at::Tensor vc = values.contiguous();
   const at::Tensor mc = meta.contiguous();
   const std::optional<at::Tensor> bc = bias.has_value() ? std::optional<at::Tensor>(bias->contiguous()) : std::nullopt;
-  if (s.m <= gemv_max_m(x.scalar_type())) {
+  const bool small_m = s.m <= gemv_max_m(x.scalar_type());
+  if (small_m) {
     linear24_small_m(xc, vc, mc, bc, act, out);
   } else {
     linear24_large_m(xc, vc, mc, bc, act, out);
   }
+  if (!small_m || cpu_use_avx2()) restore_structural_rows(xc, vc, mc, bc, act, out);
   return out;
 }
 

@@ -1,7 +1,8 @@
 // sparse24_linear, CUDA glue (packed layout): y = act(x @ W^T + bias).
 //   M <= kGemvMaxM (16): the 2:4 GEMV of linear24_kernel.cu, M never padded.
 //   M >  16:             W is decompressed into a dense temporary (N x K, x's dtype) and multiplied with
-//                        cuBLAS (at::mm / at::addmm), then bias + activation run as one elementwise pass.
+//                        cuBLAS (at::mm / at::addmm), then bias + activation run as one elementwise pass;
+//                        rows of x holding inf/NaN are then recomputed from the kept positions only.
 //                        Use the "cutlass" or "cusparselt" layouts for sparse tensor cores at large M.
 #include <torch/library.h>
 
@@ -62,12 +63,20 @@ at::Tensor sparse24_linear_cuda(const at::Tensor& x, const at::Tensor& values, c
                           slot_ptr(unused_slot)};
     SPARSEOPS_CUDA_CHECK(launch_decompress_24(dp, stream));
   }
+  at::Tensor y;
   if (act == Act::kNone) {
-    return bc.defined() ? at::addmm(bc, xc, w.t()) : at::mm(xc, w.t());
+    y = bc.defined() ? at::addmm(bc, xc, w.t()) : at::mm(xc, w.t());
+  } else {
+    y = at::mm(xc, w.t());
+    BiasActParams ep{y.mutable_data_ptr(), bc.defined() ? bc.const_data_ptr() : nullptr, M, N, act, dtype};
+    SPARSEOPS_CUDA_CHECK(launch_bias_act(ep, stream));
   }
-  at::Tensor y = at::mm(xc, w.t());
-  BiasActParams ep{y.mutable_data_ptr(), bc.defined() ? bc.const_data_ptr() : nullptr, M, N, act, dtype};
-  SPARSEOPS_CUDA_CHECK(launch_bias_act(ep, stream));
+  // The dense product wrote 0 * inf = NaN where x holds an inf at a pruned position: those rows are
+  // recomputed from the kept positions only, as the GEMV computes them (see the CPU op's comment).
+  at::Tensor flags = at::empty({M}, xc.options().dtype(at::kByte));
+  Gemv24Params fp{xc.const_data_ptr(), vc.const_data_ptr(), mc.const_data_ptr<uint8_t>(),
+                  bc.defined() ? bc.const_data_ptr() : nullptr, y.mutable_data_ptr(), M, N, K, K, act, dtype, false};
+  SPARSEOPS_CUDA_CHECK(launch_restore_structural_rows(fp, flags.mutable_data_ptr<uint8_t>(), stream));
   return y;
 }
 

@@ -30,6 +30,12 @@ struct Gemv24Params {
 // y = act(x @ W^T + bias) for M <= kGemvMaxM.
 cudaError_t launch_gemv24(const Gemv24Params& p, cudaStream_t stream);
 
+// The rows of y = act(x @ W^T + bias) whose row of x holds an inf or NaN, recomputed from W's kept
+// positions only (a pruned weight is structurally absent, as in the GEMV and on sparse tensor cores),
+// after a dense product on the decompressed W wrote 0 * inf = NaN there. p.y is read and updated in
+// place; flags: M bytes of workspace. Two launches, no host sync.
+cudaError_t launch_restore_structural_rows(const Gemv24Params& p, uint8_t* flags, cudaStream_t stream);
+
 struct BiasActParams {
   void* y;            // [M, N] contiguous, updated in place
   const void* bias;   // [N] or nullptr

@@ -77,6 +77,14 @@ def sparse24_linear(
       activation applied in place (for fp16/bf16 on the GEMM's rounded output, as ``F.linear`` + act).
       Extra memory: ``256*K`` elements per thread, plus a contiguous copy of ``x`` if it is strided.
 
+    Inf and NaN: a pruned weight is structurally absent, so ``x`` at a pruned position never enters the
+    product: an inf there leaves ``y`` finite, where ``F.linear`` on the decompressed W gives
+    ``0 * inf = NaN``; at a kept position inf/NaN propagate as usual. Every CPU path follows this (the
+    AVX2 kernel and the tiles multiply by explicit zeros, so rows of ``x`` holding inf/NaN are recomputed
+    by a gather kernel: one extra pass over ``x``); on CUDA the GEMV, the "packed" M > 16 path (with the
+    same row fix-up), CUTLASS and cuSPARSELt (sparse tensor cores multiply kept values only) do too, not
+    the ``"cutlass_dense"`` fallback (pre-sm80 GPUs or K % 64 != 0), which multiplies densely.
+
     Metadata: on the CPU every call checks each metadata row before its kernel reads it (a few ALU
     operations per 16 codes, on bytes then in cache) and raises ``RuntimeError`` naming the row and group
     of an invalid code, whatever the path. CUDA kernels do not re-check per call (it would need a device
