@@ -17,7 +17,8 @@ if [ ! -f "$BUILD_DIR/build.ninja" ]; then
   "$CMAKE" -S . -B "$BUILD_DIR" -G Ninja -DCMAKE_MAKE_PROGRAM="$NINJA" -DPython_EXECUTABLE="$(command -v "$PY")" \
     -DSPARSEOPS_WITH_CUDA="${SPARSEOPS_WITH_CUDA:-auto}" -DSPARSEOPS_CUDA_ARCHS="${SPARSEOPS_CUDA_ARCHS:-80;90a}" \
     ${SPARSEOPS_X86_KERNELS:+-DSPARSEOPS_X86_KERNELS="$SPARSEOPS_X86_KERNELS"} \
+    ${SPARSEOPS_SANITIZE:+-DSPARSEOPS_SANITIZE="$SPARSEOPS_SANITIZE"} \
     -Dpybind11_DIR="$("$PY" -c 'import pybind11; print(pybind11.get_cmake_dir())')" >/dev/null
 fi
 "$NINJA" -C "$BUILD_DIR" "$@"
-cp "$BUILD_DIR"/_C*.so "$BUILD_DIR"/_build_config.py python/sparseops/
+cp "$BUILD_DIR"/_C*.so "$BUILD_DIR"/_build_config.py "${INSTALL_TO:-python/sparseops}/"
