@@ -9,6 +9,7 @@ from . import linear24_cuda  # noqa: F401  (fake kernels + autograd of the CUDA-
 from .linear24_cuda import cuda_backend_choice
 from .training import GradientFlowSchedule, nm_srste, transposable_mask_24
 from . import nn  # noqa: F401
+from . import ot  # noqa: F401  (entropic optimal transport: sparseops.ot.sinkhorn, ...)
 
 __version__ = build_info()["version"]
 
@@ -24,6 +25,7 @@ __all__ = [
     "nm_mask",
     "nm_srste",
     "nn",
+    "ot",
     "sparse24_linear",
     "transposable_mask_24",
 ]

@@ -1,0 +1,20 @@
+#pragma once
+// The inner loops of the CPU ot kernels behind one table, filled once per call for the ISA that
+// sparseops::cpu_isa() picks (AVX-512, AVX2 or portable; see lse_kernels.h for what each loop does).
+#include <cstdint>
+
+namespace sparseops::ot {
+
+template <typename T>
+struct LseKernels {
+  T (*row_lse)(const T* c, const T* h, T inv_eps, int64_t len);
+  void (*col_accum)(const T* c, T hi, T inv_eps, const T* shift, T* s, T* mx, int64_t len);
+  void (*plan_row)(const T* c, T hi, const T* h, T inv_eps, T* out, int64_t len);
+  T (*dual_row)(const T* c, T hi, const T* h, T inv_eps, const T* wr, T wi, T* colsum, int64_t len);
+};
+
+// Defined in sinkhorn_cpu.cpp for float and double.
+template <typename T>
+LseKernels<T> lse_kernels();
+
+}  // namespace sparseops::ot
