@@ -304,3 +304,14 @@ def test_bad_inputs_raw_op():
         _ops.ot_plan(a, b, C, torch.zeros(2, 3, dtype=torch.float64), torch.zeros(2, 3, dtype=torch.float64), 0.1)
     with pytest.raises(RuntimeError, match=r"ot_dual: expected C's last two dims to be \(n, m\) = \(4, 3\) from a and b"):
         _ops.ot_dual(a, b, C.transpose(1, 2), torch.zeros(2, 4, dtype=torch.float64), torch.zeros(2, 3, dtype=torch.float64), 0.1)
+
+
+@pytest.mark.requires_cuda
+@pytest.mark.parametrize("rho", [None, 0.5])
+def test_cuda_matches_cpu_batched(rho):
+    a, b, C = _problem(4, 100, 130, torch.float64)
+    cpu = _ops.sinkhorn_log(a, b, C, 0.02, 400, 1e-12, 10, rho)
+    gpu = _ops.sinkhorn_log(a.cuda(), b.cuda(), C.cuda(), 0.02, 400, 1e-12, 10, rho)
+    for x, y in zip(cpu[:3], gpu[:3]):
+        torch.testing.assert_close(y.cpu(), x, atol=1e-10, rtol=1e-10)
+    assert (gpu[3].cpu() - cpu[3]).abs().max() <= 10

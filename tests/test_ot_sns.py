@@ -135,3 +135,12 @@ def test_bad_inputs():
         sparseops.ot.sinkhorn_newton_sparse(a[0], b[0], C[0], 0.0)
     with pytest.raises(ValueError, match=r"sinkhorn_log: expected sum\(a\) == sum\(b\)"):
         sparseops.ot.sinkhorn_newton_sparse(a[0], 2 * b[0], C[0], 0.05)
+
+
+@pytest.mark.requires_cuda
+def test_sns_on_cuda_matches_cpu():
+    a, b, C, _, _ = _potentials(2, 60, 50, torch.float64, seed=2)
+    cpu = sparseops.ot.sinkhorn_newton_sparse(a, b, C, 0.01, tol=1e-10)
+    gpu = sparseops.ot.sinkhorn_newton_sparse(a.cuda(), b.cuda(), C.cuda(), 0.01, tol=1e-10)
+    assert bool(gpu.converged.all())
+    torch.testing.assert_close(gpu.cost.cpu(), cpu.cost, atol=1e-10, rtol=0)

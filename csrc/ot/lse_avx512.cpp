@@ -6,11 +6,11 @@
 // truncation < 2e-16 relative), then scalef(p, n) = p * 2^n, which also rounds correctly into the
 // subnormals and to 0. Inputs are clamped below (-110 / -750: exp is exactly 0 there; -inf and the
 // NaN of (-inf) - (-inf) clamp too, as max(x, lo) returns lo for a NaN x) and above (88.7 / 709.7).
-#include <immintrin.h>
-
-// GCC 12's masked-load and reduce intrinsics start from _mm512_undefined_*(): false positives.
+// GCC 12's masked-load and reduce intrinsics start from _mm512_undefined_*(): false positives, reported
+// inside the intrinsics headers (so the pragmas come before the include).
 #pragma GCC diagnostic ignored "-Wuninitialized"
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#include <immintrin.h>
 
 #include <cmath>
 #include <cstdint>
