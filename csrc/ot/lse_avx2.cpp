@@ -39,6 +39,8 @@ struct F32 {
     s = _mm_max_ss(s, _mm_movehdup_ps(s));
     return _mm_cvtss_f32(s);
   }
+  static bool any_gt(V a, V b) { return _mm256_movemask_ps(_mm256_cmp_ps(a, b, _CMP_GT_OQ)) != 0; }
+  static constexpr T kSkip = 30;
   static V exp(V x) {
     const V lo = set1(-87.3f);
     x = _mm256_max_ps(x, lo);
@@ -79,6 +81,8 @@ struct F64 {
     __m128d s = _mm_max_pd(_mm256_castpd256_pd128(v), _mm256_extractf128_pd(v, 1));
     return _mm_cvtsd_f64(_mm_max_sd(s, _mm_unpackhi_pd(s, s)));
   }
+  static bool any_gt(V a, V b) { return _mm256_movemask_pd(_mm256_cmp_pd(a, b, _CMP_GT_OQ)) != 0; }
+  static constexpr T kSkip = 60;
   static V exp(V x) {
     const V lo = set1(-708.3);
     x = _mm256_max_pd(x, lo);
@@ -119,9 +123,13 @@ typename S::T row_lse(const typename S::T* c, const typename S::T* h, typename S
   T mx = S::reduce_max(vmax);
   for (int64_t t = j; t < len; ++t) mx = std::max(mx, h[t] - c[t] * inv_eps);
   if (mx == ninf) return ninf;
-  const V vm = S::set1(mx);
+  const V vm = S::set1(mx), thr = S::set1(mx - S::kSkip);
   V acc = S::set1(T(0));
-  for (j = 0; j + S::kW <= len; j += S::kW) acc = S::add(acc, S::exp(S::sub(S::fnmadd(S::load(c + j), vi, S::load(h + j)), vm)));
+  for (j = 0; j + S::kW <= len; j += S::kW) {
+    const V x = S::fnmadd(S::load(c + j), vi, S::load(h + j));
+    if (!S::any_gt(x, thr)) continue;  // every term < exp(-kSkip) of the largest: below rounding
+    acc = S::add(acc, S::exp(S::sub(x, vm)));
+  }
   T sum = S::reduce_add(acc);
   for (int64_t t = j; t < len; ++t) sum += std::exp(h[t] - c[t] * inv_eps - mx);
   return mx + std::log(sum);
@@ -132,12 +140,14 @@ void col_accum(const typename S::T* c, typename S::T hi, typename S::T inv_eps, 
                typename S::T* s, typename S::T* mx, int64_t len) {
   using T = typename S::T;
   using V = typename S::V;
-  const V vi = S::set1(inv_eps), vh = S::set1(hi);
+  const V vi = S::set1(inv_eps), vh = S::set1(hi), lo = S::set1(-S::kSkip);
   int64_t j = 0;
   for (; j + S::kW <= len; j += S::kW) {
     const V x = S::fnmadd(S::load(c + j), vi, vh);
     S::store(mx + j, S::max(S::load(mx + j), x));
-    S::store(s + j, S::add(S::load(s + j), S::exp(S::sub(x, S::load(shift + j)))));
+    const V d = S::sub(x, S::load(shift + j));
+    if (!S::any_gt(d, lo)) continue;  // every term < exp(-kSkip) of its column's sum: below rounding
+    S::store(s + j, S::add(S::load(s + j), S::exp(d)));
   }
   for (; j < len; ++j) {
     const T x = hi - c[j] * inv_eps;

@@ -40,6 +40,8 @@ struct F32 {
   static V maskz_mov(M k, V a) { return _mm512_maskz_mov_ps(k, a); }
   static T reduce_add(V v) { return _mm512_reduce_add_ps(v); }
   static T reduce_max(V v) { return _mm512_reduce_max_ps(v); }
+  static bool any_gt(V a, V b) { return _mm512_cmp_ps_mask(a, b, _CMP_GT_OQ) != 0; }
+  static constexpr T kSkip = 30;
   static V exp(V x) {
     x = _mm512_min_ps(_mm512_max_ps(x, set1(-110.0f)), set1(88.7f));
     const V n = _mm512_roundscale_ps(_mm512_mul_ps(x, set1(1.44269504088896341f)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
@@ -75,6 +77,8 @@ struct F64 {
   static V maskz_mov(M k, V a) { return _mm512_maskz_mov_pd(k, a); }
   static T reduce_add(V v) { return _mm512_reduce_add_pd(v); }
   static T reduce_max(V v) { return _mm512_reduce_max_pd(v); }
+  static bool any_gt(V a, V b) { return _mm512_cmp_pd_mask(a, b, _CMP_GT_OQ) != 0; }
+  static constexpr T kSkip = 60;
   static V exp(V x) {
     x = _mm512_min_pd(_mm512_max_pd(x, set1(-750.0)), set1(709.7));
     const V n = _mm512_roundscale_pd(_mm512_mul_pd(x, set1(1.4426950408889634074)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
@@ -112,11 +116,12 @@ typename S::T row_lse(const typename S::T* c, const typename S::T* h, typename S
   }
   const T mx = S::reduce_max(vmax);
   if (mx == ninf) return ninf;
-  const V vm = S::set1(mx);
+  const V vm = S::set1(mx), thr = S::set1(mx - S::kSkip);
   V acc = S::set1(T(0));
   for (int64_t j = 0; j < len; j += S::kW) {
     const auto k = S::tail(len - j);
     const V x = S::fnmadd(S::load(k, c + j), vi, S::load(k, h + j));
+    if (!S::any_gt(x, thr)) continue;  // every term < exp(-kSkip) of the largest: below rounding
     acc = S::add(acc, S::maskz_mov(k, S::exp(S::sub(x, vm))));
   }
   return mx + std::log(S::reduce_add(acc));
@@ -126,12 +131,14 @@ template <typename S>
 void col_accum(const typename S::T* c, typename S::T hi, typename S::T inv_eps, const typename S::T* shift,
                typename S::T* s, typename S::T* mx, int64_t len) {
   using V = typename S::V;
-  const V vi = S::set1(inv_eps), vh = S::set1(hi);
+  const V vi = S::set1(inv_eps), vh = S::set1(hi), lo = S::set1(-S::kSkip);
   for (int64_t j = 0; j < len; j += S::kW) {
     const auto k = S::tail(len - j);
     const V x = S::fnmadd(S::load(k, c + j), vi, vh);
     S::store(k, mx + j, S::max(S::load(k, mx + j), x));
-    S::store(k, s + j, S::add(S::load(k, s + j), S::exp(S::sub(x, S::load(k, shift + j)))));
+    const V d = S::sub(x, S::load(k, shift + j));
+    if (!S::any_gt(d, lo)) continue;  // every term < exp(-kSkip) of its column's sum: below rounding
+    S::store(k, s + j, S::add(S::load(k, s + j), S::exp(d)));
   }
 }
 

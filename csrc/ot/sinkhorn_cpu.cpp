@@ -130,8 +130,12 @@ void solve_one(const LseKernels<T>& K, const T* a, const T* b, const T* C, int64
   }
   for (int64_t j = 0; j < m; ++j) hg[j] = ot_h(lb[j], v[j]);
 
-  const int64_t threads = std::max<int64_t>(1, at::get_num_threads());
-  const int64_t row_grain = std::max<int64_t>(1, 16384 / m);
+  // Passes below kParallelMin entries run on one thread: a pass is then ~100 us or less, and an OpenMP
+  // fork/join per half-iteration costs more than it saves whenever another process holds a core.
+  constexpr int64_t kParallelMin = int64_t(1) << 18;
+  const bool parallel = n * m >= kParallelMin;
+  const int64_t threads = parallel ? std::max<int64_t>(1, at::get_num_threads()) : 1;
+  const int64_t row_grain = parallel ? std::max<int64_t>(1, 16384 / m) : n;
   const int64_t col_block = std::clamp<int64_t>(((m + threads - 1) / threads + 15) / 16 * 16, 64, kColBlockMax);
   const int64_t col_blocks = (m + col_block - 1) / col_block;
   const bool balanced = !(rho > 0);
@@ -162,7 +166,7 @@ void solve_one(const LseKernels<T>& K, const T* a, const T* b, const T* C, int64
       hf[i] = ot_h(la[i], u[i]);
     }
     // Column pass.
-    at::parallel_for(0, col_blocks, 1, [&](int64_t b0, int64_t b1) {
+    at::parallel_for(0, col_blocks, parallel ? 1 : col_blocks, [&](int64_t b0, int64_t b1) {
       for (int64_t blk = b0; blk < b1; ++blk) {
         const int64_t j0 = blk * col_block, len = std::min(col_block, m - j0);
         for (int attempt = 0; attempt < 2; ++attempt) {
