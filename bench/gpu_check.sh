@@ -50,11 +50,11 @@ cuda_tests() {  # $1: seconds; the rest: pytest arguments
     "$PY" -m pytest -q -rfEs -m requires_cuda -p no:cacheprovider --durations=5 "$@" >> "$OUT/tests_cuda.log" 2>&1
   echo "pytest $* exit code: $?"
 }
-cuda_tests 45 tests --ignore=tests/test_linear24_cuda.py --ignore=tests/test_ot.py --ignore=tests/test_ot_sns.py
+cuda_tests 45 tests --ignore=tests/test_linear24_cuda.py --ignore=tests/test_ot.py --ignore=tests/test_ot_sns.py --ignore=tests/test_ot_points.py
 cuda_tests 40 tests/test_linear24_cuda.py -k "not cutlass and not cusparselt"
 cuda_tests 40 tests/test_linear24_cuda.py -k "cutlass"
 cuda_tests 45 tests/test_linear24_cuda.py -k "cusparselt"
-cuda_tests 30 tests/test_ot.py tests/test_ot_sns.py
+cuda_tests 30 tests/test_ot.py tests/test_ot_sns.py tests/test_ot_points.py
 grep -E "^(===|FAILED|ERROR|SKIPPED)| in [0-9.]+s" "$OUT/tests_cuda.log" | tail -60
 
 stamp "benchmarks"

@@ -62,4 +62,10 @@ TORCH_LIBRARY(sparseops, m) {
   // sparse rows (idx [B, n, k], val [B, n, k]); from x = 0 until ||r|| <= tol ||rhs|| or max_iter.
   // Returns (x_f [B, n], x_g [B, m], iterations [B] int64).
   m.def("ot_newton_cg(Tensor idx, Tensor val, Tensor row_diag, Tensor col_diag, Tensor rhs_f, Tensor rhs_g, float shift, int max_iter, float tol) -> (Tensor, Tensor, Tensor)");
+  // Point clouds x [B, n, d], y [B, m, d] with costs |x_i - y_j|_p^p (p = 1 or 2) recomputed tile by tile
+  // inside the passes (memory O(n + m)); otherwise sinkhorn_log (same outputs and conventions).
+  m.def("sinkhorn_points(Tensor x, Tensor y, Tensor a, Tensor b, float eps, int p=2, int max_iter=1000, float tol=1e-9, int check_every=10, float? rho=None) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+  // The plan-weighted cost gradients of point clouds, without the plan in memory:
+  // (gx [B, n, d] = sum_j P_ij d c(x_i, y_j) / d x_i, gy [B, m, d] = sum_i P_ij d c(x_i, y_j) / d y_j).
+  m.def("ot_points_grad(Tensor x, Tensor y, Tensor a, Tensor b, Tensor f, Tensor g, float eps, int p=2) -> (Tensor, Tensor)");
 }

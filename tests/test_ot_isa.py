@@ -1,7 +1,7 @@
 """The CPU kernel variants of the ot ops (AVX-512, AVX2, portable: chosen once per process by
 SPARSEOPS_CPU_ISA) agree within rounding. Each variant runs in its own subprocess on the same cases
 (odd lengths that end in partial vectors, forbidden pairs, zero masses, small eps, both dtypes,
-unbalanced); outputs are compared against this process's (default) variant: the vectorised exp is
+unbalanced, point clouds); outputs are compared against this process's (default) variant: the vectorised exp is
 accurate to ~1-2 ulp, so float64 results agree to ~1e-13 relative and float32 to ~1e-5."""
 from __future__ import annotations
 
@@ -42,6 +42,9 @@ def build_cases() -> dict[str, tuple]:
             g = (0.05 * torch.randn(2, m, generator=gen, dtype=torch.float64)).to(dtype)
             cases[f"plan {dtype} {n}x{m}"] = ("plan", a, b, C, f, g)
             cases[f"dual {dtype} {n}x{m}"] = ("dual", a, b, C, f, g)
+            x = torch.rand(2, n, 3, generator=gen, dtype=torch.float64).to(dtype)
+            y = torch.rand(2, m, 3, generator=gen, dtype=torch.float64).to(dtype)
+            cases[f"points {dtype} {n}x{m}"] = ("points", a, b, x, y)
     return cases
 
 
@@ -51,6 +54,9 @@ def run_all() -> dict:
         kind, a, b, C = case[:4]
         if kind == "sinkhorn":
             out[name] = _ops.sinkhorn_log(a, b, C, case[4], 60, 0.0, 7, case[5])[:3]
+        elif kind == "points":
+            out[name] = _ops.sinkhorn_points(case[3], case[4], a, b, 0.05, 2, 40, 0.0, 7)[:3] + \
+                _ops.ot_points_grad(case[3], case[4], a, b, torch.zeros_like(a), torch.zeros_like(b), 0.05, 2)
         elif kind == "plan":
             out[name] = (_ops.ot_plan(a, b, C, case[4], case[5], 0.1),)
         else:

@@ -50,8 +50,8 @@ inline void check_eps(const char* op, double eps) {
   TORCH_CHECK(std::isfinite(eps) && eps > 0, op, ": expected eps to be finite and > 0 (got ", eps, ")");
 }
 
-// Values: marginals finite and >= 0; C not NaN and not -inf. Returns nothing; raises on the first problem.
-inline void check_problem_values(const char* op, const at::Tensor& a, const at::Tensor& b, const at::Tensor& C) {
+// Values: marginals finite and >= 0.
+inline void check_marginal_values(const char* op, const at::Tensor& a, const at::Tensor& b) {
   for (const auto& [name, t] : {std::pair<const char*, const at::Tensor&>{"a", a}, {"b", b}}) {
     const at::Tensor mn = t.amin(), mx = t.amax();
     const double lo = mn.item<double>(), hi = mx.item<double>();
@@ -59,6 +59,11 @@ inline void check_problem_values(const char* op, const at::Tensor& a, const at::
                 " (a marginal) to be finite (got min ", lo, ", max ", hi, ")");
     TORCH_CHECK_VALUE(lo >= 0, op, ": expected ", name, " (a marginal) to be >= 0 (got min ", lo, ")");
   }
+}
+
+// Values: marginals finite and >= 0; C not NaN and not -inf. Raises on the first problem.
+inline void check_problem_values(const char* op, const at::Tensor& a, const at::Tensor& b, const at::Tensor& C) {
+  check_marginal_values(op, a, b);
   // min() propagates NaN: one reduction finds both NaN and -inf.
   const double cmin = C.min().item<double>();
   TORCH_CHECK_VALUE(!std::isnan(cmin), op, ": expected C without NaN (got a NaN cost)");
@@ -171,6 +176,42 @@ inline void check_ot_newton_cg_inputs(const at::Tensor& idx, const at::Tensor& v
   if (idx.numel() > 0) {
     const int64_t lo = idx.min().item<int64_t>(), hi = idx.max().item<int64_t>();
     TORCH_CHECK(lo >= 0 && hi < m, op, ": expected idx in [0, m) = [0, ", m, ") (got min ", lo, ", max ", hi, ")");
+  }
+}
+
+struct PointDims {
+  int64_t batch = 0, n = 0, m = 0, d = 0;
+};
+
+// Point clouds: x [B, n, d], y [B, m, d], a [B, n], b [B, m]; one float dtype and device; p in {1, 2}.
+inline PointDims check_point_shapes(const char* op, const at::Tensor& x, const at::Tensor& y, const at::Tensor& a,
+                                    const at::Tensor& b, int64_t p) {
+  check_dtype(op, "x", x, {at::kFloat, at::kDouble});
+  for (const auto& [name, t] : {std::pair<const char*, const at::Tensor&>{"y", y}, {"a", a}, {"b", b}}) {
+    TORCH_CHECK_TYPE(t.scalar_type() == x.scalar_type(), op, ": expected ", name, " to have x's dtype ", x.scalar_type(),
+                     " (got ", t.scalar_type(), ")");
+    check_same_device(op, name, t, "x", x);
+  }
+  check_dim(op, "x", x, 3);
+  check_dim(op, "y", y, 3);
+  PointDims d{x.size(0), x.size(1), y.size(1), x.size(2)};
+  TORCH_CHECK(y.size(0) == d.batch && y.size(2) == d.d, op, ": expected y of shape [B, m, d] with B = ", d.batch,
+              ", d = ", d.d, " from x (got ", y.sizes(), ")");
+  TORCH_CHECK(a.dim() == 2 && a.size(0) == d.batch && a.size(1) == d.n, op, ": expected a of shape [", d.batch, ", ", d.n,
+              "] (got ", a.sizes(), ")");
+  TORCH_CHECK(b.dim() == 2 && b.size(0) == d.batch && b.size(1) == d.m, op, ": expected b of shape [", d.batch, ", ", d.m,
+              "] (got ", b.sizes(), ")");
+  TORCH_CHECK(d.batch >= 1 && d.n >= 1 && d.m >= 1 && d.d >= 1, op, ": expected non-empty point clouds (got x ", x.sizes(),
+              ", y ", y.sizes(), ")");
+  TORCH_CHECK(p == 1 || p == 2, op, ": expected p in {1, 2} (got ", p, ")");
+  return d;
+}
+
+inline void check_point_values(const char* op, const at::Tensor& x, const at::Tensor& y) {
+  for (const auto& [name, t] : {std::pair<const char*, const at::Tensor&>{"x", x}, {"y", y}}) {
+    const double lo = t.min().item<double>(), hi = t.max().item<double>();
+    TORCH_CHECK_VALUE(std::isfinite(lo) && std::isfinite(hi), op, ": expected finite coordinates in ", name, " (got min ",
+                      lo, ", max ", hi, ")");
   }
 }
 

@@ -52,16 +52,40 @@ __device__ __forceinline__ void warp_lse(T& mx, T& s) {
   }
 }
 
-constexpr int kRowThreads = 256;
+// Where the kernels read costs: a matrix, or point clouds (recomputed per entry: memory O(n + m)).
+template <typename T>
+struct MatrixCost {
+  const T* C;
+  int64_t bstride, m;
+  __device__ __forceinline__ T operator()(int64_t b, int64_t i, int64_t j) const { return C[b * bstride + i * m + j]; }
+};
 
 template <typename T>
-__global__ void row_lse_kernel(const T* __restrict__ C, int64_t c_bstride, const T* __restrict__ h, T* __restrict__ out,
-                               int64_t n, int64_t m, T inv_eps) {
+struct PointCost {
+  const T* x;  // [B, n, d]
+  const T* y;  // [B, m, d]
+  int64_t n, m, d;
+  int p;
+  __device__ __forceinline__ T operator()(int64_t b, int64_t i, int64_t j) const {
+    const T* xi = x + (b * n + i) * d;
+    const T* yj = y + (b * m + j) * d;
+    T s = T(0);
+    for (int64_t k = 0; k < d; ++k) {
+      const T t = xi[k] - yj[k];
+      s += p == 2 ? t * t : fabs(t);
+    }
+    return s;
+  }
+};
+
+constexpr int kRowThreads = 256;
+
+template <typename T, typename Cost>
+__global__ void row_lse_kernel(Cost cost, const T* __restrict__ h, T* __restrict__ out, int64_t n, int64_t m, T inv_eps) {
   const int64_t i = blockIdx.x, b = blockIdx.y;
-  const T* crow = C + b * c_bstride + i * m;
   const T* hb = h + b * m;
   T mx = T(-INFINITY), s = T(0);
-  for (int64_t j = threadIdx.x; j < m; j += blockDim.x) lse_push(mx, s, hb[j] - crow[j] * inv_eps);
+  for (int64_t j = threadIdx.x; j < m; j += blockDim.x) lse_push(mx, s, hb[j] - cost(b, i, j) * inv_eps);
   warp_lse(mx, s);
   __shared__ T sm[kRowThreads / 32], ss[kRowThreads / 32];
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
@@ -80,18 +104,16 @@ __global__ void row_lse_kernel(const T* __restrict__ C, int64_t c_bstride, const
 
 constexpr int kColTile = 32, kColLanes = 8;
 
-template <typename T>
-__global__ void col_lse_kernel(const T* __restrict__ C, int64_t c_bstride, const T* __restrict__ h, T* __restrict__ out,
-                               int64_t n, int64_t m, T inv_eps) {
+template <typename T, typename Cost>
+__global__ void col_lse_kernel(Cost cost, const T* __restrict__ h, T* __restrict__ out, int64_t n, int64_t m, T inv_eps) {
   const int64_t b = blockIdx.y;
   const int64_t j = static_cast<int64_t>(blockIdx.x) * kColTile + threadIdx.x;
-  const T* cb = C + b * c_bstride;
   const T* hb = h + b * n;
   T mx = T(-INFINITY), s = T(0);
   if (j < m) {
     for (int64_t i = threadIdx.y; i < n; i += kColLanes) {
       const T hi = hb[i];
-      if (hi > T(-INFINITY)) lse_push(mx, s, hi - cb[i * m + j] * inv_eps);
+      if (hi > T(-INFINITY)) lse_push(mx, s, hi - cost(b, i, j) * inv_eps);
     }
   }
   __shared__ T sm[kColLanes][kColTile + 1], ss[kColLanes][kColTile + 1];
@@ -141,6 +163,34 @@ __global__ void plan_kernel(const T* __restrict__ C, int64_t c_bstride, const T*
   }
 }
 
+// Point-cloud gradients: thread per (b, i) for gx (loop over j), thread per (b, j) for gy (loop over i);
+// P_ij = exp(hf_i + hg_j - c_ij inv_eps), dc/dx = 2 (x - y) (p = 2) or sign(x - y) (p = 1), dc/dy = -dc/dx.
+template <typename T>
+__global__ void points_grad_kernel(PointCost<T> cost, const T* __restrict__ hf, const T* __restrict__ hg, T* __restrict__ out,
+                                   int64_t batch, T inv_eps, bool rows) {
+  const int64_t outer = rows ? cost.n : cost.m, inner = rows ? cost.m : cost.n;
+  for (int64_t t = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; t < batch * outer; t += (int64_t)gridDim.x * blockDim.x) {
+    const int64_t b = t / outer, o = t % outer;
+    T* acc = out + t * cost.d;
+    for (int64_t k = 0; k < cost.d; ++k) acc[k] = T(0);
+    const T ho = rows ? hf[b * cost.n + o] : hg[b * cost.m + o];
+    if (!(ho > T(-INFINITY))) continue;
+    for (int64_t q = 0; q < inner; ++q) {
+      const int64_t i = rows ? o : q, j = rows ? q : o;
+      const T hq = rows ? hg[b * cost.m + j] : hf[b * cost.n + i];
+      const T P = dexp(ho + (hq - cost(b, i, j) * inv_eps));
+      if (P == T(0)) continue;
+      const T* xi = cost.x + (b * cost.n + i) * cost.d;
+      const T* yj = cost.y + (b * cost.m + j) * cost.d;
+      for (int64_t k = 0; k < cost.d; ++k) {
+        const T diff = xi[k] - yj[k];
+        const T dc = cost.p == 2 ? T(2) * diff : T((diff > T(0)) - (diff < T(0)));
+        acc[k] += rows ? P * dc : -P * dc;
+      }
+    }
+  }
+}
+
 template <typename T>
 __global__ void sparse_hvp_kernel(const int64_t* __restrict__ idx, const T* __restrict__ val, const T* __restrict__ xf,
                                   const T* __restrict__ xg, T* __restrict__ yf, T* __restrict__ yg, int64_t batch,
@@ -183,9 +233,9 @@ cudaError_t launch_row_lse(const RowLseParams& p, cudaStream_t stream) {
   if (p.batch > 65535) return cudaErrorInvalidConfiguration;
   return by_dtype(p.dbl, [&](auto tag) {
     using T = decltype(tag);
+    const MatrixCost<T> cost{static_cast<const T*>(p.C), p.c_bstride, p.m};
     row_lse_kernel<T><<<dim3(static_cast<unsigned>(p.n), static_cast<unsigned>(p.batch)), kRowThreads, 0, stream>>>(
-        static_cast<const T*>(p.C), p.c_bstride, static_cast<const T*>(p.h), static_cast<T*>(p.out), p.n, p.m,
-        static_cast<T>(p.inv_eps));
+        cost, static_cast<const T*>(p.h), static_cast<T*>(p.out), p.n, p.m, static_cast<T>(p.inv_eps));
   });
 }
 
@@ -195,9 +245,41 @@ cudaError_t launch_col_lse(const ColLseParams& p, cudaStream_t stream) {
   return by_dtype(p.dbl, [&](auto tag) {
     using T = decltype(tag);
     const dim3 grid(static_cast<unsigned>((p.m + kColTile - 1) / kColTile), static_cast<unsigned>(p.batch));
-    col_lse_kernel<T><<<grid, dim3(kColTile, kColLanes), 0, stream>>>(static_cast<const T*>(p.C), p.c_bstride,
-                                                                      static_cast<const T*>(p.h), static_cast<T*>(p.out),
-                                                                      p.n, p.m, static_cast<T>(p.inv_eps));
+    const MatrixCost<T> cost{static_cast<const T*>(p.C), p.c_bstride, p.m};
+    col_lse_kernel<T><<<grid, dim3(kColTile, kColLanes), 0, stream>>>(cost, static_cast<const T*>(p.h),
+                                                                      static_cast<T*>(p.out), p.n, p.m,
+                                                                      static_cast<T>(p.inv_eps));
+  });
+}
+
+cudaError_t launch_points_lse(const PointsLseParams& p, cudaStream_t stream) {
+  if (p.batch == 0 || p.n == 0 || p.m == 0) return cudaSuccess;
+  if (p.batch > 65535) return cudaErrorInvalidConfiguration;
+  return by_dtype(p.dbl, [&](auto tag) {
+    using T = decltype(tag);
+    const PointCost<T> cost{static_cast<const T*>(p.x), static_cast<const T*>(p.y), p.n, p.m, p.d, p.p};
+    if (p.rows) {
+      row_lse_kernel<T><<<dim3(static_cast<unsigned>(p.n), static_cast<unsigned>(p.batch)), kRowThreads, 0, stream>>>(
+          cost, static_cast<const T*>(p.h), static_cast<T*>(p.out), p.n, p.m, static_cast<T>(p.inv_eps));
+    } else {
+      const dim3 grid(static_cast<unsigned>((p.m + kColTile - 1) / kColTile), static_cast<unsigned>(p.batch));
+      col_lse_kernel<T><<<grid, dim3(kColTile, kColLanes), 0, stream>>>(cost, static_cast<const T*>(p.h),
+                                                                        static_cast<T*>(p.out), p.n, p.m,
+                                                                        static_cast<T>(p.inv_eps));
+    }
+  });
+}
+
+cudaError_t launch_points_grad(const PointsGradParams& p, cudaStream_t stream) {
+  if (p.batch == 0) return cudaSuccess;
+  return by_dtype(p.dbl, [&](auto tag) {
+    using T = decltype(tag);
+    const PointCost<T> cost{static_cast<const T*>(p.x), static_cast<const T*>(p.y), p.n, p.m, p.d, p.p};
+    const T inv_eps = static_cast<T>(p.inv_eps);
+    points_grad_kernel<T><<<blocks_for(p.batch * p.n, 128), 128, 0, stream>>>(
+        cost, static_cast<const T*>(p.hf), static_cast<const T*>(p.hg), static_cast<T*>(p.gx), p.batch, inv_eps, true);
+    points_grad_kernel<T><<<blocks_for(p.batch * p.m, 128), 128, 0, stream>>>(
+        cost, static_cast<const T*>(p.hf), static_cast<const T*>(p.hg), static_cast<T*>(p.gy), p.batch, inv_eps, false);
   });
 }
 

@@ -79,4 +79,33 @@ struct SparseHvpParams {
 };
 cudaError_t launch_sparse_hvp(const SparseHvpParams& p, cudaStream_t stream);
 
+// Row (rows = true: out [B, n]) or column (out [B, m]) log-sum-exp of point clouds x [B, n, d], y [B, m, d],
+// the costs |x_i - y_j|_p^p recomputed per entry (same kernels and layouts as the matrix versions).
+struct PointsLseParams {
+  const void* x;
+  const void* y;
+  const void* h;   // [B, m] (rows) or [B, n] (columns)
+  void* out;
+  int64_t batch, n, m, d;
+  int p;
+  double inv_eps;
+  bool rows, dbl;
+};
+cudaError_t launch_points_lse(const PointsLseParams& p, cudaStream_t stream);
+
+// gx [B, n, d] = sum_j P_ij dc/dx_i, gy [B, m, d] = sum_i P_ij dc/dy_j, P_ij = exp(hf_i + hg_j - c_ij inv_eps).
+struct PointsGradParams {
+  const void* x;
+  const void* y;
+  const void* hf;  // [B, n]
+  const void* hg;  // [B, m]
+  void* gx;
+  void* gy;
+  int64_t batch, n, m, d;
+  int p;
+  double inv_eps;
+  bool dbl;
+};
+cudaError_t launch_points_grad(const PointsGradParams& p, cudaStream_t stream);
+
 }  // namespace sparseops::ot

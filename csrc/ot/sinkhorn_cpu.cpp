@@ -112,9 +112,47 @@ struct SinkhornOut {
   T* history;  // [history_len], -1-filled by the caller
 };
 
-// One batch entry, start to finish. a [n], b [m], C [n, m] contiguous.
+// Where a pass reads its costs from. MatrixCosts: C [n, m] itself (a tile is a view). PointCosts: the
+// costs of point clouds x [n, d], y [m, d], computed tile by tile into a per-thread buffer of kPointTile
+// scalars (y transposed once per solve, so the inner loops run over contiguous columns): memory O(n + m).
+constexpr int64_t kPointTile = 512;
+
 template <typename T>
-void solve_one(const LseKernels<T>& K, const T* a, const T* b, const T* C, int64_t n, int64_t m, T eps, double rho,
+struct MatrixCosts {
+  const T* C;
+  int64_t m;
+  static constexpr bool kComputed = false;
+  const T* tile(int64_t i, int64_t j0, int64_t, T*) const { return C + i * m + j0; }
+};
+
+template <typename T>
+struct PointCosts {
+  const T* x;   // [n, d]
+  const T* yT;  // [d, m]
+  int64_t m, d;
+  int p;        // 1: L1, 2: squared Euclidean
+  static constexpr bool kComputed = true;
+  const T* tile(int64_t i, int64_t j0, int64_t len, T* buf) const {
+    std::fill(buf, buf + len, T(0));
+    for (int64_t k = 0; k < d; ++k) {
+      const T xv = x[i * d + k];
+      const T* yk = yT + k * m + j0;
+      if (p == 2) {
+        for (int64_t j = 0; j < len; ++j) {
+          const T t = xv - yk[j];
+          buf[j] += t * t;
+        }
+      } else {
+        for (int64_t j = 0; j < len; ++j) buf[j] += std::fabs(xv - yk[j]);
+      }
+    }
+    return buf;
+  }
+};
+
+// One batch entry, start to finish. a [n], b [m]; costs from `costs` (see above).
+template <typename T, typename Costs>
+void solve_one(const LseKernels<T>& K, const T* a, const T* b, const Costs& costs, int64_t n, int64_t m, T eps, double rho,
                double b_factor, const T* g_init, int64_t max_iter, double tol, int64_t check_every,
                const SinkhornOut<T>& out) {
   const T inv_eps = T(1) / eps;
@@ -144,7 +182,18 @@ void solve_one(const LseKernels<T>& K, const T* a, const T* b, const T* C, int64
   for (;; ) {
     // Row pass with the current g: the row log-sum-exps (next f) and, at a check, the row marginals.
     at::parallel_for(0, n, row_grain, [&](int64_t i0, int64_t i1) {
-      for (int64_t i = i0; i < i1; ++i) lr[i] = K.row_lse(C + i * m, hg.data(), inv_eps, m);
+      const int64_t tile = Costs::kComputed ? kPointTile : m;
+      std::vector<T> buf(Costs::kComputed ? kPointTile : 0);
+      for (int64_t i = i0; i < i1; ++i) {
+        T acc = ninf;  // log-sum-exp of the row, merged tile by tile
+        for (int64_t j0 = 0; j0 < m; j0 += tile) {
+          const int64_t len = std::min(tile, m - j0);
+          const T t = K.row_lse(costs.tile(i, j0, len, buf.data()), hg.data() + j0, inv_eps, len);
+          const T hi = std::max(acc, t);
+          acc = hi == ninf ? ninf : hi + std::log(std::exp(acc - hi) + std::exp(t - hi));
+        }
+        lr[i] = acc;
+      }
     });
     const bool last = it == max_iter;
     if (it > 0 && (it % check_every == 0 || last)) {
@@ -169,12 +218,14 @@ void solve_one(const LseKernels<T>& K, const T* a, const T* b, const T* C, int64
     at::parallel_for(0, col_blocks, parallel ? 1 : col_blocks, [&](int64_t b0, int64_t b1) {
       for (int64_t blk = b0; blk < b1; ++blk) {
         const int64_t j0 = blk * col_block, len = std::min(col_block, m - j0);
+        std::vector<T> buf(Costs::kComputed ? len : 0);
         for (int attempt = 0; attempt < 2; ++attempt) {
           std::fill(s.begin() + j0, s.begin() + j0 + len, T(0));
           std::fill(mx.begin() + j0, mx.begin() + j0 + len, ninf);
           for (int64_t i = 0; i < n; ++i) {
             if (hf[i] == ninf) continue;  // zero-mass row: contributes nothing
-            K.col_accum(C + i * m + j0, hf[i], inv_eps, shift.data() + j0, s.data() + j0, mx.data() + j0, len);
+            K.col_accum(costs.tile(i, j0, len, buf.data()), hf[i], inv_eps, shift.data() + j0, s.data() + j0, mx.data() + j0,
+                        len);
           }
           bool redo = false;
           for (int64_t j = j0; j < j0 + len; ++j) {
@@ -239,7 +290,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> sinkhorn_
     const auto one = [&](int64_t e) {
       SinkhornOut<T> o{f.mutable_data_ptr<T>() + e * d.n, g.mutable_data_ptr<T>() + e * d.m, cost.mutable_data_ptr<T>() + e,
                        n_iter.mutable_data_ptr<int64_t>() + e, history.mutable_data_ptr<T>() + e * args.history};
-      solve_one<T>(K, ap + e * d.n, bp + e * d.m, cp + e * cstride, d.n, d.m, static_cast<T>(eps), rho_v, fac[e],
+      solve_one<T>(K, ap + e * d.n, bp + e * d.m, MatrixCosts<T>{cp + e * cstride, d.m}, d.n, d.m, static_cast<T>(eps), rho_v, fac[e],
                    gp != nullptr ? gp + e * d.m : nullptr, max_iter, tol, check_every, o);
     };
     if (d.batch >= at::get_num_threads()) {
@@ -253,6 +304,125 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> sinkhorn_
   AT_DISPATCH_SWITCH(C.scalar_type(), "sinkhorn_log", AT_DISPATCH_CASE(at::kFloat, [&] { run(float{}); })
                                                           AT_DISPATCH_CASE(at::kDouble, [&] { run(double{}); }));
   return {f, g, cost, n_iter, history};
+}
+
+// sinkhorn_points: solve_one with PointCosts. Extra memory per batch entry: y transposed (m d scalars), a
+// kPointTile buffer per thread, and the solver's ~4 (n + m) scalars: no n x m buffer.
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> sinkhorn_points_cpu(
+    const at::Tensor& x, const at::Tensor& y, const at::Tensor& a, const at::Tensor& b, double eps, int64_t p,
+    int64_t max_iter, double tol, int64_t check_every, std::optional<double> rho) {
+  constexpr const char* op = "sinkhorn_points";
+  const PointDims d = check_point_shapes(op, x, y, a, b, p);
+  check_eps(op, eps);
+  TORCH_CHECK(max_iter >= 1, op, ": expected max_iter >= 1 (got ", max_iter, ")");
+  TORCH_CHECK(check_every >= 1, op, ": expected check_every >= 1 (got ", check_every, ")");
+  TORCH_CHECK(std::isfinite(tol) && tol >= 0, op, ": expected tol to be finite and >= 0 (got ", tol, ")");
+  if (rho.has_value()) TORCH_CHECK(*rho > 0, op, ": expected rho > 0 (got ", *rho, "; None is balanced transport)");
+  check_device_type(op, "x", x, at::kCPU);
+  check_marginal_values(op, a, b);
+  check_point_values(op, x, y);
+  const double rho_v = rho.has_value() && std::isfinite(*rho) ? *rho : 0.0;
+  const at::Tensor factor = rho_v > 0 ? at::ones({d.batch}, a.options().dtype(at::kDouble)) : check_balanced_masses(op, a, b);
+  const int64_t history_len = (max_iter + check_every - 1) / check_every;
+  const at::Tensor xc = x.contiguous(), yT = y.transpose(1, 2).contiguous(), ac = a.contiguous(), bc = b.contiguous();
+  at::Tensor f = at::empty({d.batch, d.n}, a.options()), g = at::empty({d.batch, d.m}, a.options());
+  at::Tensor cost = at::empty({d.batch}, a.options());
+  at::Tensor n_iter = at::empty({d.batch}, a.options().dtype(at::kLong));
+  at::Tensor history = at::full({d.batch, history_len}, -1.0, a.options());
+  const auto run = [&](auto tag) {
+    using T = decltype(tag);
+    const LseKernels<T> K = lse_kernels<T>();
+    const double* fac = factor.const_data_ptr<double>();
+    const auto one = [&](int64_t e) {
+      SinkhornOut<T> o{f.mutable_data_ptr<T>() + e * d.n, g.mutable_data_ptr<T>() + e * d.m, cost.mutable_data_ptr<T>() + e,
+                       n_iter.mutable_data_ptr<int64_t>() + e, history.mutable_data_ptr<T>() + e * history_len};
+      const PointCosts<T> costs{xc.const_data_ptr<T>() + e * d.n * d.d, yT.const_data_ptr<T>() + e * d.m * d.d, d.m, d.d,
+                                static_cast<int>(p)};
+      solve_one<T>(K, ac.const_data_ptr<T>() + e * d.n, bc.const_data_ptr<T>() + e * d.m, costs, d.n, d.m,
+                   static_cast<T>(eps), rho_v, fac[e], nullptr, max_iter, tol, check_every, o);
+    };
+    if (d.batch >= at::get_num_threads()) {
+      at::parallel_for(0, d.batch, 1, [&](int64_t e0, int64_t e1) {
+        for (int64_t e = e0; e < e1; ++e) one(e);
+      });
+    } else {
+      for (int64_t e = 0; e < d.batch; ++e) one(e);
+    }
+  };
+  AT_DISPATCH_SWITCH(x.scalar_type(), op, AT_DISPATCH_CASE(at::kFloat, [&] { run(float{}); })
+                                              AT_DISPATCH_CASE(at::kDouble, [&] { run(double{}); }));
+  return {f, g, cost, n_iter, history};
+}
+
+// ot_points_grad: per row, the plan tile by tile (plan_row on recomputed costs), accumulated into
+// gx_i = sum_j P_ij dc/dx_i and gy_j = sum_i P_ij dc/dy_j (dc/dx = 2 (x - y) for p = 2, sign(x - y) for
+// p = 1; dc/dy = -dc/dx). Extra memory: y transposed, threads x m x d partial sums for gy, two tiles per thread.
+std::tuple<at::Tensor, at::Tensor> ot_points_grad_cpu(const at::Tensor& x, const at::Tensor& y, const at::Tensor& a,
+                                                      const at::Tensor& b, const at::Tensor& f, const at::Tensor& g,
+                                                      double eps, int64_t p) {
+  constexpr const char* op = "ot_points_grad";
+  const PointDims d = check_point_shapes(op, x, y, a, b, p);
+  check_eps(op, eps);
+  for (const auto& [name, t, len] : {std::tuple<const char*, const at::Tensor&, int64_t>{"f", f, d.n}, {"g", g, d.m}}) {
+    TORCH_CHECK_TYPE(t.scalar_type() == x.scalar_type(), op, ": expected ", name, " to have x's dtype (got ",
+                     t.scalar_type(), ")");
+    TORCH_CHECK(t.dim() == 2 && t.size(0) == d.batch && t.size(1) == len, op, ": expected ", name, " of shape [",
+                d.batch, ", ", len, "] (got ", t.sizes(), ")");
+  }
+  check_device_type(op, "x", x, at::kCPU);
+  const at::Tensor xc = x.contiguous(), yT = y.transpose(1, 2).contiguous(), ac = a.contiguous(), bc = b.contiguous();
+  const at::Tensor fc = f.contiguous(), gc = g.contiguous();
+  at::Tensor gx = at::zeros({d.batch, d.n, d.d}, x.options()), gyT = at::zeros({d.batch, d.d, d.m}, x.options());
+  const auto run = [&](auto tag) {
+    using T = decltype(tag);
+    const LseKernels<T> K = lse_kernels<T>();
+    const T inv_eps = static_cast<T>(1.0 / eps);
+    const int64_t threads = at::get_num_threads();
+    std::vector<T> partial(threads * d.d * d.m), hg(d.m);
+    for (int64_t e = 0; e < d.batch; ++e) {
+      const PointCosts<T> costs{xc.const_data_ptr<T>() + e * d.n * d.d, yT.const_data_ptr<T>() + e * d.m * d.d, d.m, d.d,
+                                static_cast<int>(p)};
+      const T* ap = ac.const_data_ptr<T>() + e * d.n;
+      const T* bp = bc.const_data_ptr<T>() + e * d.m;
+      const T* fp = fc.const_data_ptr<T>() + e * d.n;
+      const T* gp = gc.const_data_ptr<T>() + e * d.m;
+      for (int64_t j = 0; j < d.m; ++j) hg[j] = ot_h(ot_log_weight<T>(bp[j]), gp[j] * inv_eps);
+      std::fill(partial.begin(), partial.end(), T(0));
+      T* gxp = gx.mutable_data_ptr<T>() + e * d.n * d.d;
+      at::parallel_for(0, d.n, std::max<int64_t>(1, 16384 / (d.m * d.d)), [&](int64_t i0, int64_t i1) {
+        std::vector<T> cbuf(kPointTile), pbuf(kPointTile);
+        T* gyp = partial.data() + at::get_thread_num() * d.d * d.m;
+        for (int64_t i = i0; i < i1; ++i) {
+          const T hi = ot_h(ot_log_weight<T>(ap[i]), fp[i] * inv_eps);
+          if (hi == -std::numeric_limits<T>::infinity()) continue;
+          for (int64_t j0 = 0; j0 < d.m; j0 += kPointTile) {
+            const int64_t len = std::min(kPointTile, d.m - j0);
+            K.plan_row(costs.tile(i, j0, len, cbuf.data()), hi, hg.data() + j0, inv_eps, pbuf.data(), len);
+            for (int64_t k = 0; k < d.d; ++k) {
+              const T xv = costs.x[i * d.d + k];
+              const T* yk = costs.yT + k * d.m + j0;
+              T* gyk = gyp + k * d.m + j0;
+              T acc = 0;
+              for (int64_t j = 0; j < len; ++j) {
+                const T diff = xv - yk[j];
+                const T t = pbuf[j] * (p == 2 ? T(2) * diff : T((diff > 0) - (diff < 0)));
+                acc += t;
+                gyk[j] -= t;
+              }
+              gxp[i * d.d + k] += acc;
+            }
+          }
+        }
+      });
+      T* gyo = gyT.mutable_data_ptr<T>() + e * d.d * d.m;
+      for (int64_t t = 0; t < threads; ++t) {
+        for (int64_t q = 0; q < d.d * d.m; ++q) gyo[q] += partial[t * d.d * d.m + q];
+      }
+    }
+  };
+  AT_DISPATCH_SWITCH(x.scalar_type(), op, AT_DISPATCH_CASE(at::kFloat, [&] { run(float{}); })
+                                              AT_DISPATCH_CASE(at::kDouble, [&] { run(double{}); }));
+  return {gx, gyT.transpose(1, 2).contiguous()};
 }
 
 // P[e, i, j] = a_i b_j exp((f_i + g_j - C_ij) / eps). Extra memory: (n + m) scalars per batch entry.
@@ -348,6 +518,8 @@ TORCH_LIBRARY_IMPL(sparseops, CPU, m) {
   m.impl("sinkhorn_log", &sinkhorn_log_cpu);
   m.impl("ot_plan", &ot_plan_cpu);
   m.impl("ot_dual", &ot_dual_cpu);
+  m.impl("sinkhorn_points", &sinkhorn_points_cpu);
+  m.impl("ot_points_grad", &ot_points_grad_cpu);
 }
 
 }  // namespace sparseops::ot

@@ -61,16 +61,24 @@ class OTResult:
     err_history: Tensor
     a: Tensor
     b: Tensor
-    C: Tensor
+    C: Optional[Tensor]
     eps: float
+    points: Optional[tuple] = None  # (x, y, p) for sinkhorn_points, whose C is never materialised
 
     def plan(self) -> Tensor:
         """The transport plan ``P_ij = a_i b_j exp((f_i + g_j - C_ij) / eps)``: ``[B, n, m]`` (``[n, m]``
-        unbatched). Materialised on demand: n * m scalars per batch entry."""
+        unbatched). Materialised on demand: n * m scalars per batch entry (point clouds: the cost matrix
+        too, once)."""
         unbatched = self.f.dim() == 1
         a, b = (self.a.unsqueeze(0), self.b.unsqueeze(0)) if unbatched else (self.a, self.b)
         f, g = (self.f.unsqueeze(0), self.g.unsqueeze(0)) if unbatched else (self.f, self.g)
-        P = _ops.ot_plan(a, b, self.C, f, g, self.eps)
+        C = self.C
+        if C is None:
+            from .cost import cost_matrix
+
+            x, y, p = self.points
+            C = cost_matrix(x.detach(), y.detach(), p)
+        P = _ops.ot_plan(a, b, C, f, g, self.eps)
         return P[0] if unbatched else P
 
 
