@@ -1,6 +1,7 @@
 #pragma once
 // The inner loops of the CPU ot kernels behind one table, filled once per call for the ISA that
 // sparseops::cpu_isa() picks (AVX-512, AVX2 or portable; see lse_kernels.h for what each loop does).
+#include <algorithm>
 #include <cstdint>
 
 namespace sparseops::ot {
@@ -12,6 +13,14 @@ struct LseKernels {
   void (*plan_row)(const T* c, T hi, const T* h, T inv_eps, T* out, int64_t len);
   T (*dual_row)(const T* c, T hi, const T* h, T inv_eps, const T* wr, T wi, T* colsum, int64_t len);
 };
+
+// Row grain of a pass over an n x m problem: passes under 2^18 entries run on one thread (~100 us or less
+// of work: an OpenMP fork/join costs more than it saves whenever another process holds a core, and up to
+// milliseconds then); larger ones split rows so that each chunk has ~`entries` entries.
+inline int64_t ot_row_grain(int64_t n, int64_t m, int64_t entries = 16384) {
+  if (n * m < (int64_t(1) << 18)) return n;
+  return std::max<int64_t>(1, entries / std::max<int64_t>(1, m));
+}
 
 // Defined in sinkhorn_cpu.cpp for float and double.
 template <typename T>

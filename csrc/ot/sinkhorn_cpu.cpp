@@ -389,7 +389,7 @@ std::tuple<at::Tensor, at::Tensor> ot_points_grad_cpu(const at::Tensor& x, const
       for (int64_t j = 0; j < d.m; ++j) hg[j] = ot_h(ot_log_weight<T>(bp[j]), gp[j] * inv_eps);
       std::fill(partial.begin(), partial.end(), T(0));
       T* gxp = gx.mutable_data_ptr<T>() + e * d.n * d.d;
-      at::parallel_for(0, d.n, std::max<int64_t>(1, 16384 / (d.m * d.d)), [&](int64_t i0, int64_t i1) {
+      at::parallel_for(0, d.n, ot_row_grain(d.n, d.m * d.d), [&](int64_t i0, int64_t i1) {
         std::vector<T> cbuf(kPointTile), pbuf(kPointTile);
         T* gyp = partial.data() + at::get_thread_num() * d.d * d.m;
         for (int64_t i = i0; i < i1; ++i) {
@@ -446,7 +446,7 @@ at::Tensor ot_plan_cpu(const at::Tensor& a, const at::Tensor& b, const at::Tenso
       T* pp = P.mutable_data_ptr<T>() + e * d.n * d.m;
       std::vector<T> hg(d.m);
       for (int64_t j = 0; j < d.m; ++j) hg[j] = ot_h(ot_log_weight<T>(bp[j]), gp[j] * inv_eps);
-      at::parallel_for(0, d.n, std::max<int64_t>(1, 16384 / d.m), [&](int64_t i0, int64_t i1) {
+      at::parallel_for(0, d.n, ot_row_grain(d.n, d.m), [&](int64_t i0, int64_t i1) {
         for (int64_t i = i0; i < i1; ++i) {
           const T hi = ot_h(ot_log_weight<T>(ap[i]), fp[i] * inv_eps);
           if (hi == -std::numeric_limits<T>::infinity()) {
@@ -488,7 +488,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ot_dual_cpu(const at::Tensor& a, 
       T* rp = row.mutable_data_ptr<T>() + e * d.n;
       for (int64_t j = 0; j < d.m; ++j) gs[j] = gc.const_data_ptr<T>()[e * d.m + j] * inv_eps;
       std::fill(partial.begin(), partial.end(), T(0));
-      at::parallel_for(0, d.n, std::max<int64_t>(1, 16384 / d.m), [&](int64_t i0, int64_t i1) {
+      at::parallel_for(0, d.n, ot_row_grain(d.n, d.m), [&](int64_t i0, int64_t i1) {
         T* colsum = partial.data() + at::get_thread_num() * d.m;
         for (int64_t i = i0; i < i1; ++i) {
           rp[i] = K.dual_row(cp + i * d.m, fp[i] * inv_eps, gs.data(), inv_eps, bp, ap[i], ap[i] > 0 ? colsum : nullptr, d.m);

@@ -39,7 +39,7 @@ std::tuple<at::Tensor, at::Tensor> ot_sparse_plan_cpu(const at::Tensor& a, const
       const T* cp = Cc.const_data_ptr<T>() + e * cstride;
       std::vector<T> hg(d.m);
       for (int64_t j = 0; j < d.m; ++j) hg[j] = ot_h(ot_log_weight<T>(bp[j]), gp[j] * inv_eps);
-      at::parallel_for(0, d.n, std::max<int64_t>(1, 4096 / d.m), [&](int64_t i0, int64_t i1) {
+      at::parallel_for(0, d.n, ot_row_grain(d.n, d.m, 4096), [&](int64_t i0, int64_t i1) {
         std::vector<T> x(d.m);
         std::vector<std::pair<T, int64_t>> heap(k);  // the k largest so far, smallest on top
         const auto greater = [](const std::pair<T, int64_t>& p, const std::pair<T, int64_t>& q) { return p.first > q.first; };
