@@ -1,7 +1,8 @@
 """ot cases: log-domain Sinkhorn per iteration (fixed iteration count, tol = 0) against POT's
 ``ot.sinkhorn`` ("sinkhorn", "sinkhorn_log", "sinkhorn_stabilized") and GeomLoss's tensorised Sinkhorn
 loop; time to a 1e-9 marginal error (Sinkhorn-Newton-Sparse and our Sinkhorn against every POT method
-that gets there); batched problems against the same peers looped (POT) or batched (GeomLoss).
+that gets there); batched problems against the same peers looped (POT) or batched (GeomLoss); point
+clouds (costs recomputed, memory O(n + m)) against GeomLoss tensorised (which builds the cost matrices).
 
 Problems: n = m random points in the unit square, squared Euclidean costs divided by their maximum
 (a normalised cost), uniform marginals, float64 (POT's default precision) unless stated. A peer that
@@ -190,3 +191,40 @@ def sinkhorn_batched_cases(device: str, quick: bool):
         yield _batched_case(64, 256, 1e-2, device, 10)
 
 
+
+
+def _points_case(n: int, eps: float, device: str, iters: int) -> Case:
+    gen = torch.Generator().manual_seed(0)
+    x = torch.rand(1, n, 3, generator=gen).to(device)
+    y = torch.rand(1, n, 3, generator=gen).to(device)
+    a = torch.full((1, n), 1.0 / n, device=device)
+    impls = {"sparseops": lambda: torch.ops.sparseops.sinkhorn_points(x, y, a, a, eps, 2, iters, 0.0, iters)}
+    if _gl_loop is None:
+        impls["geomloss_tensorized"] = unavailable(_NO_GEOMLOSS)
+    elif n * n * 4 * 3 > (8 << 30):
+        impls["geomloss_tensorized"] = unavailable(f"GeomLoss tensorised needs n x m cost matrices ({3 * n * n * 4 >> 30} GiB)")
+    else:
+        a_log = a.log()
+
+        def geomloss_run():  # GeomLoss builds C and C^T from the points on every call, as SamplesLoss does
+            C = sparseops.ot.cost_matrix(x, y)
+            with torch.no_grad():
+                return _gl_loop(_gl_softmin, a_log, a_log, None, None, C, C.transpose(1, 2).contiguous(), [eps] * iters,
+                                None, debias=False, last_extrapolation=False)
+
+        impls["geomloss_tensorized"] = geomloss_run
+    return Case(
+        label=f"fp32 point clouds n=m={n} d=3 eps={eps:g} x{iters} iterations",
+        params={"n": n, "m": n, "d": 3, "eps": eps, "dtype": "fp32", "iterations": iters},
+        impls=impls,
+        baseline="geomloss_tensorized",
+        flops=iters * 2 * n * n * (3 * 3 + 20),  # per pair and pass: the cost (3 sub, 3 fma) + ~20 for the exp
+    )
+
+
+@register("ot", "sinkhorn_points")
+def sinkhorn_points_cases(device: str, quick: bool):
+    if quick:
+        yield _points_case(2000, 1e-2, device, 3)
+    else:
+        yield _points_case(10000, 1e-2, device, 2)
