@@ -1,4 +1,5 @@
-// sinkhorn_log, ot_plan, ot_dual on CPU (log-domain entropic OT; conventions in ot/ot_math.h).
+// sinkhorn_log, ot_plan, ot_dual, sinkhorn_points, ot_points_grad on CPU (log-domain entropic OT;
+// conventions in ot/ot_math.h).
 //
 // Why the whole iteration loop is one op (not one op per half-iteration): at n = 300 a half-iteration
 // is ~20-40 us of arithmetic, about what a Python-level dispatch of an op costs; a loop in C++ keeps the
@@ -7,7 +8,7 @@
 //
 // Passes (each reads C once; no exp(-C/eps) or C/eps copy is ever built):
 //   row pass (f-update): per row, max_j x_ij then sum_j exp(x_ij - max), x_ij = log b_j + g_j/eps - C_ij/eps;
-//       the second sweep reads the row from cache. Rows are split across threads.
+//       the second sweep reads the row from cache (vectors whose terms are all negligible skip the exp).
 //   column pass (g-update): C is walked in blocks of columns, each block row by row (contiguous
 //       segments, never a strided column walk), keeping per-column running sums of exp(x_ij - shift_j)
 //       and maxima. shift_j is the column's log-sum-exp from the previous iteration; if the maximum ended
@@ -19,7 +20,8 @@
 //   so the column marginals are exact and the error is the row error.
 // Batches: with at least as many batch entries as threads, one thread solves whole entries (no sync
 // per half-iteration; nested at::parallel_for runs inline); otherwise entries run one after the other
-// with the passes parallel.
+// with the passes parallel when a pass has at least 2^18 entries (smaller passes run on one thread:
+// see ot_row_grain). Point clouds run the same solver with costs computed per tile (PointCosts).
 // Extra memory per batch entry being solved: ~4 (n + m) scalars (logs of the marginals, scaled
 // potentials, LSE buffers, column shifts/sums/maxima) plus the outputs.
 #include <ATen/Parallel.h>
