@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <functional>
 #include <limits>
 #include <vector>
 
@@ -16,10 +17,10 @@
 namespace sparseops::ot {
 namespace {
 
-// idx[e, i, :] = the k columns with the largest P_ij in row i (in heap order; among equal values the
-// earlier column is kept), val = those P_ij. Selection, not sorting: one pass with a k-entry min-heap,
-// O(m + r log k) per row for r replacements (few on typical rows). Rows of zero mass get val = 0.
-// Extra memory: m + 2k scalars per thread.
+// idx[e, i, :] = the k columns with the largest P_ij in row i (in column order; among equal values the
+// lower column is kept), val = those P_ij. Selection, not sorting: std::nth_element on a copy of the
+// row's log-values finds the k-th largest (O(m) on average), two passes collect the columns. Rows of
+// zero mass get val = 0. Extra memory: 2 m scalars + k indices per thread.
 std::tuple<at::Tensor, at::Tensor> ot_sparse_plan_cpu(const at::Tensor& a, const at::Tensor& b, const at::Tensor& C,
                                                       const at::Tensor& f, const at::Tensor& g, double eps, int64_t k) {
   const OtDims d = check_ot_sparse_plan_inputs(a, b, C, f, g, eps, k);
@@ -40,27 +41,29 @@ std::tuple<at::Tensor, at::Tensor> ot_sparse_plan_cpu(const at::Tensor& a, const
       std::vector<T> hg(d.m);
       for (int64_t j = 0; j < d.m; ++j) hg[j] = ot_h(ot_log_weight<T>(bp[j]), gp[j] * inv_eps);
       at::parallel_for(0, d.n, ot_row_grain(d.n, d.m, 4096), [&](int64_t i0, int64_t i1) {
-        std::vector<T> x(d.m);
-        std::vector<std::pair<T, int64_t>> heap(k);  // the k largest so far, smallest on top
-        const auto greater = [](const std::pair<T, int64_t>& p, const std::pair<T, int64_t>& q) { return p.first > q.first; };
+        std::vector<T> x(d.m), tmp(d.m);
+        std::vector<int64_t> pick(k);
         for (int64_t i = i0; i < i1; ++i) {
           const T* ci = cp + i * d.m;
           for (int64_t j = 0; j < d.m; ++j) x[j] = hg[j] - ci[j] * inv_eps;  // log P_ij up to the row's constant
-          for (int64_t j = 0; j < k; ++j) heap[j] = {x[j], j};
-          std::make_heap(heap.begin(), heap.end(), greater);
-          for (int64_t j = k; j < d.m; ++j) {
-            if (x[j] > heap.front().first) {  // most entries fail this test: O(m) per row on average
-              std::pop_heap(heap.begin(), heap.end(), greater);
-              heap.back() = {x[j], j};
-              std::push_heap(heap.begin(), heap.end(), greater);
-            }
+          // The k-th largest value by selection on a copy (O(m)), then the indices above it in column
+          // order, then ties at it from the lowest column until k are taken.
+          std::copy(x.begin(), x.end(), tmp.begin());
+          std::nth_element(tmp.begin(), tmp.begin() + (k - 1), tmp.end(), std::greater<T>());
+          const T tau = tmp[k - 1];
+          int64_t cnt = 0;
+          for (int64_t j = 0; j < d.m && cnt < k; ++j) {
+            if (x[j] > tau) pick[cnt++] = j;
+          }
+          for (int64_t j = 0; j < d.m && cnt < k; ++j) {
+            if (x[j] == tau) pick[cnt++] = j;
           }
           const T hi = ot_h(ot_log_weight<T>(ap[i]), fp[i] * inv_eps);
           int64_t* io = idx.mutable_data_ptr<int64_t>() + (e * d.n + i) * k;
           T* vo = val.mutable_data_ptr<T>() + (e * d.n + i) * k;
           for (int64_t t = 0; t < k; ++t) {
-            io[t] = heap[t].second;
-            vo[t] = hi == -std::numeric_limits<T>::infinity() ? T(0) : std::exp(hi + heap[t].first);
+            io[t] = pick[t];
+            vo[t] = hi == -std::numeric_limits<T>::infinity() ? T(0) : std::exp(hi + x[pick[t]]);
           }
         }
       });
