@@ -128,6 +128,45 @@ typename S::T row_lse(const typename S::T* c, const typename S::T* h, typename S
 }
 
 template <typename S>
+typename S::T row_exp(const typename S::T* c, const typename S::T* h, typename S::T inv_eps, typename S::T* mx_out,
+                      typename S::T* e, int64_t len) {
+  using T = typename S::T;
+  using V = typename S::V;
+  const T ninf = -std::numeric_limits<T>::infinity();
+  const V vi = S::set1(inv_eps);
+  V vmax = S::set1(ninf);
+  for (int64_t j = 0; j < len; j += S::kW) {
+    const auto k = S::tail(len - j);
+    vmax = S::mask_max(vmax, k, vmax, S::fnmadd(S::load(k, c + j), vi, S::load(k, h + j)));
+  }
+  const T mx = S::reduce_max(vmax);
+  *mx_out = mx;
+  const V vm = S::set1(mx == ninf ? T(0) : mx), thr = S::set1(mx - S::kSkip), zero = S::set1(T(0));
+  V acc = zero;
+  for (int64_t j = 0; j < len; j += S::kW) {
+    const auto k = S::tail(len - j);
+    const V x = S::fnmadd(S::load(k, c + j), vi, S::load(k, h + j));
+    if (!S::any_gt(x, thr)) {
+      S::store(k, e + j, zero);
+      continue;
+    }
+    const V v = S::maskz_mov(k, S::exp(S::sub(x, vm)));
+    S::store(k, e + j, v);
+    acc = S::add(acc, v);
+  }
+  return S::reduce_add(acc);
+}
+
+template <typename S>
+void axpy(const typename S::T* e, typename S::T alpha, typename S::T* acc, int64_t len) {
+  const typename S::V va = S::set1(alpha);
+  for (int64_t j = 0; j < len; j += S::kW) {
+    const auto k = S::tail(len - j);
+    S::store(k, acc + j, S::fmadd(va, S::load(k, e + j), S::load(k, acc + j)));
+  }
+}
+
+template <typename S>
 void col_accum(const typename S::T* c, typename S::T hi, typename S::T inv_eps, const typename S::T* shift,
                typename S::T* s, typename S::T* mx, int64_t len) {
   using V = typename S::V;
@@ -174,6 +213,14 @@ typename S::T dual_row(const typename S::T* c, typename S::T hi, const typename 
 
 float row_lse_avx512(const float* c, const float* h, float inv_eps, int64_t len) { return row_lse<F32>(c, h, inv_eps, len); }
 double row_lse_avx512(const double* c, const double* h, double inv_eps, int64_t len) { return row_lse<F64>(c, h, inv_eps, len); }
+float row_exp_avx512(const float* c, const float* h, float inv_eps, float* mx, float* e, int64_t len) {
+  return row_exp<F32>(c, h, inv_eps, mx, e, len);
+}
+double row_exp_avx512(const double* c, const double* h, double inv_eps, double* mx, double* e, int64_t len) {
+  return row_exp<F64>(c, h, inv_eps, mx, e, len);
+}
+void axpy_avx512(const float* e, float alpha, float* acc, int64_t len) { axpy<F32>(e, alpha, acc, len); }
+void axpy_avx512(const double* e, double alpha, double* acc, int64_t len) { axpy<F64>(e, alpha, acc, len); }
 void col_accum_avx512(const float* c, float hi, float inv_eps, const float* shift, float* s, float* mx, int64_t len) {
   col_accum<F32>(c, hi, inv_eps, shift, s, mx, len);
 }

@@ -20,6 +20,18 @@ double row_lse_avx512(const double* c, const double* h, double inv_eps, int64_t 
 float row_lse_avx2(const float* c, const float* h, float inv_eps, int64_t len);
 double row_lse_avx2(const double* c, const double* h, double inv_eps, int64_t len);
 
+// Fused pass, one row: *mx = max_j x_j; e[j] = exp(x_j - *mx) (0 for a skipped vector); returns sum_j e[j].
+// The caller turns e into the row's column contributions with axpy (see sinkhorn_cpu.cpp).
+float row_exp_avx512(const float* c, const float* h, float inv_eps, float* mx, float* e, int64_t len);
+double row_exp_avx512(const double* c, const double* h, double inv_eps, double* mx, double* e, int64_t len);
+float row_exp_avx2(const float* c, const float* h, float inv_eps, float* mx, float* e, int64_t len);
+double row_exp_avx2(const double* c, const double* h, double inv_eps, double* mx, double* e, int64_t len);
+// acc[j] += alpha * e[j].
+void axpy_avx512(const float* e, float alpha, float* acc, int64_t len);
+void axpy_avx512(const double* e, double alpha, double* acc, int64_t len);
+void axpy_avx2(const float* e, float alpha, float* acc, int64_t len);
+void axpy_avx2(const double* e, double alpha, double* acc, int64_t len);
+
 // Column pass, one row of a column block: x_j = hi - c_j * inv_eps;
 //   mx[j] = max(mx[j], x_j);  s[j] += exp(x_j - shift[j]).
 // The caller checks afterwards that max - shift stayed within a safe window (else it redoes the

@@ -53,6 +53,25 @@ T row_lse_portable(const T* c, const T* h, T inv_eps, int64_t len) {
 }
 
 template <typename T>
+T row_exp_portable(const T* c, const T* h, T inv_eps, T* mx_out, T* e, int64_t len) {
+  T mx = -std::numeric_limits<T>::infinity();
+  for (int64_t j = 0; j < len; ++j) mx = std::max(mx, h[j] - c[j] * inv_eps);
+  *mx_out = mx;
+  const T m0 = mx == -std::numeric_limits<T>::infinity() ? T(0) : mx;
+  T s = 0;
+  for (int64_t j = 0; j < len; ++j) {
+    e[j] = std::exp(h[j] - c[j] * inv_eps - m0);
+    s += e[j];
+  }
+  return s;
+}
+
+template <typename T>
+void axpy_portable(const T* e, T alpha, T* acc, int64_t len) {
+  for (int64_t j = 0; j < len; ++j) acc[j] += alpha * e[j];
+}
+
+template <typename T>
 void col_accum_portable(const T* c, T hi, T inv_eps, const T* shift, T* s, T* mx, int64_t len) {
   for (int64_t j = 0; j < len; ++j) {
     const T x = hi - c[j] * inv_eps;
@@ -82,18 +101,24 @@ T dual_row_portable(const T* c, T hi, const T* h, T inv_eps, const T* wr, T wi, 
 
 template <typename T>
 LseKernels<T> lse_kernels() {
-  LseKernels<T> k{&row_lse_portable<T>, &col_accum_portable<T>, &plan_row_portable<T>, &dual_row_portable<T>};
+  LseKernels<T> k{&row_lse_portable<T>, &col_accum_portable<T>, &plan_row_portable<T>, &dual_row_portable<T>,
+                  &row_exp_portable<T>, &axpy_portable<T>, T(0)};
 #if SPARSEOPS_X86_KERNELS
   using RowFn = T (*)(const T*, const T*, T, int64_t);
   using ColFn = void (*)(const T*, T, T, const T*, T*, T*, int64_t);
   using PlanFn = void (*)(const T*, T, const T*, T, T*, int64_t);
   using DualFn = T (*)(const T*, T, const T*, T, const T*, T, T*, int64_t);
+  using ExpFn = T (*)(const T*, const T*, T, T*, T*, int64_t);
+  using AxpyFn = void (*)(const T*, T, T*, int64_t);
+  const T dropped = std::is_same_v<T, float> ? T(9.4e-14) : T(8.8e-27);  // exp(-30), exp(-60): the skip rule
   if (cpu_use_avx512()) {
     k = {static_cast<RowFn>(&cpu::row_lse_avx512), static_cast<ColFn>(&cpu::col_accum_avx512),
-         static_cast<PlanFn>(&cpu::plan_row_avx512), static_cast<DualFn>(&cpu::dual_row_avx512)};
+         static_cast<PlanFn>(&cpu::plan_row_avx512), static_cast<DualFn>(&cpu::dual_row_avx512),
+         static_cast<ExpFn>(&cpu::row_exp_avx512), static_cast<AxpyFn>(&cpu::axpy_avx512), dropped};
   } else if (cpu_use_avx2()) {
     k = {static_cast<RowFn>(&cpu::row_lse_avx2), static_cast<ColFn>(&cpu::col_accum_avx2),
-         static_cast<PlanFn>(&cpu::plan_row_avx2), static_cast<DualFn>(&cpu::dual_row_avx2)};
+         static_cast<PlanFn>(&cpu::plan_row_avx2), static_cast<DualFn>(&cpu::dual_row_avx2),
+         static_cast<ExpFn>(&cpu::row_exp_avx2), static_cast<AxpyFn>(&cpu::axpy_avx2), dropped};
   }
 #endif
   return k;
@@ -179,11 +204,45 @@ void solve_one(const LseKernels<T>& K, const T* a, const T* b, const Costs& cost
   const int64_t col_block = std::clamp<int64_t>(((m + threads - 1) / threads + 15) / 16 * 16, 64, kColBlockMax);
   const int64_t col_blocks = (m + col_block - 1) / col_block;
   const bool balanced = !(rho > 0);
+  // Fused iteration (balanced, a dense C, every b_j > 0): the row pass keeps the row's terms
+  // e_ij = exp(x_ij - max_i) in an L1 buffer, and since the new f makes the column terms
+  //   exp(hf_i - C_ij/eps) = e_ij * alpha_i * exp(-hg_j),  alpha_i = exp(hf_i + max_i) = a_i / S_i
+  // (S_i the row's sum of e), adds alpha_i e_i into per-thread column sums: the g-update then needs no
+  // exp and no second read of C (one read of C and one exp per entry per iteration). alpha_i <= a_i and
+  // e <= 1 cannot overflow; a column whose sum is not well above the largest term that the row pass may
+  // have dropped (K.dropped * sum(alpha), relative to rounding) falls back to the exact column pass for
+  // that iteration (early iterations at small eps, where a column's mass sits far below every row's max).
+  bool fusable = balanced && !Costs::kComputed;
+  for (int64_t j = 0; j < m && fusable; ++j) fusable = lb[j] > ninf;
+  const T rel_round = std::is_same_v<T, float> ? T(6e-8) : T(1.2e-16);
+  std::vector<T> colpart(fusable ? threads * m : 0), alpha_part(fusable ? threads : 0);
 
   int64_t it = 0, checks = 0;
   for (;; ) {
+    if (fusable) {
+      std::fill(colpart.begin(), colpart.end(), T(0));
+      std::fill(alpha_part.begin(), alpha_part.end(), T(0));
+    }
     // Row pass with the current g: the row log-sum-exps (next f) and, at a check, the row marginals.
     at::parallel_for(0, n, row_grain, [&](int64_t i0, int64_t i1) {
+      if constexpr (!Costs::kComputed) {
+       if (fusable) {
+        const int64_t t = parallel ? at::get_thread_num() : 0;
+        T* acc = colpart.data() + t * m;
+        std::vector<T> e(m);
+        for (int64_t i = i0; i < i1; ++i) {
+          T rmax;
+          const T rsum = K.row_exp(costs.tile(i, 0, m, nullptr), hg.data(), inv_eps, &rmax, e.data(), m);
+          lr[i] = rmax == ninf ? ninf : rmax + std::log(rsum);
+          if (a[i] > 0 && rmax != ninf) {
+            const T alpha = a[i] / rsum;
+            K.axpy(e.data(), alpha, acc, m);
+            alpha_part[t] += alpha;
+          }
+        }
+        return;
+       }
+      }
       const int64_t tile = Costs::kComputed ? kPointTile : m;
       std::vector<T> buf(Costs::kComputed ? kPointTile : 0);
       for (int64_t i = i0; i < i1; ++i) {
@@ -215,6 +274,30 @@ void solve_one(const LseKernels<T>& K, const T* a, const T* b, const Costs& cost
     for (int64_t i = 0; i < n; ++i) {
       u[i] = -tau * lr[i];
       hf[i] = ot_h(la[i], u[i]);
+    }
+    if (fusable) {  // the g-update from the fused column sums, unless one of them is unreliable
+      T sum_alpha = 0;
+      for (int64_t t = 0; t < static_cast<int64_t>(alpha_part.size()); ++t) sum_alpha += alpha_part[t];
+      const T floor = K.dropped * sum_alpha / rel_round + std::numeric_limits<T>::min() / rel_round;
+      bool ok = true;
+      for (int64_t j = 0; j < m; ++j) {
+        T tot = colpart[j];
+        for (int64_t t = 1; t < threads; ++t) tot += colpart[t * m + j];
+        if (!(tot > floor) || !std::isfinite(tot)) {
+          ok = false;
+          break;
+        }
+        lc[j] = std::log(tot) - hg[j];
+      }
+      if (ok) {
+        for (int64_t j = 0; j < m; ++j) {
+          shift[j] = lc[j];
+          v[j] = -lc[j];
+          hg[j] = lb[j] + v[j];
+        }
+        ++it;
+        continue;
+      }
     }
     // Column pass.
     at::parallel_for(0, col_blocks, parallel ? 1 : col_blocks, [&](int64_t b0, int64_t b1) {
