@@ -15,6 +15,9 @@
 //       outside [shift - W, shift + W] (W = 30 float, 200 double: no overflow, no loss of the leading
 //       terms) the block is redone with shift = max. Once the potentials settle (after a few iterations)
 //       every block is read exactly once. Blocks are split across threads.
+//   fused (balanced, dense C, every b_j > 0): the row pass also produces the column sums from its
+//       buffered row terms (see solve_one), so an iteration reads C once with one exp per entry; the
+//       column pass above is the fallback for iterations where that is not accurate.
 //   The marginal error at a check costs nothing extra: the row pass at the start of the next
 //   iteration yields the row marginals of the current (f, g); if converged, (f, g) is returned as is,
 //   so the column marginals are exact and the error is the row error.
