@@ -41,4 +41,31 @@ TORCH_LIBRARY(sparseops, m) {
   m.def("nm_srste_backward(Tensor grad, Tensor w, Tensor mask, float decay, Tensor? pruned_grad_scale=None) -> Tensor");
   // Mask that is 2:4 along both rows and columns of every 4x4 block, maximising the kept |w|.
   m.def("transposable_mask_24(Tensor w) -> Tensor");
+
+  // ---- ot: entropic optimal transport (log domain; conventions in csrc/ot/ot_math.h) -------------
+  // P_ij = a_i b_j exp((f_i + g_j - C_ij) / eps). a [B, n], b [B, m] >= 0; C [B, n, m] or a shared [n, m]
+  // (+inf = forbidden pair); float32 / float64. rho = None: balanced (sum a == sum b; b is rescaled to a's
+  // mass within 1e-5 / 1e-8 relative), else the marginals are relaxed by rho * KL.
+  // Sinkhorn iterations from g = g_init (0 when None) until the marginal error (balanced: L1 row error
+  // after the g-update; unbalanced: sup |f change|) <= tol, checked every check_every iterations, or
+  // max_iter. Returns f [B, n], g [B, m], cost [B] (the dual objective at (f, g)), n_iter [B] (int64),
+  // err_history [B, ceil(max_iter / check_every)] (-1 after the stop).
+  m.def("sinkhorn_log(Tensor a, Tensor b, Tensor C, float eps, int max_iter=1000, float tol=1e-9, int check_every=10, float? rho=None, Tensor? g_init=None) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+  // The plan P [B, n, m] of potentials (f, g).
+  m.def("ot_plan(Tensor a, Tensor b, Tensor C, Tensor f, Tensor g, float eps) -> Tensor");
+  // One fused pass over C: (mass [B] = sum P, row [B, n] = sum_j b_j exp((f_i + g_j - C_ij)/eps),
+  // col [B, m] = sum_i a_i exp(...)): the dual objective and gradient (P1 = a * row, P^T1 = b * col).
+  m.def("ot_dual(Tensor a, Tensor b, Tensor C, Tensor f, Tensor g, float eps) -> (Tensor, Tensor, Tensor)");
+  // The k largest entries of every row of P: (idx [B, n, k] int64, val [B, n, k]), unordered.
+  m.def("ot_sparse_plan(Tensor a, Tensor b, Tensor C, Tensor f, Tensor g, float eps, int k) -> (Tensor, Tensor)");
+  // Jacobi-preconditioned CG for ([[diag(row_diag), S], [S^T, diag(col_diag)]] + shift I) x = rhs, S the
+  // sparse rows (idx [B, n, k], val [B, n, k]); from x = 0 until ||r|| <= tol ||rhs|| or max_iter.
+  // Returns (x_f [B, n], x_g [B, m], iterations [B] int64).
+  m.def("ot_newton_cg(Tensor idx, Tensor val, Tensor row_diag, Tensor col_diag, Tensor rhs_f, Tensor rhs_g, float shift, int max_iter, float tol) -> (Tensor, Tensor, Tensor)");
+  // Point clouds x [B, n, d], y [B, m, d] with costs |x_i - y_j|_p^p (p = 1 or 2) recomputed tile by tile
+  // inside the passes (memory O(n + m)); otherwise sinkhorn_log (same outputs and conventions).
+  m.def("sinkhorn_points(Tensor x, Tensor y, Tensor a, Tensor b, float eps, int p=2, int max_iter=1000, float tol=1e-9, int check_every=10, float? rho=None) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+  // The plan-weighted cost gradients of point clouds, without the plan in memory:
+  // (gx [B, n, d] = sum_j P_ij d c(x_i, y_j) / d x_i, gy [B, m, d] = sum_i P_ij d c(x_i, y_j) / d y_j).
+  m.def("ot_points_grad(Tensor x, Tensor y, Tensor a, Tensor b, Tensor f, Tensor g, float eps, int p=2) -> (Tensor, Tensor)");
 }

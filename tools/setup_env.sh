@@ -26,6 +26,8 @@ echo "[setup] installing build, test and bench dependencies"
 # torch 2.14.1 is a CUDA 13 build: CUDA kernels compile wherever nvcc is found, GPU or not.
 "$PY" -m pip install "${PIP_PROGRESS[@]}" --disable-pip-version-check -q "torch==2.14.1" numpy ninja \
   "cmake>=3.26" "pybind11>=2.12" "scikit-build-core>=1.1" build pytest hypothesis matplotlib
+# Benchmark peers (optional: a missing one is reported as skipped): POT and GeomLoss for the ot family.
+"$PY" -m pip install "${PIP_PROGRESS[@]}" --disable-pip-version-check -q pot geomloss
 
 # CUTLASS C++ headers only. Installed outside site-packages, so the environment stays consistent (the
 # nvidia-cutlass wheel's Python dependencies, which pip would check on every later install, are not

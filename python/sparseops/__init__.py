@@ -16,6 +16,7 @@ from .sparse24 import (
     transposable_mask_24,
 )
 from . import nn  # noqa: F401
+from . import ot  # noqa: F401  (entropic optimal transport: sparseops.ot.sinkhorn, ...)
 
 __version__ = build_info()["version"]
 
@@ -31,6 +32,7 @@ __all__ = [
     "nm_mask",
     "nm_srste",
     "nn",
+    "ot",
     "sparse24_linear",
     "transposable_mask_24",
 ]

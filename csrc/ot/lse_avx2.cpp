@@ -1,0 +1,265 @@
+// AVX2 + FMA inner loops of the log-domain OT kernels (declared in lse_kernels.h), for x86 CPUs without
+// AVX-512. Same exp as lse_avx512.cpp (range reduction, Cephes expf / degree-12 Taylor polynomial),
+// with 2^n built in the exponent bits: inputs are clamped to [-87.3, 88.3] (float) / [-708.3, 709]
+// (double) so that 2^n stays normal, and results below the lower bound are set to 0 (a NaN input, as
+// from (-inf) - (-inf), also gives 0: max(x, lo) returns lo for a NaN x). Tails (< one vector) run a
+// scalar loop with std::exp.
+#include <immintrin.h>
+
+#include <cmath>
+#include <cstdint>
+#include <limits>
+
+#include "ot/lse_kernels.h"
+
+namespace sparseops::ot::cpu {
+namespace {
+
+struct F32 {
+  using T = float;
+  using V = __m256;
+  static constexpr int kW = 8;
+  static V set1(T v) { return _mm256_set1_ps(v); }
+  static V load(const T* p) { return _mm256_loadu_ps(p); }
+  static void store(T* p, V v) { _mm256_storeu_ps(p, v); }
+  static V add(V a, V b) { return _mm256_add_ps(a, b); }
+  static V sub(V a, V b) { return _mm256_sub_ps(a, b); }
+  static V fmadd(V a, V b, V c) { return _mm256_fmadd_ps(a, b, c); }
+  static V fnmadd(V a, V b, V c) { return _mm256_fnmadd_ps(a, b, c); }
+  static V max(V a, V b) { return _mm256_max_ps(a, b); }
+  static T reduce_add(V v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+  }
+  static T reduce_max(V v) {
+    __m128 s = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_max_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_max_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+  }
+  static bool any_gt(V a, V b) { return _mm256_movemask_ps(_mm256_cmp_ps(a, b, _CMP_GT_OQ)) != 0; }
+  static constexpr T kSkip = 30;
+  static V exp(V x) {
+    const V lo = set1(-87.3f);
+    x = _mm256_max_ps(x, lo);
+    const V zero_mask = _mm256_cmp_ps(x, lo, _CMP_LE_OQ);
+    x = _mm256_min_ps(x, set1(88.3f));
+    const V n = _mm256_round_ps(_mm256_mul_ps(x, set1(1.44269504088896341f)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    V r = _mm256_fnmadd_ps(n, set1(0.693359375f), x);
+    r = _mm256_fnmadd_ps(n, set1(-2.12194440e-4f), r);
+    V p = set1(1.9875691500e-4f);
+    p = _mm256_fmadd_ps(p, r, set1(1.3981999507e-3f));
+    p = _mm256_fmadd_ps(p, r, set1(8.3334519073e-3f));
+    p = _mm256_fmadd_ps(p, r, set1(4.1665795894e-2f));
+    p = _mm256_fmadd_ps(p, r, set1(1.6666665459e-1f));
+    p = _mm256_fmadd_ps(p, r, set1(5.0000001201e-1f));
+    const V y = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, set1(1.0f)));
+    const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+    return _mm256_andnot_ps(zero_mask, _mm256_mul_ps(y, _mm256_castsi256_ps(e)));
+  }
+};
+
+struct F64 {
+  using T = double;
+  using V = __m256d;
+  static constexpr int kW = 4;
+  static V set1(T v) { return _mm256_set1_pd(v); }
+  static V load(const T* p) { return _mm256_loadu_pd(p); }
+  static void store(T* p, V v) { _mm256_storeu_pd(p, v); }
+  static V add(V a, V b) { return _mm256_add_pd(a, b); }
+  static V sub(V a, V b) { return _mm256_sub_pd(a, b); }
+  static V fmadd(V a, V b, V c) { return _mm256_fmadd_pd(a, b, c); }
+  static V fnmadd(V a, V b, V c) { return _mm256_fnmadd_pd(a, b, c); }
+  static V max(V a, V b) { return _mm256_max_pd(a, b); }
+  static T reduce_add(V v) {
+    __m128d s = _mm_add_pd(_mm256_castpd256_pd128(v), _mm256_extractf128_pd(v, 1));
+    return _mm_cvtsd_f64(_mm_add_sd(s, _mm_unpackhi_pd(s, s)));
+  }
+  static T reduce_max(V v) {
+    __m128d s = _mm_max_pd(_mm256_castpd256_pd128(v), _mm256_extractf128_pd(v, 1));
+    return _mm_cvtsd_f64(_mm_max_sd(s, _mm_unpackhi_pd(s, s)));
+  }
+  static bool any_gt(V a, V b) { return _mm256_movemask_pd(_mm256_cmp_pd(a, b, _CMP_GT_OQ)) != 0; }
+  static constexpr T kSkip = 60;
+  static V exp(V x) {
+    const V lo = set1(-708.3);
+    x = _mm256_max_pd(x, lo);
+    const V zero_mask = _mm256_cmp_pd(x, lo, _CMP_LE_OQ);
+    x = _mm256_min_pd(x, set1(709.0));
+    const V n = _mm256_round_pd(_mm256_mul_pd(x, set1(1.4426950408889634074)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    V r = _mm256_fnmadd_pd(n, set1(6.93145751953125e-1), x);
+    r = _mm256_fnmadd_pd(n, set1(1.42860682030941723212e-6), r);
+    V p = set1(2.08767569878680989792e-9);
+    p = _mm256_fmadd_pd(p, r, set1(2.50521083854417187751e-8));
+    p = _mm256_fmadd_pd(p, r, set1(2.75573192239858906526e-7));
+    p = _mm256_fmadd_pd(p, r, set1(2.75573192239858906526e-6));
+    p = _mm256_fmadd_pd(p, r, set1(2.48015873015873015873e-5));
+    p = _mm256_fmadd_pd(p, r, set1(1.98412698412698412698e-4));
+    p = _mm256_fmadd_pd(p, r, set1(1.38888888888888888889e-3));
+    p = _mm256_fmadd_pd(p, r, set1(8.33333333333333333333e-3));
+    p = _mm256_fmadd_pd(p, r, set1(4.16666666666666666667e-2));
+    p = _mm256_fmadd_pd(p, r, set1(1.66666666666666666667e-1));
+    p = _mm256_fmadd_pd(p, r, set1(0.5));
+    p = _mm256_fmadd_pd(p, r, set1(1.0));
+    p = _mm256_fmadd_pd(p, r, set1(1.0));
+    // 2^n: n + 1.5 * 2^52 holds n in its low mantissa bits; add the bias, shift into the exponent.
+    const __m256i t = _mm256_castpd_si256(_mm256_add_pd(n, set1(6755399441055744.0)));
+    const __m256i e = _mm256_slli_epi64(_mm256_add_epi64(t, _mm256_set1_epi64x(1023)), 52);
+    return _mm256_andnot_pd(zero_mask, _mm256_mul_pd(p, _mm256_castsi256_pd(e)));
+  }
+};
+
+template <typename S>
+typename S::T row_lse(const typename S::T* c, const typename S::T* h, typename S::T inv_eps, int64_t len) {
+  using T = typename S::T;
+  using V = typename S::V;
+  const T ninf = -std::numeric_limits<T>::infinity();
+  const V vi = S::set1(inv_eps);
+  V vmax = S::set1(ninf);
+  int64_t j = 0;
+  for (; j + S::kW <= len; j += S::kW) vmax = S::max(vmax, S::fnmadd(S::load(c + j), vi, S::load(h + j)));
+  T mx = S::reduce_max(vmax);
+  for (int64_t t = j; t < len; ++t) mx = std::max(mx, h[t] - c[t] * inv_eps);
+  if (mx == ninf) return ninf;
+  const V vm = S::set1(mx), thr = S::set1(mx - S::kSkip);
+  V acc = S::set1(T(0));
+  for (j = 0; j + S::kW <= len; j += S::kW) {
+    const V x = S::fnmadd(S::load(c + j), vi, S::load(h + j));
+    if (!S::any_gt(x, thr)) continue;  // every term < exp(-kSkip) of the largest: below rounding
+    acc = S::add(acc, S::exp(S::sub(x, vm)));
+  }
+  T sum = S::reduce_add(acc);
+  for (int64_t t = j; t < len; ++t) sum += std::exp(h[t] - c[t] * inv_eps - mx);
+  return mx + std::log(sum);
+}
+
+template <typename S>
+typename S::T row_exp(const typename S::T* c, const typename S::T* h, typename S::T inv_eps, typename S::T* mx_out,
+                      typename S::T* e, int64_t len) {
+  using T = typename S::T;
+  using V = typename S::V;
+  const T ninf = -std::numeric_limits<T>::infinity();
+  const V vi = S::set1(inv_eps);
+  V vmax = S::set1(ninf);
+  int64_t j = 0;
+  for (; j + S::kW <= len; j += S::kW) vmax = S::max(vmax, S::fnmadd(S::load(c + j), vi, S::load(h + j)));
+  T mx = S::reduce_max(vmax);
+  for (int64_t t = j; t < len; ++t) mx = std::max(mx, h[t] - c[t] * inv_eps);
+  *mx_out = mx;
+  const T m0 = mx == ninf ? T(0) : mx;
+  const V vm = S::set1(m0), thr = S::set1(mx - S::kSkip), zero = S::set1(T(0));
+  V acc = zero;
+  for (j = 0; j + S::kW <= len; j += S::kW) {
+    const V x = S::fnmadd(S::load(c + j), vi, S::load(h + j));
+    if (!S::any_gt(x, thr)) {
+      S::store(e + j, zero);
+      continue;
+    }
+    const V v = S::exp(S::sub(x, vm));
+    S::store(e + j, v);
+    acc = S::add(acc, v);
+  }
+  T sum = S::reduce_add(acc);
+  for (; j < len; ++j) {
+    e[j] = std::exp(h[j] - c[j] * inv_eps - m0);
+    sum += e[j];
+  }
+  return sum;
+}
+
+template <typename S>
+void axpy(const typename S::T* e, typename S::T alpha, typename S::T* acc, int64_t len) {
+  const typename S::V va = S::set1(alpha);
+  int64_t j = 0;
+  for (; j + S::kW <= len; j += S::kW) S::store(acc + j, S::fmadd(va, S::load(e + j), S::load(acc + j)));
+  for (; j < len; ++j) acc[j] += alpha * e[j];
+}
+
+template <typename S>
+void col_accum(const typename S::T* c, typename S::T hi, typename S::T inv_eps, const typename S::T* shift,
+               typename S::T* s, typename S::T* mx, int64_t len) {
+  using T = typename S::T;
+  using V = typename S::V;
+  const V vi = S::set1(inv_eps), vh = S::set1(hi), lo = S::set1(-S::kSkip);
+  int64_t j = 0;
+  for (; j + S::kW <= len; j += S::kW) {
+    const V x = S::fnmadd(S::load(c + j), vi, vh);
+    S::store(mx + j, S::max(S::load(mx + j), x));
+    const V d = S::sub(x, S::load(shift + j));
+    if (!S::any_gt(d, lo)) continue;  // every term < exp(-kSkip) of its column's sum: below rounding
+    S::store(s + j, S::add(S::load(s + j), S::exp(d)));
+  }
+  for (; j < len; ++j) {
+    const T x = hi - c[j] * inv_eps;
+    mx[j] = std::max(mx[j], x);
+    const T d = x - shift[j];
+    s[j] += d == d ? std::exp(d) : T(0);
+  }
+}
+
+template <typename S>
+void plan_row(const typename S::T* c, typename S::T hi, const typename S::T* h, typename S::T inv_eps,
+              typename S::T* out, int64_t len) {
+  using V = typename S::V;
+  const V vi = S::set1(inv_eps), vh = S::set1(hi);
+  int64_t j = 0;
+  for (; j + S::kW <= len; j += S::kW) S::store(out + j, S::exp(S::add(vh, S::fnmadd(S::load(c + j), vi, S::load(h + j)))));
+  for (; j < len; ++j) out[j] = std::exp(hi + (h[j] - c[j] * inv_eps));
+}
+
+template <typename S>
+typename S::T dual_row(const typename S::T* c, typename S::T hi, const typename S::T* h, typename S::T inv_eps,
+                       const typename S::T* wr, typename S::T wi, typename S::T* colsum, int64_t len) {
+  using T = typename S::T;
+  using V = typename S::V;
+  const V vi = S::set1(inv_eps), vh = S::set1(hi), vw = S::set1(wi);
+  V acc = S::set1(T(0));
+  int64_t j = 0;
+  for (; j + S::kW <= len; j += S::kW) {
+    const V e = S::exp(S::add(vh, S::fnmadd(S::load(c + j), vi, S::load(h + j))));
+    acc = S::fmadd(S::load(wr + j), e, acc);
+    if (colsum != nullptr) S::store(colsum + j, S::fmadd(vw, e, S::load(colsum + j)));
+  }
+  T sum = S::reduce_add(acc);
+  for (; j < len; ++j) {
+    const T e = std::exp(hi + (h[j] - c[j] * inv_eps));
+    sum += wr[j] * e;
+    if (colsum != nullptr) colsum[j] += wi * e;
+  }
+  return sum;
+}
+
+}  // namespace
+
+float row_lse_avx2(const float* c, const float* h, float inv_eps, int64_t len) { return row_lse<F32>(c, h, inv_eps, len); }
+double row_lse_avx2(const double* c, const double* h, double inv_eps, int64_t len) { return row_lse<F64>(c, h, inv_eps, len); }
+float row_exp_avx2(const float* c, const float* h, float inv_eps, float* mx, float* e, int64_t len) {
+  return row_exp<F32>(c, h, inv_eps, mx, e, len);
+}
+double row_exp_avx2(const double* c, const double* h, double inv_eps, double* mx, double* e, int64_t len) {
+  return row_exp<F64>(c, h, inv_eps, mx, e, len);
+}
+void axpy_avx2(const float* e, float alpha, float* acc, int64_t len) { axpy<F32>(e, alpha, acc, len); }
+void axpy_avx2(const double* e, double alpha, double* acc, int64_t len) { axpy<F64>(e, alpha, acc, len); }
+void col_accum_avx2(const float* c, float hi, float inv_eps, const float* shift, float* s, float* mx, int64_t len) {
+  col_accum<F32>(c, hi, inv_eps, shift, s, mx, len);
+}
+void col_accum_avx2(const double* c, double hi, double inv_eps, const double* shift, double* s, double* mx, int64_t len) {
+  col_accum<F64>(c, hi, inv_eps, shift, s, mx, len);
+}
+void plan_row_avx2(const float* c, float hi, const float* h, float inv_eps, float* out, int64_t len) {
+  plan_row<F32>(c, hi, h, inv_eps, out, len);
+}
+void plan_row_avx2(const double* c, double hi, const double* h, double inv_eps, double* out, int64_t len) {
+  plan_row<F64>(c, hi, h, inv_eps, out, len);
+}
+float dual_row_avx2(const float* c, float hi, const float* h, float inv_eps, const float* wr, float wi, float* colsum, int64_t len) {
+  return dual_row<F32>(c, hi, h, inv_eps, wr, wi, colsum, len);
+}
+double dual_row_avx2(const double* c, double hi, const double* h, double inv_eps, const double* wr, double wi, double* colsum, int64_t len) {
+  return dual_row<F64>(c, hi, h, inv_eps, wr, wi, colsum, len);
+}
+
+}  // namespace sparseops::ot::cpu

@@ -1,0 +1,243 @@
+// AVX-512 inner loops of the log-domain OT kernels (declared in lse_kernels.h). Compiled with -mavx512*;
+// chosen at run time by sparseops::cpu_isa(). Tails use masked loads, so every length takes the same path.
+//
+// exp: x = n ln2 + r with |r| <= ln2/2 (n = round(x log2 e), ln2 split in two for an exact reduction),
+// exp(r) by a polynomial (float: Cephes expf's degree-6 minimax, ~1 ulp; double: Taylor to degree 12,
+// truncation < 2e-16 relative), then scalef(p, n) = p * 2^n, which also rounds correctly into the
+// subnormals and to 0. Inputs are clamped below (-110 / -750: exp is exactly 0 there; -inf and the
+// NaN of (-inf) - (-inf) clamp too, as max(x, lo) returns lo for a NaN x) and above (88.7 / 709.7).
+// GCC 12's masked-load and reduce intrinsics start from _mm512_undefined_*(): false positives, reported
+// inside the intrinsics headers (so the pragmas come before the include).
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#include <immintrin.h>
+
+#include <cmath>
+#include <cstdint>
+#include <limits>
+
+#include "ot/lse_kernels.h"
+
+namespace sparseops::ot::cpu {
+namespace {
+
+struct F32 {
+  using T = float;
+  using V = __m512;
+  using M = __mmask16;
+  static constexpr int kW = 16;
+  static M tail(int64_t left) { return left >= kW ? M(0xFFFF) : M((1u << left) - 1u); }
+  static V set1(T v) { return _mm512_set1_ps(v); }
+  static V load(M k, const T* p) { return _mm512_maskz_loadu_ps(k, p); }
+  static void store(M k, T* p, V v) { _mm512_mask_storeu_ps(p, k, v); }
+  static V add(V a, V b) { return _mm512_add_ps(a, b); }
+  static V sub(V a, V b) { return _mm512_sub_ps(a, b); }
+  static V mul(V a, V b) { return _mm512_mul_ps(a, b); }
+  static V fmadd(V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); }
+  static V fnmadd(V a, V b, V c) { return _mm512_fnmadd_ps(a, b, c); }
+  static V max(V a, V b) { return _mm512_max_ps(a, b); }
+  static V mask_max(V src, M k, V a, V b) { return _mm512_mask_max_ps(src, k, a, b); }
+  static V maskz_mov(M k, V a) { return _mm512_maskz_mov_ps(k, a); }
+  static T reduce_add(V v) { return _mm512_reduce_add_ps(v); }
+  static T reduce_max(V v) { return _mm512_reduce_max_ps(v); }
+  static bool any_gt(V a, V b) { return _mm512_cmp_ps_mask(a, b, _CMP_GT_OQ) != 0; }
+  static constexpr T kSkip = 30;
+  static V exp(V x) {
+    x = _mm512_min_ps(_mm512_max_ps(x, set1(-110.0f)), set1(88.7f));
+    const V n = _mm512_roundscale_ps(_mm512_mul_ps(x, set1(1.44269504088896341f)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    V r = _mm512_fnmadd_ps(n, set1(0.693359375f), x);
+    r = _mm512_fnmadd_ps(n, set1(-2.12194440e-4f), r);
+    V p = set1(1.9875691500e-4f);
+    p = _mm512_fmadd_ps(p, r, set1(1.3981999507e-3f));
+    p = _mm512_fmadd_ps(p, r, set1(8.3334519073e-3f));
+    p = _mm512_fmadd_ps(p, r, set1(4.1665795894e-2f));
+    p = _mm512_fmadd_ps(p, r, set1(1.6666665459e-1f));
+    p = _mm512_fmadd_ps(p, r, set1(5.0000001201e-1f));
+    const V y = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, set1(1.0f)));
+    return _mm512_scalef_ps(y, n);
+  }
+};
+
+struct F64 {
+  using T = double;
+  using V = __m512d;
+  using M = __mmask8;
+  static constexpr int kW = 8;
+  static M tail(int64_t left) { return left >= kW ? M(0xFF) : M((1u << left) - 1u); }
+  static V set1(T v) { return _mm512_set1_pd(v); }
+  static V load(M k, const T* p) { return _mm512_maskz_loadu_pd(k, p); }
+  static void store(M k, T* p, V v) { _mm512_mask_storeu_pd(p, k, v); }
+  static V add(V a, V b) { return _mm512_add_pd(a, b); }
+  static V sub(V a, V b) { return _mm512_sub_pd(a, b); }
+  static V mul(V a, V b) { return _mm512_mul_pd(a, b); }
+  static V fmadd(V a, V b, V c) { return _mm512_fmadd_pd(a, b, c); }
+  static V fnmadd(V a, V b, V c) { return _mm512_fnmadd_pd(a, b, c); }
+  static V max(V a, V b) { return _mm512_max_pd(a, b); }
+  static V mask_max(V src, M k, V a, V b) { return _mm512_mask_max_pd(src, k, a, b); }
+  static V maskz_mov(M k, V a) { return _mm512_maskz_mov_pd(k, a); }
+  static T reduce_add(V v) { return _mm512_reduce_add_pd(v); }
+  static T reduce_max(V v) { return _mm512_reduce_max_pd(v); }
+  static bool any_gt(V a, V b) { return _mm512_cmp_pd_mask(a, b, _CMP_GT_OQ) != 0; }
+  static constexpr T kSkip = 60;
+  static V exp(V x) {
+    x = _mm512_min_pd(_mm512_max_pd(x, set1(-750.0)), set1(709.7));
+    const V n = _mm512_roundscale_pd(_mm512_mul_pd(x, set1(1.4426950408889634074)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    V r = _mm512_fnmadd_pd(n, set1(6.93145751953125e-1), x);
+    r = _mm512_fnmadd_pd(n, set1(1.42860682030941723212e-6), r);
+    // Taylor coefficients 1/k!, k = 12 .. 0 (Horner).
+    V p = set1(2.08767569878680989792e-9);
+    p = _mm512_fmadd_pd(p, r, set1(2.50521083854417187751e-8));
+    p = _mm512_fmadd_pd(p, r, set1(2.75573192239858906526e-7));
+    p = _mm512_fmadd_pd(p, r, set1(2.75573192239858906526e-6));
+    p = _mm512_fmadd_pd(p, r, set1(2.48015873015873015873e-5));
+    p = _mm512_fmadd_pd(p, r, set1(1.98412698412698412698e-4));
+    p = _mm512_fmadd_pd(p, r, set1(1.38888888888888888889e-3));
+    p = _mm512_fmadd_pd(p, r, set1(8.33333333333333333333e-3));
+    p = _mm512_fmadd_pd(p, r, set1(4.16666666666666666667e-2));
+    p = _mm512_fmadd_pd(p, r, set1(1.66666666666666666667e-1));
+    p = _mm512_fmadd_pd(p, r, set1(0.5));
+    p = _mm512_fmadd_pd(p, r, set1(1.0));
+    p = _mm512_fmadd_pd(p, r, set1(1.0));
+    return _mm512_scalef_pd(p, n);
+  }
+};
+
+template <typename S>
+typename S::T row_lse(const typename S::T* c, const typename S::T* h, typename S::T inv_eps, int64_t len) {
+  using T = typename S::T;
+  using V = typename S::V;
+  const T ninf = -std::numeric_limits<T>::infinity();
+  const V vi = S::set1(inv_eps);
+  V vmax = S::set1(ninf);
+  for (int64_t j = 0; j < len; j += S::kW) {
+    const auto k = S::tail(len - j);
+    const V x = S::fnmadd(S::load(k, c + j), vi, S::load(k, h + j));
+    vmax = S::mask_max(vmax, k, vmax, x);
+  }
+  const T mx = S::reduce_max(vmax);
+  if (mx == ninf) return ninf;
+  const V vm = S::set1(mx), thr = S::set1(mx - S::kSkip);
+  V acc = S::set1(T(0));
+  for (int64_t j = 0; j < len; j += S::kW) {
+    const auto k = S::tail(len - j);
+    const V x = S::fnmadd(S::load(k, c + j), vi, S::load(k, h + j));
+    if (!S::any_gt(x, thr)) continue;  // every term < exp(-kSkip) of the largest: below rounding
+    acc = S::add(acc, S::maskz_mov(k, S::exp(S::sub(x, vm))));
+  }
+  return mx + std::log(S::reduce_add(acc));
+}
+
+template <typename S>
+typename S::T row_exp(const typename S::T* c, const typename S::T* h, typename S::T inv_eps, typename S::T* mx_out,
+                      typename S::T* e, int64_t len) {
+  using T = typename S::T;
+  using V = typename S::V;
+  const T ninf = -std::numeric_limits<T>::infinity();
+  const V vi = S::set1(inv_eps);
+  V vmax = S::set1(ninf);
+  for (int64_t j = 0; j < len; j += S::kW) {
+    const auto k = S::tail(len - j);
+    vmax = S::mask_max(vmax, k, vmax, S::fnmadd(S::load(k, c + j), vi, S::load(k, h + j)));
+  }
+  const T mx = S::reduce_max(vmax);
+  *mx_out = mx;
+  const V vm = S::set1(mx == ninf ? T(0) : mx), thr = S::set1(mx - S::kSkip), zero = S::set1(T(0));
+  V acc = zero;
+  for (int64_t j = 0; j < len; j += S::kW) {
+    const auto k = S::tail(len - j);
+    const V x = S::fnmadd(S::load(k, c + j), vi, S::load(k, h + j));
+    if (!S::any_gt(x, thr)) {
+      S::store(k, e + j, zero);
+      continue;
+    }
+    const V v = S::maskz_mov(k, S::exp(S::sub(x, vm)));
+    S::store(k, e + j, v);
+    acc = S::add(acc, v);
+  }
+  return S::reduce_add(acc);
+}
+
+template <typename S>
+void axpy(const typename S::T* e, typename S::T alpha, typename S::T* acc, int64_t len) {
+  const typename S::V va = S::set1(alpha);
+  for (int64_t j = 0; j < len; j += S::kW) {
+    const auto k = S::tail(len - j);
+    S::store(k, acc + j, S::fmadd(va, S::load(k, e + j), S::load(k, acc + j)));
+  }
+}
+
+template <typename S>
+void col_accum(const typename S::T* c, typename S::T hi, typename S::T inv_eps, const typename S::T* shift,
+               typename S::T* s, typename S::T* mx, int64_t len) {
+  using V = typename S::V;
+  const V vi = S::set1(inv_eps), vh = S::set1(hi), lo = S::set1(-S::kSkip);
+  for (int64_t j = 0; j < len; j += S::kW) {
+    const auto k = S::tail(len - j);
+    const V x = S::fnmadd(S::load(k, c + j), vi, vh);
+    S::store(k, mx + j, S::max(S::load(k, mx + j), x));
+    const V d = S::sub(x, S::load(k, shift + j));
+    if (!S::any_gt(d, lo)) continue;  // every term < exp(-kSkip) of its column's sum: below rounding
+    S::store(k, s + j, S::add(S::load(k, s + j), S::exp(d)));
+  }
+}
+
+template <typename S>
+void plan_row(const typename S::T* c, typename S::T hi, const typename S::T* h, typename S::T inv_eps,
+              typename S::T* out, int64_t len) {
+  using V = typename S::V;
+  const V vi = S::set1(inv_eps), vh = S::set1(hi);
+  for (int64_t j = 0; j < len; j += S::kW) {
+    const auto k = S::tail(len - j);
+    const V x = S::add(vh, S::fnmadd(S::load(k, c + j), vi, S::load(k, h + j)));
+    S::store(k, out + j, S::exp(x));
+  }
+}
+
+template <typename S>
+typename S::T dual_row(const typename S::T* c, typename S::T hi, const typename S::T* h, typename S::T inv_eps,
+                       const typename S::T* wr, typename S::T wi, typename S::T* colsum, int64_t len) {
+  using T = typename S::T;
+  using V = typename S::V;
+  const V vi = S::set1(inv_eps), vh = S::set1(hi), vw = S::set1(wi);
+  V acc = S::set1(T(0));
+  for (int64_t j = 0; j < len; j += S::kW) {
+    const auto k = S::tail(len - j);
+    const V e = S::maskz_mov(k, S::exp(S::add(vh, S::fnmadd(S::load(k, c + j), vi, S::load(k, h + j)))));
+    acc = S::fmadd(S::load(k, wr + j), e, acc);
+    if (colsum != nullptr) S::store(k, colsum + j, S::fmadd(vw, e, S::load(k, colsum + j)));
+  }
+  return S::reduce_add(acc);
+}
+
+}  // namespace
+
+float row_lse_avx512(const float* c, const float* h, float inv_eps, int64_t len) { return row_lse<F32>(c, h, inv_eps, len); }
+double row_lse_avx512(const double* c, const double* h, double inv_eps, int64_t len) { return row_lse<F64>(c, h, inv_eps, len); }
+float row_exp_avx512(const float* c, const float* h, float inv_eps, float* mx, float* e, int64_t len) {
+  return row_exp<F32>(c, h, inv_eps, mx, e, len);
+}
+double row_exp_avx512(const double* c, const double* h, double inv_eps, double* mx, double* e, int64_t len) {
+  return row_exp<F64>(c, h, inv_eps, mx, e, len);
+}
+void axpy_avx512(const float* e, float alpha, float* acc, int64_t len) { axpy<F32>(e, alpha, acc, len); }
+void axpy_avx512(const double* e, double alpha, double* acc, int64_t len) { axpy<F64>(e, alpha, acc, len); }
+void col_accum_avx512(const float* c, float hi, float inv_eps, const float* shift, float* s, float* mx, int64_t len) {
+  col_accum<F32>(c, hi, inv_eps, shift, s, mx, len);
+}
+void col_accum_avx512(const double* c, double hi, double inv_eps, const double* shift, double* s, double* mx, int64_t len) {
+  col_accum<F64>(c, hi, inv_eps, shift, s, mx, len);
+}
+void plan_row_avx512(const float* c, float hi, const float* h, float inv_eps, float* out, int64_t len) {
+  plan_row<F32>(c, hi, h, inv_eps, out, len);
+}
+void plan_row_avx512(const double* c, double hi, const double* h, double inv_eps, double* out, int64_t len) {
+  plan_row<F64>(c, hi, h, inv_eps, out, len);
+}
+float dual_row_avx512(const float* c, float hi, const float* h, float inv_eps, const float* wr, float wi, float* colsum, int64_t len) {
+  return dual_row<F32>(c, hi, h, inv_eps, wr, wi, colsum, len);
+}
+double dual_row_avx512(const double* c, double hi, const double* h, double inv_eps, const double* wr, double wi, double* colsum, int64_t len) {
+  return dual_row<F64>(c, hi, h, inv_eps, wr, wi, colsum, len);
+}
+
+}  // namespace sparseops::ot::cpu

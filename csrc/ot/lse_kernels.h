@@ -1,0 +1,57 @@
+#pragma once
+// The inner loops of the log-domain OT kernels, as plain-pointer functions: one set per ISA
+// (lse_avx512.cpp, lse_avx2.cpp; the portable set lives in sinkhorn_cpu.cpp). No torch headers here,
+// no inline helpers shared between ISA files (ODR: see DESIGN.md). T is float or double.
+//
+// All arguments are already divided by eps ("scaled" units): an entry's log-weight is
+//   x_j = h_j - c_j * inv_eps            (h: a scaled potential plus a log marginal; c: a row of C)
+// +inf costs give x = -inf (a forbidden pair) and contribute exp(-inf) = 0.
+// The SIMD variants skip the exp of a whole vector whose terms are all below exp(-30) (float) /
+// exp(-60) (double) of the reference (row maximum, column shift): far below the sum's rounding, and at
+// small eps most of a row (the plan is nearly sparse), which saves most of the exps there.
+#include <cstdint>
+
+namespace sparseops::ot::cpu {
+
+// Row pass: max_j x_j, then sum_j exp(x_j - max) (the row is read twice, the second time from cache).
+// Returns log(sum) + max, -inf when every x_j is -inf.
+float row_lse_avx512(const float* c, const float* h, float inv_eps, int64_t len);
+double row_lse_avx512(const double* c, const double* h, double inv_eps, int64_t len);
+float row_lse_avx2(const float* c, const float* h, float inv_eps, int64_t len);
+double row_lse_avx2(const double* c, const double* h, double inv_eps, int64_t len);
+
+// Fused pass, one row: *mx = max_j x_j; e[j] = exp(x_j - *mx) (0 for a skipped vector); returns sum_j e[j].
+// The caller turns e into the row's column contributions with axpy (see sinkhorn_cpu.cpp).
+float row_exp_avx512(const float* c, const float* h, float inv_eps, float* mx, float* e, int64_t len);
+double row_exp_avx512(const double* c, const double* h, double inv_eps, double* mx, double* e, int64_t len);
+float row_exp_avx2(const float* c, const float* h, float inv_eps, float* mx, float* e, int64_t len);
+double row_exp_avx2(const double* c, const double* h, double inv_eps, double* mx, double* e, int64_t len);
+// acc[j] += alpha * e[j].
+void axpy_avx512(const float* e, float alpha, float* acc, int64_t len);
+void axpy_avx512(const double* e, double alpha, double* acc, int64_t len);
+void axpy_avx2(const float* e, float alpha, float* acc, int64_t len);
+void axpy_avx2(const double* e, double alpha, double* acc, int64_t len);
+
+// Column pass, one row of a column block: x_j = hi - c_j * inv_eps;
+//   mx[j] = max(mx[j], x_j);  s[j] += exp(x_j - shift[j]).
+// The caller checks afterwards that max - shift stayed within a safe window (else it redoes the
+// block with shift = max): one read of C per half-iteration once the shifts have settled.
+void col_accum_avx512(const float* c, float hi, float inv_eps, const float* shift, float* s, float* mx, int64_t len);
+void col_accum_avx512(const double* c, double hi, double inv_eps, const double* shift, double* s, double* mx, int64_t len);
+void col_accum_avx2(const float* c, float hi, float inv_eps, const float* shift, float* s, float* mx, int64_t len);
+void col_accum_avx2(const double* c, double hi, double inv_eps, const double* shift, double* s, double* mx, int64_t len);
+
+// out[j] = exp(hi + h[j] - c[j] * inv_eps): one row of the transport plan.
+void plan_row_avx512(const float* c, float hi, const float* h, float inv_eps, float* out, int64_t len);
+void plan_row_avx512(const double* c, double hi, const double* h, double inv_eps, double* out, int64_t len);
+void plan_row_avx2(const float* c, float hi, const float* h, float inv_eps, float* out, int64_t len);
+void plan_row_avx2(const double* c, double hi, const double* h, double inv_eps, double* out, int64_t len);
+
+// Dual pass, one row: e_j = exp(hi + h[j] - c[j] * inv_eps); returns sum_j wr[j] * e_j and, when
+// colsum is not null, adds wi * e_j to colsum[j].
+float dual_row_avx512(const float* c, float hi, const float* h, float inv_eps, const float* wr, float wi, float* colsum, int64_t len);
+double dual_row_avx512(const double* c, double hi, const double* h, double inv_eps, const double* wr, double wi, double* colsum, int64_t len);
+float dual_row_avx2(const float* c, float hi, const float* h, float inv_eps, const float* wr, float wi, float* colsum, int64_t len);
+double dual_row_avx2(const double* c, double hi, const double* h, double inv_eps, const double* wr, double wi, double* colsum, int64_t len);
+
+}  // namespace sparseops::ot::cpu

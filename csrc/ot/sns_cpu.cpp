@@ -1,0 +1,179 @@
+// The Sinkhorn-Newton-Sparse kernels on CPU: ot_sparse_plan (the k largest entries of every row of the
+// plan) and ot_newton_cg (conjugate gradient on the sparsified dual Hessian).
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <functional>
+#include <limits>
+#include <vector>
+
+#include "common/cpu_features.h"
+#include "ot/ot_checks.h"
+#include "ot/ot_cpu_kernels.h"
+#include "ot/ot_math.h"
+
+namespace sparseops::ot {
+namespace {
+
+// idx[e, i, :] = the k columns with the largest P_ij in row i (in column order; among equal values the
+// lower column is kept), val = those P_ij. Selection, not sorting: std::nth_element on a copy of the
+// row's log-values finds the k-th largest (O(m) on average), two passes collect the columns. Rows of
+// zero mass get val = 0. Extra memory: 2 m scalars + k indices per thread.
+std::tuple<at::Tensor, at::Tensor> ot_sparse_plan_cpu(const at::Tensor& a, const at::Tensor& b, const at::Tensor& C,
+                                                      const at::Tensor& f, const at::Tensor& g, double eps, int64_t k) {
+  const OtDims d = check_ot_sparse_plan_inputs(a, b, C, f, g, eps, k);
+  check_device_type("ot_sparse_plan", "C", C, at::kCPU);
+  const at::Tensor ac = a.contiguous(), bc = b.contiguous(), Cc = C.contiguous(), fc = f.contiguous(), gc = g.contiguous();
+  at::Tensor idx = at::empty({d.batch, d.n, k}, C.options().dtype(at::kLong));
+  at::Tensor val = at::empty({d.batch, d.n, k}, C.options());
+  const auto run = [&](auto tag) {
+    using T = decltype(tag);
+    const T inv_eps = static_cast<T>(1.0 / eps);
+    const int64_t cstride = d.shared_cost ? 0 : d.n * d.m;
+    for (int64_t e = 0; e < d.batch; ++e) {
+      const T* ap = ac.const_data_ptr<T>() + e * d.n;
+      const T* bp = bc.const_data_ptr<T>() + e * d.m;
+      const T* fp = fc.const_data_ptr<T>() + e * d.n;
+      const T* gp = gc.const_data_ptr<T>() + e * d.m;
+      const T* cp = Cc.const_data_ptr<T>() + e * cstride;
+      std::vector<T> hg(d.m);
+      for (int64_t j = 0; j < d.m; ++j) hg[j] = ot_h(ot_log_weight<T>(bp[j]), gp[j] * inv_eps);
+      at::parallel_for(0, d.n, ot_row_grain(d.n, d.m, 4096), [&](int64_t i0, int64_t i1) {
+        std::vector<T> x(d.m), tmp(d.m);
+        std::vector<int64_t> pick(k);
+        for (int64_t i = i0; i < i1; ++i) {
+          const T* ci = cp + i * d.m;
+          for (int64_t j = 0; j < d.m; ++j) x[j] = hg[j] - ci[j] * inv_eps;  // log P_ij up to the row's constant
+          // The k-th largest value by selection on a copy (O(m)), then the indices above it in column
+          // order, then ties at it from the lowest column until k are taken.
+          std::copy(x.begin(), x.end(), tmp.begin());
+          std::nth_element(tmp.begin(), tmp.begin() + (k - 1), tmp.end(), std::greater<T>());
+          const T tau = tmp[k - 1];
+          int64_t cnt = 0;
+          for (int64_t j = 0; j < d.m && cnt < k; ++j) {
+            if (x[j] > tau) pick[cnt++] = j;
+          }
+          for (int64_t j = 0; j < d.m && cnt < k; ++j) {
+            if (x[j] == tau) pick[cnt++] = j;
+          }
+          const T hi = ot_h(ot_log_weight<T>(ap[i]), fp[i] * inv_eps);
+          int64_t* io = idx.mutable_data_ptr<int64_t>() + (e * d.n + i) * k;
+          T* vo = val.mutable_data_ptr<T>() + (e * d.n + i) * k;
+          for (int64_t t = 0; t < k; ++t) {
+            io[t] = pick[t];
+            vo[t] = hi == -std::numeric_limits<T>::infinity() ? T(0) : std::exp(hi + x[pick[t]]);
+          }
+        }
+      });
+    }
+  };
+  AT_DISPATCH_SWITCH(C.scalar_type(), "ot_sparse_plan", AT_DISPATCH_CASE(at::kFloat, [&] { run(float{}); })
+                                                            AT_DISPATCH_CASE(at::kDouble, [&] { run(double{}); }));
+  return {idx, val};
+}
+
+// y = (M + shift I) x with M = [[diag(rd), S], [S^T, diag(cd)]], S given row-wise as k (column, value)
+// pairs per row (ELL layout).
+template <typename T>
+void sparse_hvp(const int64_t* idx, const T* val, const T* rd, const T* cd, T shift, int64_t n, int64_t m, int64_t k,
+                const T* xf, const T* xg, T* yf, T* yg) {
+  for (int64_t j = 0; j < m; ++j) yg[j] = (cd[j] + shift) * xg[j];
+  for (int64_t i = 0; i < n; ++i) {
+    T acc = (rd[i] + shift) * xf[i];
+    for (int64_t t = 0; t < k; ++t) {
+      const int64_t j = idx[i * k + t];
+      acc += val[i * k + t] * xg[j];
+      yg[j] += val[i * k + t] * xf[i];
+    }
+    yf[i] = acc;
+  }
+}
+
+// Preconditioned (Jacobi) conjugate gradient for (M + shift I) x = rhs, per batch entry, from x = 0,
+// until ||r||_2 <= tol ||rhs||_2 or max_iter steps. M is symmetric positive semi-definite (diagonally
+// dominant when rd, cd are the full plan's marginals and S <= P entrywise); shift > 0 fixes the gauge
+// (the direction (1, -1), M's null vector when S is the full plan) and bounds the condition number.
+// Extra memory: 5 (n + m) scalars per batch entry being solved.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> ot_newton_cg_cpu(const at::Tensor& idx, const at::Tensor& val,
+                                                                const at::Tensor& row_diag, const at::Tensor& col_diag,
+                                                                const at::Tensor& rhs_f, const at::Tensor& rhs_g,
+                                                                double shift, int64_t max_iter, double tol) {
+  check_ot_newton_cg_inputs(idx, val, row_diag, col_diag, rhs_f, rhs_g, shift, max_iter, tol);
+  check_device_type("ot_newton_cg", "val", val, at::kCPU);
+  const int64_t B = idx.size(0), n = idx.size(1), k = idx.size(2), m = col_diag.size(1);
+  const at::Tensor ic = idx.contiguous(), vc = val.contiguous(), rdc = row_diag.contiguous(), cdc = col_diag.contiguous();
+  const at::Tensor rfc = rhs_f.contiguous(), rgc = rhs_g.contiguous();
+  at::Tensor xf = at::zeros({B, n}, val.options()), xg = at::zeros({B, m}, val.options());
+  at::Tensor iters = at::zeros({B}, val.options().dtype(at::kLong));
+  const auto run = [&](auto tag) {
+    using T = decltype(tag);
+    at::parallel_for(0, B, 1, [&](int64_t e0, int64_t e1) {
+      const int64_t N = n + m;
+      std::vector<T> x(N, T(0)), r(N), z(N), p(N), q(N), dinv(N);
+      for (int64_t e = e0; e < e1; ++e) {
+        const int64_t* ip = ic.const_data_ptr<int64_t>() + e * n * k;
+        const T* vp = vc.const_data_ptr<T>() + e * n * k;
+        const T* rd = rdc.const_data_ptr<T>() + e * n;
+        const T* cd = cdc.const_data_ptr<T>() + e * m;
+        const T sh = static_cast<T>(shift);
+        for (int64_t i = 0; i < n; ++i) {
+          r[i] = rfc.const_data_ptr<T>()[e * n + i];
+          dinv[i] = rd[i] + sh > 0 ? T(1) / (rd[i] + sh) : T(1);
+        }
+        for (int64_t j = 0; j < m; ++j) {
+          r[n + j] = rgc.const_data_ptr<T>()[e * m + j];
+          dinv[n + j] = cd[j] + sh > 0 ? T(1) / (cd[j] + sh) : T(1);
+        }
+        std::fill(x.begin(), x.end(), T(0));
+        double rhs_norm2 = 0;
+        for (int64_t t = 0; t < N; ++t) rhs_norm2 += static_cast<double>(r[t]) * r[t];
+        const double stop2 = tol * tol * rhs_norm2;
+        double rz = 0;
+        for (int64_t t = 0; t < N; ++t) {
+          z[t] = dinv[t] * r[t];
+          p[t] = z[t];
+          rz += static_cast<double>(r[t]) * z[t];
+        }
+        int64_t it = 0;
+        double rr = rhs_norm2;
+        while (it < max_iter && rr > stop2) {
+          sparse_hvp<T>(ip, vp, rd, cd, sh, n, m, k, p.data(), p.data() + n, q.data(), q.data() + n);
+          double pq = 0;
+          for (int64_t t = 0; t < N; ++t) pq += static_cast<double>(p[t]) * q[t];
+          if (!(pq > 0)) break;  // numerically singular direction: keep what was reached
+          const T alpha = static_cast<T>(rz / pq);
+          double rz_new = 0;
+          rr = 0;
+          for (int64_t t = 0; t < N; ++t) {
+            x[t] += alpha * p[t];
+            r[t] -= alpha * q[t];
+            z[t] = dinv[t] * r[t];
+            rz_new += static_cast<double>(r[t]) * z[t];
+            rr += static_cast<double>(r[t]) * r[t];
+          }
+          const T beta = static_cast<T>(rz_new / rz);
+          rz = rz_new;
+          for (int64_t t = 0; t < N; ++t) p[t] = z[t] + beta * p[t];
+          ++it;
+        }
+        std::copy(x.begin(), x.begin() + n, xf.mutable_data_ptr<T>() + e * n);
+        std::copy(x.begin() + n, x.end(), xg.mutable_data_ptr<T>() + e * m);
+        iters.mutable_data_ptr<int64_t>()[e] = it;
+      }
+    });
+  };
+  AT_DISPATCH_SWITCH(val.scalar_type(), "ot_newton_cg", AT_DISPATCH_CASE(at::kFloat, [&] { run(float{}); })
+                                                            AT_DISPATCH_CASE(at::kDouble, [&] { run(double{}); }));
+  return {xf, xg, iters};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(sparseops, CPU, m) {
+  m.impl("ot_sparse_plan", &ot_sparse_plan_cpu);
+  m.impl("ot_newton_cg", &ot_newton_cg_cpu);
+}
+
+}  // namespace sparseops::ot

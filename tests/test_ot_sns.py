@@ -1,0 +1,146 @@
+"""Sinkhorn-Newton-Sparse: the ot_sparse_plan and ot_newton_cg ops against references, the solver's
+convergence on random assignment at small eps, agreement with Sinkhorn, opcheck, compile, bad inputs."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import sparseops
+from sparseops.reference import ot_newton_cg_ref, ot_sparse_plan_ref
+
+from conftest import devices
+
+_ops = torch.ops.sparseops
+
+
+def _potentials(B, n, m, dtype, device="cpu", seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    a = torch.rand(B, n, generator=gen, dtype=torch.float64) + 0.1
+    b = torch.rand(B, m, generator=gen, dtype=torch.float64) + 0.1
+    a, b = a / a.sum(1, keepdim=True), b / b.sum(1, keepdim=True)
+    C = torch.rand(B, n, m, generator=gen, dtype=torch.float64)
+    f, g, *_ = _ops.sinkhorn_log(a, b, C, 0.05, 10, 0.0, 10)
+    return [t.to(device, dtype) for t in (a, b, C, f, g)]
+
+
+@pytest.mark.parametrize("device", devices())
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("n, m, k", [(1, 1, 1), (7, 33, 3), (33, 7, 7), (65, 257, 4)])
+def test_sparse_plan_matches_topk(device, dtype, n, m, k):
+    a, b, C, f, g = _potentials(2, n, m, dtype, device)
+    idx, val = _ops.ot_sparse_plan(a, b, C, f, g, 0.05, k)
+    ref_idx, ref_val = ot_sparse_plan_ref(a.cpu(), b.cpu(), C.cpu(), f.cpu(), g.cpu(), 0.05, k)
+    order = val.cpu().argsort(dim=2, descending=True)
+    tol = 1e-12 if dtype == torch.float64 else 1e-5
+    torch.testing.assert_close(val.cpu().gather(2, order), ref_val, rtol=tol, atol=0)
+    torch.testing.assert_close(idx.cpu().gather(2, order), ref_idx)  # random data: no ties
+
+
+@pytest.mark.parametrize("device", devices())
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_newton_cg_matches_dense_solve(device, dtype):
+    a, b, C, f, g = _potentials(3, 20, 13, dtype, device)
+    idx, val = _ops.ot_sparse_plan(a, b, C, f, g, 0.05, 3)
+    mass, row, col = _ops.ot_dual(a, b, C, f, g, 0.05)
+    r, c = a * row, b * col
+    gen = torch.Generator().manual_seed(1)
+    rf = torch.randn(3, 20, generator=gen, dtype=torch.float64).to(device, dtype)
+    rg = torch.randn(3, 13, generator=gen, dtype=torch.float64).to(device, dtype)
+    shift = 1e-3
+    xf, xg, iters = _ops.ot_newton_cg(idx, val, r, c, rf, rg, shift, 500, 1e-12 if dtype == torch.float64 else 1e-6)
+    ef, eg = ot_newton_cg_ref(idx.cpu(), val.cpu().double(), r.cpu().double(), c.cpu().double(),
+                              rf.cpu().double(), rg.cpu().double(), shift)
+    tol = 1e-8 if dtype == torch.float64 else 2e-3
+    torch.testing.assert_close(xf.cpu().double(), ef, rtol=tol, atol=tol)
+    torch.testing.assert_close(xg.cpu().double(), eg, rtol=tol, atol=tol)
+    assert bool((iters > 0).all() and (iters < 500).all())
+
+
+def test_random_assignment_converges_where_sinkhorn_is_slow():
+    """The seed paper's experiment: n = 500, uniform random costs, eps = 1e-3. Sinkhorn needs ~25,000
+    iterations for 1e-9 here (not run: minutes); SNS reaches it in a few tens of Newton steps."""
+    gen = torch.Generator().manual_seed(0)
+    n = 500
+    C = torch.rand(n, n, generator=gen, dtype=torch.float64)
+    a = torch.full((n,), 1 / n, dtype=torch.float64)
+    res = sparseops.ot.sinkhorn_newton_sparse(a, a, C, 1e-3, tol=1e-9)
+    assert bool(res.converged) and int(res.n_iter) <= 50
+    P = res.plan()
+    err = (P.sum(1) - a).abs().sum() + (P.sum(0) - a).abs().sum()
+    assert err <= 1e-9
+    # Sinkhorn after the same wall of iterations is nowhere near.
+    slow = _ops.sinkhorn_log(a[None], a[None], C, 1e-3, 200, 0.0, 200)
+    assert slow[4][0, -1] > 1e-6
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_sns_agrees_with_sinkhorn(dtype):
+    a, b, C, _, _ = _potentials(2, 40, 30, torch.float64, seed=4)
+    a, b, C = a.to(dtype), b.to(dtype), C.to(dtype)
+    tol = 1e-10 if dtype == torch.float64 else 1e-5
+    sns = sparseops.ot.sinkhorn_newton_sparse(a, b, C, 0.02, tol=tol)
+    sk = sparseops.ot.sinkhorn(a, b, C, 0.02, tol=tol, max_iter=20000)
+    assert bool(sns.converged.all()) and bool(sk.converged.all())
+    ctol = 1e-9 if dtype == torch.float64 else 1e-4
+    torch.testing.assert_close(sns.cost, sk.cost, atol=ctol, rtol=0)
+    torch.testing.assert_close(sns.plan(), sk.plan(), atol=ctol, rtol=0)
+    assert sns.err_history.shape == (2, 51)
+
+
+def test_opcheck():
+    """Without requires_grad only: the Newton kernels are not differentiable (SNS runs them under
+    no_grad; its cost is documented as not differentiable)."""
+    a, b, C, f, g = _potentials(2, 9, 11, torch.float64)
+    torch.library.opcheck(_ops.ot_sparse_plan, (a, b, C, f, g, 0.05, 3))
+    with torch.no_grad():
+        idx, val = _ops.ot_sparse_plan(a, b, C, f, g, 0.05, 3)
+        _, row, col = _ops.ot_dual(a, b, C, f, g, 0.05)
+    rf, rg = torch.randn(2, 9, dtype=torch.float64), torch.randn(2, 11, dtype=torch.float64)
+    torch.library.opcheck(_ops.ot_newton_cg, (idx, val, a.detach() * row, b.detach() * col, rf, rg, 1e-6, 100, 1e-10))
+
+
+def test_compile_newton_kernels():
+    """sinkhorn_newton_sparse itself is a host-driven loop (data-dependent step control) and is not
+    compiled; the kernels it drives trace without graph breaks."""
+    a, b, C, f, g = _potentials(1, 9, 11, torch.float64)
+
+    def newton_direction(a, b, C, f, g):
+        _, row, col = _ops.ot_dual(a, b, C, f, g, 0.05)
+        r, c = a * row, b * col
+        idx, val = _ops.ot_sparse_plan(a, b, C, f, g, 0.05, 2)
+        return _ops.ot_newton_cg(idx, val, r, c, 0.05 * (a - r), 0.05 * (b - c), 1e-8, 100, 1e-10)[:2]
+
+    compiled = torch.compile(newton_direction, fullgraph=True, backend="aot_eager")
+    for x, y in zip(compiled(a, b, C, f, g), newton_direction(a, b, C, f, g)):
+        torch.testing.assert_close(x, y)
+
+
+def test_bad_inputs():
+    a, b, C, f, g = _potentials(1, 5, 4, torch.float64)
+    with pytest.raises(RuntimeError, match=r"ot_sparse_plan: expected 1 <= k <= m = 4 \(got k=5\)"):
+        _ops.ot_sparse_plan(a, b, C, f, g, 0.05, 5)
+    idx, val = _ops.ot_sparse_plan(a, b, C, f, g, 0.05, 2)
+    bad = idx.clone()
+    bad[0, 2, 1] = 4
+    r, c = torch.ones(1, 5, dtype=torch.float64), torch.ones(1, 4, dtype=torch.float64)
+    with pytest.raises(RuntimeError, match=r"ot_newton_cg: expected idx in \[0, m\) = \[0, 4\) \(got min 0, max 4\)"):
+        _ops.ot_newton_cg(bad, val, r, c, r, c, 0.0, 10, 1e-6)
+    with pytest.raises(RuntimeError, match=r"ot_newton_cg: expected rhs_g of shape \[1, 4\] \(got \[1, 5\]\)"):
+        _ops.ot_newton_cg(idx, val, r, c, r, r, 0.0, 10, 1e-6)
+    with pytest.raises(RuntimeError, match=r"ot_newton_cg: expected shift to be finite and >= 0 \(got -1\)"):
+        _ops.ot_newton_cg(idx, val, r, c, r, c, -1.0, 10, 1e-6)
+    with pytest.raises(ValueError, match=r"sinkhorn_newton_sparse: expected 0 < density <= 1 \(got 2.0\)"):
+        sparseops.ot.sinkhorn_newton_sparse(a[0], b[0], C[0], 0.05, density=2.0)
+    with pytest.raises(ValueError, match=r"sinkhorn_newton_sparse: expected eps to be finite and > 0 \(got 0.0\)"):
+        sparseops.ot.sinkhorn_newton_sparse(a[0], b[0], C[0], 0.0)
+    with pytest.raises(ValueError, match=r"sinkhorn_log: expected sum\(a\) == sum\(b\)"):
+        sparseops.ot.sinkhorn_newton_sparse(a[0], 2 * b[0], C[0], 0.05)
+
+
+@pytest.mark.requires_cuda
+def test_sns_on_cuda_matches_cpu():
+    a, b, C, _, _ = _potentials(2, 60, 50, torch.float64, seed=2)
+    cpu = sparseops.ot.sinkhorn_newton_sparse(a, b, C, 0.01, tol=1e-10)
+    gpu = sparseops.ot.sinkhorn_newton_sparse(a.cuda(), b.cuda(), C.cuda(), 0.01, tol=1e-10)
+    assert bool(gpu.converged.all())
+    torch.testing.assert_close(gpu.cost.cpu(), cpu.cost, atol=1e-10, rtol=0)
