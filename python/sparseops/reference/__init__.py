@@ -5,3 +5,6 @@ from .training import nm_srste_backward_ref, nm_srste_ref, transposable_mask_24_
 
 __all__ = ["compress_24_ref", "decompress_24_ref", "nm_mask_ref", "sparse24_linear_ref"]
 __all__ += ["nm_srste_backward_ref", "nm_srste_ref", "transposable_mask_24_ref", "transposable_patterns_ref"]
+from .attention import block_sparse_attention_ref, token_mask_ref, topk_block_mask_ref
+
+__all__ += ["block_sparse_attention_ref", "token_mask_ref", "topk_block_mask_ref"]
