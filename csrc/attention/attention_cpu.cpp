@@ -107,8 +107,12 @@ void mask_tile(float* S, int64_t lds, int64_t rows, int64_t n, int64_t nP, bool 
 // ---- forward ------------------------------------------------------------------------------------
 
 struct FwdScratch {
-  std::vector<float> q, acc, m, l, alpha, S;
-  FwdScratch(const AttnDims& d, int64_t Dp) {
+  std::vector<float> q, acc, m, l, alpha, S, kt, v;
+  FwdScratch(const AttnDims& d, int64_t Dp, bool per_task_kv) {
+    if (per_task_kv) {
+      kt.resize(d.D * round_up_cols(d.block_k));
+      v.resize(d.block_k * Dp);
+    }
     const int64_t rows = d.Hq / d.Hkv * d.block_q;
     q.resize(rows * d.D);
     acc.resize(rows * Dp);
@@ -135,13 +139,28 @@ struct Forward {
   const float* vf;  // rows ((b Hkv + hkv) Skv + j), ldv apart
   int64_t ldv;
   float* part;      // nsplit > 1: per (item, split): acc [G bq x Dp], m [G bq], l [G bq]
+  bool per_task_kv;  // convert each kept K/V block inside the task (kt/vf unused): one q-block, no reuse
+
+  // The group's heads share one list when the mask has one head, or when their lists are identical.
+  HeadSets sets_for(int64_t b, int64_t hkv, int64_t qb) const {
+    const int64_t G = d.Hq / d.Hkv;
+    if (d.mask_h == 1 || G == 1) return head_sets(d);
+    const int64_t r0 = mask.row(b, hkv * G, qb);
+    for (int64_t g = 1; g < G; ++g) {
+      const int64_t r = mask.row(b, hkv * G + g, qb);
+      if (mask.num[r] != mask.num[r0] ||
+          !std::equal(mask.idx + r * mask.width, mask.idx + r * mask.width + mask.num[r], mask.idx + r0 * mask.width))
+        return HeadSets{G, 1};
+    }
+    return HeadSets{1, G};
+  }
 
   int64_t part_stride() const { return (d.Hq / d.Hkv * d.block_q) * (Dp + 2); }
 
   void run(int64_t item, int64_t split, FwdScratch& s) const {
     const int64_t qb = item % d.nq, bh = item / d.nq, hkv = bh % d.Hkv, b = bh / d.Hkv;
     const int64_t G = d.Hq / d.Hkv, i0 = qb * d.block_q, mq = std::min(d.block_q, d.Sq - i0);
-    const HeadSets sets = head_sets(d);
+    const HeadSets sets = sets_for(b, hkv, qb);
     for (int64_t set = 0; set < sets.count; ++set) {
       const int64_t h0 = hkv * G + set * sets.heads, M = sets.heads * mq;
       const int64_t mrow = mask.row(b, h0, qb), cnt = mask.num[mrow];
@@ -158,12 +177,24 @@ struct Forward {
         const int cls = rule.block(i0, i0 + mq, j0, j0 + n);
         if (cls == 0) continue;
         const int64_t nP = round_up_cols(n);
-        const float* KT = kt + (bh * d.nkv + kb) * d.D * bkP;
-        const float* V = vf + (bh * d.Skv + j0) * ldv;
+        const float* KT;
+        const float* V;
+        int64_t ld_v = ldv;
+        if (per_task_kv) {
+          convert_transposed(k + (bh * d.Skv + j0) * d.D, n, d.D, d.D, s.kt.data(), nP, 1.0f);
+          convert_rows(v + (bh * d.Skv + j0) * d.D, n, d.D, d.D, s.v.data(), Dp, 1.0f);
+          KT = s.kt.data();
+          V = s.v.data();
+          ld_v = Dp;
+        } else {
+          KT = kt + (bh * d.nkv + kb) * d.D * bkP;
+          V = vf + (bh * d.Skv + j0) * ldv;
+        }
+        const int64_t ld_kt = per_task_kv ? nP : bkP;
         for (int64_t r0 = 0; r0 < M; r0 += kRowChunk) {
           const int64_t rc = std::min(kRowChunk, M - r0);
           float* S = s.S.data();
-          mk.gemm(rc, nP, d.D, s.q.data() + r0 * d.D, d.D, KT, bkP, S, nP, false);
+          mk.gemm(rc, nP, d.D, s.q.data() + r0 * d.D, d.D, KT, ld_kt, S, nP, false);
           if (cls == 1 || n < nP)
             mask_tile(S, nP, rc, n, nP, cls == 1, rule, j0, [&](int64_t r) { return i0 + (r0 + r) % mq; });
           float* alpha = s.alpha.data() + r0;
@@ -173,7 +204,7 @@ struct Forward {
             float* a = s.acc.data() + (r0 + r) * Dp;
             for (int64_t x = 0; x < Dp; ++x) a[x] *= alpha[r];
           }
-          mk.gemm(rc, Dp, n, S, nP, V, ldv, s.acc.data() + r0 * Dp, Dp, true);
+          mk.gemm(rc, Dp, n, S, nP, V, ld_v, s.acc.data() + r0 * Dp, Dp, true);
         }
       }
       const int64_t row0 = set * sets.heads * mq;  // this set's first row among the item's G mq rows
@@ -267,17 +298,21 @@ std::tuple<at::Tensor, at::Tensor> block_sparse_attention_cpu(const at::Tensor& 
   const int64_t Dp = round_up_cols(d.D), bkP = round_up_cols(d.block_k);
   const int64_t items = d.B * d.Hkv * d.nq, threads = at::get_num_threads();
   const int64_t nsplit = items >= threads ? 1 : std::max<int64_t>(1, std::min(ceil_div(threads, items), d.width));
-  const std::vector<uint8_t> used = used_kv_blocks(d, mask);
+  // One q-block (decode): every K/V block is used by one item only, so it is converted inside that
+  // item, where it stays in cache, instead of into the shared fp32 copy.
+  const bool per_task_kv = d.nq == 1;
+  const std::vector<uint8_t> used = per_task_kv ? std::vector<uint8_t>() : used_kv_blocks(d, mask);
   SPARSEOPS_DISPATCH_FLOAT_HALF_BF16(qc.scalar_type(), op, [&] {
     const scalar_t* kp = kc.const_data_ptr<scalar_t>();
     const scalar_t* vp = vc.const_data_ptr<scalar_t>();
     const bool v_direct = std::is_same_v<scalar_t, float> && d.D == Dp;
     const int64_t ldv = Dp;
-    at::Tensor kt = at::empty({d.B * d.Hkv * d.nkv * d.D * bkP}, qc.options().dtype(at::kFloat));
-    at::Tensor vf = v_direct ? at::Tensor() : at::empty({d.B * d.Hkv * d.Skv * Dp}, qc.options().dtype(at::kFloat));
-    float* ktp = kt.mutable_data_ptr<float>();
-    float* vfp = v_direct ? nullptr : vf.mutable_data_ptr<float>();
-    at::parallel_for(0, d.B * d.Hkv * d.nkv, 4, [&](int64_t begin, int64_t end) {
+    const auto f32 = qc.options().dtype(at::kFloat);
+    at::Tensor kt = per_task_kv ? at::Tensor() : at::empty({d.B * d.Hkv * d.nkv * d.D * bkP}, f32);
+    at::Tensor vf = (v_direct || per_task_kv) ? at::Tensor() : at::empty({d.B * d.Hkv * d.Skv * Dp}, f32);
+    float* ktp = kt.defined() ? kt.mutable_data_ptr<float>() : nullptr;
+    float* vfp = vf.defined() ? vf.mutable_data_ptr<float>() : nullptr;
+    if (!per_task_kv) at::parallel_for(0, d.B * d.Hkv * d.nkv, 4, [&](int64_t begin, int64_t end) {
       for (int64_t blk = begin; blk < end; ++blk) {
         if (!used[blk]) continue;
         const int64_t kb = blk % d.nkv, bh = blk / d.nkv, j0 = kb * d.block_k, n = std::min(d.block_k, d.Skv - j0);
@@ -290,10 +325,10 @@ std::tuple<at::Tensor, at::Tensor> block_sparse_attention_cpu(const at::Tensor& 
       part = at::empty({items * nsplit * (d.Hq / d.Hkv * d.block_q) * (Dp + 2)}, qc.options().dtype(at::kFloat));
     Forward<scalar_t> f{d, mask, token_rule(d), pick_kernels(), qc.const_data_ptr<scalar_t>(), kp, vp,
                         out.mutable_data_ptr<scalar_t>(), lse.mutable_data_ptr<float>(), Dp, bkP, nsplit, ktp,
-                        v_direct ? reinterpret_cast<const float*>(vp) : vfp, ldv,
-                        nsplit > 1 ? part.mutable_data_ptr<float>() : nullptr};
+                        v_direct ? reinterpret_cast<const float*>(vp) : vfp, v_direct ? d.D : ldv,
+                        nsplit > 1 ? part.mutable_data_ptr<float>() : nullptr, per_task_kv};
     at::parallel_for(0, items * nsplit, 1, [&](int64_t begin, int64_t end) {
-      FwdScratch s(d, Dp);
+      FwdScratch s(d, Dp, per_task_kv);
       for (int64_t t = begin; t < end; ++t) f.run(t / nsplit, t % nsplit, s);
     });
     if (nsplit > 1) {
