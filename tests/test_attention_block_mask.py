@@ -91,3 +91,25 @@ def test_builders_reject_bad_input():
         sliding_window_block_mask(64, 64, -1, 16)
     with pytest.raises(ValueError, match="BlockMask: cannot combine"):
         causal_block_mask(64, 64, 16) | causal_block_mask(64, 64, 32)
+
+
+def test_flex_round_trip_and_same_attention():
+    flex_mod = pytest.importorskip("torch.nn.attention.flex_attention")
+    sq, skv, d = 100, 130, 16
+    m = causal_block_mask(sq, skv, (32, 16)) | sliding_window_block_mask(sq, skv, 40, (32, 16))
+    fbm = m.to_flex()
+    back = sparseops.block_mask_from_flex(fbm)
+    assert back.block_size == (32, 16) and (back.q_len, back.kv_len) == (sq, skv)
+    assert torch.equal(back.to_dense_blocks(), m.to_dense_blocks())
+    # Flex's full blocks count as kept too.
+    full = flex_mod.BlockMask.from_kv_blocks(torch.zeros_like(m.kv_num_blocks), m.kv_indices, m.kv_num_blocks,
+                                             m.kv_indices, BLOCK_SIZE=(32, 16), seq_lengths=(sq, skv))
+    assert torch.equal(sparseops.block_mask_from_flex(full).to_dense_blocks(), m.to_dense_blocks())
+    q, k, v = torch.randn(1, 2, sq, d), torch.randn(1, 2, skv, d), torch.randn(1, 2, skv, d)
+    off = skv - sq
+    causal = m.to_flex(mask_mod=lambda b, h, qi, kj: kj <= qi + off)
+    expected = flex_mod.flex_attention(q, k, v, block_mask=causal)
+    got = sparseops.block_sparse_attention(q, k, v, m, causal=True)
+    torch.testing.assert_close(got, expected, atol=2e-5, rtol=1e-4)
+    with pytest.raises(TypeError, match="block_mask_from_flex: expected a torch.nn.attention.flex_attention.BlockMask"):
+        sparseops.block_mask_from_flex(m)

@@ -8,8 +8,8 @@ from .linear24 import compress_24_transposable, sparse24_linear
 from . import linear24_cuda  # noqa: F401  (fake kernels + autograd of the CUDA-only 2:4 GEMM ops)
 from .linear24_cuda import cuda_backend_choice
 from .training import GradientFlowSchedule, nm_srste, transposable_mask_24
-from .attention import (BlockMask, block_mask_from_dense, block_sparse_attention, causal_block_mask,
-                        full_block_mask, sliding_window_block_mask, topk_block_mask)
+from .attention import (BlockMask, block_mask_from_dense, block_mask_from_flex, block_sparse_attention,
+                        causal_block_mask, full_block_mask, sliding_window_block_mask, topk_block_mask)
 from . import nn  # noqa: F401
 
 __version__ = build_info()["version"]
@@ -17,6 +17,7 @@ __version__ = build_info()["version"]
 __all__ = [
     "BlockMask",
     "block_mask_from_dense",
+    "block_mask_from_flex",
     "block_sparse_attention",
     "causal_block_mask",
     "full_block_mask",

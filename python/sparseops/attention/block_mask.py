@@ -22,6 +22,7 @@ from torch import Tensor
 __all__ = [
     "BlockMask",
     "block_mask_from_dense",
+    "block_mask_from_flex",
     "causal_block_mask",
     "full_block_mask",
     "sliding_window_block_mask",
@@ -82,6 +83,15 @@ class BlockMask(NamedTuple):
         """Fraction of (query block, KV block) pairs kept, averaged over batch and heads."""
         return float(self.kv_num_blocks.float().mean()) / self.num_kv_blocks
 
+    def to_flex(self, mask_mod=None):
+        """This mask as a FlexAttention ``BlockMask`` (every kept block a partial block, so that
+        ``mask_mod`` -- default: none -- applies inside it; pass e.g. a causal ``mask_mod`` for what
+        ``causal=True`` does here). Needs ``torch.nn.attention.flex_attention``."""
+        from torch.nn.attention.flex_attention import BlockMask as FlexBlockMask
+
+        return FlexBlockMask.from_kv_blocks(self.kv_num_blocks, self.kv_indices, BLOCK_SIZE=self.block_size,
+                                            mask_mod=mask_mod, seq_lengths=(self.q_len, self.kv_len))
+
     def __or__(self, other: "BlockMask") -> "BlockMask":  # union
         return _combine(self, other, torch.logical_or)
 
@@ -116,6 +126,26 @@ def block_mask_from_dense(blocks: Tensor, block_size: Union[int, Sequence[int]],
     # Stable sort of "not kept": kept blocks first, in ascending order.
     idx = torch.sort((~blocks).to(torch.uint8), dim=-1, stable=True).indices.to(torch.int32)
     return BlockMask(num.contiguous(), idx.contiguous(), (bq, bk), q_len, kv_len)
+
+
+def block_mask_from_flex(flex_block_mask) -> BlockMask:
+    """A :class:`BlockMask` keeping the blocks a FlexAttention ``BlockMask`` keeps (its partial and full
+    blocks together). Its ``mask_mod`` is not carried over: express the token-level rule with
+    ``causal`` / ``window`` of :func:`block_sparse_attention`."""
+    fn = "block_mask_from_flex"
+    for attr in ("kv_num_blocks", "kv_indices", "BLOCK_SIZE", "seq_lengths"):
+        if not hasattr(flex_block_mask, attr):
+            raise TypeError(f"{fn}: expected a torch.nn.attention.flex_attention.BlockMask (no attribute {attr!r} on "
+                            f"{type(flex_block_mask).__name__})")
+    bq, bk = flex_block_mask.BLOCK_SIZE
+    q_len, kv_len = (int(x) for x in flex_block_mask.seq_lengths)
+    size = (bq, bk)
+    dense = BlockMask(flex_block_mask.kv_num_blocks.int(), flex_block_mask.kv_indices.int(), size, q_len,
+                      kv_len).to_dense_blocks()
+    if flex_block_mask.full_kv_num_blocks is not None:
+        dense = dense | BlockMask(flex_block_mask.full_kv_num_blocks.int(), flex_block_mask.full_kv_indices.int(),
+                                  size, q_len, kv_len).to_dense_blocks()
+    return block_mask_from_dense(dense, size, q_len, kv_len)
 
 
 def _token_ranges(n_blocks: int, block: int, length: int, device) -> Tuple[Tensor, Tensor]:
