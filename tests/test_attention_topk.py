@@ -72,3 +72,22 @@ def test_topk_bad_input():
         ops.topk_block_mask(q[:, :2], k, 16, 16, 1, False, -1, 1)
     with pytest.raises(ValueError, match="topk_block_mask: expected block sizes"):
         topk_block_mask(q, k, block_size=2000, topk=1)
+
+
+def test_nn_block_sparse_attention_module():
+    q = torch.randn(2, 4, 96, 32, requires_grad=True)
+    k = torch.randn(2, 2, 96, 32, requires_grad=True)
+    v = torch.randn(2, 2, 96, 32, requires_grad=True)
+    mod = sparseops.nn.BlockSparseAttention(16, causal=True, window=40, topk=2, sink_blocks=1)
+    out = mod(q, k, v)
+    m = mod.build_mask(q, k)
+    expected = topk_block_mask(q, k, block_size=16, topk=2, causal=True, sink_blocks=1) & \
+        sparseops.sliding_window_block_mask(96, 96, 40, 16)
+    assert torch.equal(m.to_dense_blocks(), expected.to_dense_blocks())
+    torch.testing.assert_close(out, block_sparse_attention_ref(q, k, v, m, causal=True, window=40), atol=2e-5,
+                               rtol=1e-4)
+    out.sum().backward()
+    assert q.grad is not None and k.grad is not None and v.grad is not None
+    dense = sparseops.nn.BlockSparseAttention(32)(q, k, v)
+    torch.testing.assert_close(dense, torch.nn.functional.scaled_dot_product_attention(
+        q, k.repeat_interleave(2, 1), v.repeat_interleave(2, 1)), atol=2e-5, rtol=1e-4)
