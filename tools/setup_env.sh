@@ -21,6 +21,8 @@ echo "[setup] installing build, test and bench dependencies"
   pytest matplotlib
 # CUTLASS C++ headers only: its Python dependencies are not needed.
 "$PY" -m pip install -q --no-deps "nvidia-cutlass==4.2.0.0"
+# Peers and integrations tested against: transformers (attn_implementation="sparseops").
+"$PY" -m pip install -q "transformers>=5.0"
 
 echo "[setup] building sparseops (SPARSEOPS_WITH_CUDA=${SPARSEOPS_WITH_CUDA:-auto})"
 start=$(date +%s)

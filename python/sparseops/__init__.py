@@ -9,7 +9,8 @@ from . import linear24_cuda  # noqa: F401  (fake kernels + autograd of the CUDA-
 from .linear24_cuda import cuda_backend_choice
 from .training import GradientFlowSchedule, nm_srste, transposable_mask_24
 from .attention import (BlockMask, block_mask_from_dense, block_mask_from_flex, block_sparse_attention,
-                        causal_block_mask, full_block_mask, sliding_window_block_mask, topk_block_mask)
+                        causal_block_mask, full_block_mask, register_transformers, sliding_window_block_mask,
+                        topk_block_mask)
 from . import nn  # noqa: F401
 
 __version__ = build_info()["version"]
@@ -34,6 +35,7 @@ __all__ = [
     "nm_mask",
     "nm_srste",
     "nn",
+    "register_transformers",
     "sparse24_linear",
     "transposable_mask_24",
 ]
