@@ -247,3 +247,13 @@ def test_bad_tensors():
         block_sparse_attention(q, k, v, (m.kv_num_blocks, m.kv_indices))
     with pytest.raises(ValueError, match="expected window sizes to be ints >= 0"):
         block_sparse_attention(q, k, v, m, window=(-2, 1))
+
+
+@pytest.mark.parametrize("D", [33, 2, 256])
+def test_bf16_odd_and_extreme_head_dims(D):
+    """bf16 runs on bf16 pairs (vdpbf16ps) where the CPU has AVX-512 BF16 and D is even, else in fp32."""
+    q, k, v = _inputs(1, 4, 2, 40, 70, D, torch.bfloat16)
+    m = _random_mask(1, 1, 40, 70, 16, 32, 0.7)
+    out = block_sparse_attention(q, k, v, m, causal=True)
+    ref = block_sparse_attention_ref(q, k, v, m, causal=True)
+    torch.testing.assert_close(out.float(), ref.float(), atol=TOL[torch.bfloat16], rtol=TOL[torch.bfloat16])

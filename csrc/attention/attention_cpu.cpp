@@ -24,6 +24,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cstring>
 #include <cmath>
 #include <limits>
 #include <numeric>
@@ -89,6 +90,18 @@ void convert_transposed(const T* src, int64_t rows, int64_t cols, int64_t lds, f
     for (int64_t r = rows; r < ldd; ++r) dst[c * ldd + r] = 0.0f;
 }
 
+// bf16 K block as pairs along D, transposed: dst[p][j] = (k[j][2p], k[j][2p+1]) for j < n, zero for
+// n <= j < ldd (D even).
+void transpose_pairs(const uint16_t* k, int64_t n, int64_t D, uint32_t* dst, int64_t ldd) {
+  const int64_t P = D / 2;
+  for (int64_t j = 0; j < n; ++j) {
+    const uint16_t* row = k + j * D;
+    for (int64_t p = 0; p < P; ++p) dst[p * ldd + j] = row[2 * p] | static_cast<uint32_t>(row[2 * p + 1]) << 16;
+  }
+  for (int64_t p = 0; p < P; ++p)
+    for (int64_t j = n; j < ldd; ++j) dst[p * ldd + j] = 0;
+}
+
 // S[r][j] = -inf where the rule hides key j0 + j from query token(r), and for padding columns j >= n.
 template <typename TokenOf>
 void mask_tile(float* S, int64_t lds, int64_t rows, int64_t n, int64_t nP, bool partial, const TokenRule& rule,
@@ -108,13 +121,22 @@ void mask_tile(float* S, int64_t lds, int64_t rows, int64_t n, int64_t nP, bool 
 
 struct FwdScratch {
   std::vector<float> q, acc, m, l, alpha, S, kt, v;
-  FwdScratch(const AttnDims& d, int64_t Dp, bool per_task_kv) {
-    if (per_task_kv) {
-      kt.resize(d.D * round_up_cols(d.block_k));
+  std::vector<uint16_t> qb;                // bf16 path: the item's q rows (raw bf16)
+  std::vector<uint32_t> pb, ktb, vb;       // bf16 path: P as pairs; per-task K^T / V pairs
+  FwdScratch(const AttnDims& d, int64_t Dp, bool per_task_kv, bool bf16) {
+    const int64_t rows = d.Hq / d.Hkv * d.block_q, bkP = round_up_cols(d.block_k);
+    if (bf16) {
+      qb.resize(rows * d.D);
+      pb.resize(kRowChunk * bkP / 2);
+      if (per_task_kv) {
+        ktb.resize(d.D / 2 * bkP);
+        vb.resize((d.block_k + 1) / 2 * Dp);
+      }
+    } else if (per_task_kv) {
+      kt.resize(d.D * bkP);
       v.resize(d.block_k * Dp);
     }
-    const int64_t rows = d.Hq / d.Hkv * d.block_q;
-    q.resize(rows * d.D);
+    if (!bf16) q.resize(rows * d.D);
     acc.resize(rows * Dp);
     m.resize(rows);
     l.resize(rows);
@@ -140,6 +162,11 @@ struct Forward {
   int64_t ldv;
   float* part;      // nsplit > 1: per (item, split): acc [G bq x Dp], m [G bq], l [G bq]
   bool per_task_kv;  // convert each kept K/V block inside the task (kt/vf unused): one q-block, no reuse
+  // bf16 inputs with AVX-512 BF16 (vdpbf16ps) and even D: q and K as bf16 pairs, P rounded to bf16 for
+  // P V; K^T pairs [blk][D/2][bkP] and V row pairs [blk][ceil(bk/2)][Dp] replace kt / vf.
+  bool bf16 = false;
+  const uint32_t* ktb = nullptr;
+  const uint32_t* vpb = nullptr;
 
   // The group's heads share one list when the mask has one head, or when their lists are identical.
   HeadSets sets_for(int64_t b, int64_t hkv, int64_t qb) const {
@@ -166,9 +193,15 @@ struct Forward {
       const int64_t mrow = mask.row(b, h0, qb), cnt = mask.num[mrow];
       const int32_t* list = mask.idx + mrow * mask.width;
       const int64_t c0 = cnt * split / nsplit, c1 = cnt * (split + 1) / nsplit;
-      for (int64_t hh = 0; hh < sets.heads; ++hh)
-        convert_rows(q + ((b * d.Hq + h0 + hh) * d.Sq + i0) * d.D, mq, d.D, d.D, s.q.data() + hh * mq * d.D, d.D,
-                     d.scale);
+      for (int64_t hh = 0; hh < sets.heads; ++hh) {
+        const T* src = q + ((b * d.Hq + h0 + hh) * d.Sq + i0) * d.D;
+        if (bf16)
+          std::memcpy(s.qb.data() + hh * mq * d.D, src, sizeof(T) * mq * d.D);
+        else
+          convert_rows(src, mq, d.D, d.D, s.q.data() + hh * mq * d.D, d.D, d.scale);
+      }
+      const uint32_t* qpairs = reinterpret_cast<const uint32_t*>(s.qb.data());
+      const int64_t half_d = d.D / 2, half_bk = (d.block_k + 1) / 2;
       std::fill_n(s.acc.data(), M * Dp, 0.0f);
       std::fill_n(s.m.data(), M, kNegInf);
       std::fill_n(s.l.data(), M, 0.0f);
@@ -177,10 +210,25 @@ struct Forward {
         const int cls = rule.block(i0, i0 + mq, j0, j0 + n);
         if (cls == 0) continue;
         const int64_t nP = round_up_cols(n);
-        const float* KT;
-        const float* V;
+        const float* KT = nullptr;
+        const float* V = nullptr;
+        const uint32_t* KTb = nullptr;
+        const uint32_t* Vb = nullptr;
         int64_t ld_v = ldv;
-        if (per_task_kv) {
+        if (bf16) {
+          const int64_t blk = bh * d.nkv + kb;
+          if (per_task_kv) {
+            const uint16_t* kr = reinterpret_cast<const uint16_t*>(k + (bh * d.Skv + j0) * d.D);
+            const uint16_t* vr = reinterpret_cast<const uint16_t*>(v + (bh * d.Skv + j0) * d.D);
+            transpose_pairs(kr, n, d.D, s.ktb.data(), nP);
+            mk.pair_rows_bf16(vr, d.D, n, d.D, s.vb.data(), Dp, Dp);
+            KTb = s.ktb.data();
+            Vb = s.vb.data();
+          } else {
+            KTb = ktb + blk * half_d * bkP;
+            Vb = vpb + blk * half_bk * Dp;
+          }
+        } else if (per_task_kv) {
           convert_transposed(k + (bh * d.Skv + j0) * d.D, n, d.D, d.D, s.kt.data(), nP, 1.0f);
           convert_rows(v + (bh * d.Skv + j0) * d.D, n, d.D, d.D, s.v.data(), Dp, 1.0f);
           KT = s.kt.data();
@@ -194,7 +242,10 @@ struct Forward {
         for (int64_t r0 = 0; r0 < M; r0 += kRowChunk) {
           const int64_t rc = std::min(kRowChunk, M - r0);
           float* S = s.S.data();
-          mk.gemm(rc, nP, d.D, s.q.data() + r0 * d.D, d.D, KT, ld_kt, S, nP, false);
+          if (bf16)
+            mk.gemm_bf16(rc, nP, half_d, qpairs + r0 * half_d, half_d, KTb, ld_kt, S, nP, false, d.scale);
+          else
+            mk.gemm(rc, nP, d.D, s.q.data() + r0 * d.D, d.D, KT, ld_kt, S, nP, false);
           if (cls == 1 || n < nP)
             mask_tile(S, nP, rc, n, nP, cls == 1, rule, j0, [&](int64_t r) { return i0 + (r0 + r) % mq; });
           float* alpha = s.alpha.data() + r0;
@@ -204,7 +255,12 @@ struct Forward {
             float* a = s.acc.data() + (r0 + r) * Dp;
             for (int64_t x = 0; x < Dp; ++x) a[x] *= alpha[r];
           }
-          mk.gemm(rc, Dp, n, S, nP, V, ld_v, s.acc.data() + r0 * Dp, Dp, true);
+          if (bf16) {
+            mk.pack_bf16(S, nP, rc, nP, s.pb.data(), nP / 2);
+            mk.gemm_bf16(rc, Dp, (n + 1) / 2, s.pb.data(), nP / 2, Vb, Dp, s.acc.data() + r0 * Dp, Dp, true, 1.0f);
+          } else {
+            mk.gemm(rc, Dp, n, S, nP, V, ld_v, s.acc.data() + r0 * Dp, Dp, true);
+          }
         }
       }
       const int64_t row0 = set * sets.heads * mq;  // this set's first row among the item's G mq rows
@@ -308,11 +364,32 @@ std::tuple<at::Tensor, at::Tensor> block_sparse_attention_cpu(const at::Tensor& 
     const bool v_direct = std::is_same_v<scalar_t, float> && d.D == Dp;
     const int64_t ldv = Dp;
     const auto f32 = qc.options().dtype(at::kFloat);
-    at::Tensor kt = per_task_kv ? at::Tensor() : at::empty({d.B * d.Hkv * d.nkv * d.D * bkP}, f32);
-    at::Tensor vf = (v_direct || per_task_kv) ? at::Tensor() : at::empty({d.B * d.Hkv * d.Skv * Dp}, f32);
+    const cpu::MicroKernels mk = pick_kernels();
+    const bool bf16 = std::is_same_v<scalar_t, c10::BFloat16> && mk.gemm_bf16 != nullptr && d.D % 2 == 0;
+    const int64_t half_bk = (d.block_k + 1) / 2, blocks = d.B * d.Hkv * d.nkv;
+    at::Tensor ktb, vpb;
+    if (bf16 && !per_task_kv) {
+      ktb = at::empty({blocks * d.D / 2 * bkP}, qc.options().dtype(at::kInt));
+      vpb = at::empty({blocks * half_bk * Dp}, qc.options().dtype(at::kInt));
+      uint32_t* ktbp = reinterpret_cast<uint32_t*>(ktb.mutable_data_ptr<int32_t>());
+      uint32_t* vpbp = reinterpret_cast<uint32_t*>(vpb.mutable_data_ptr<int32_t>());
+      at::parallel_for(0, blocks, 4, [&](int64_t begin, int64_t end) {
+        for (int64_t blk = begin; blk < end; ++blk) {
+          if (!used[blk]) continue;
+          const int64_t kb = blk % d.nkv, bh = blk / d.nkv, j0 = kb * d.block_k, n = std::min(d.block_k, d.Skv - j0);
+          const uint16_t* kr = reinterpret_cast<const uint16_t*>(kp + (bh * d.Skv + j0) * d.D);
+          const uint16_t* vr = reinterpret_cast<const uint16_t*>(vp + (bh * d.Skv + j0) * d.D);
+          transpose_pairs(kr, n, d.D, ktbp + blk * d.D / 2 * bkP, bkP);
+          mk.pair_rows_bf16(vr, d.D, n, d.D, vpbp + blk * half_bk * Dp, Dp, Dp);
+        }
+      });
+    }
+    const bool fp32_copies = !per_task_kv && !bf16;
+    at::Tensor kt = fp32_copies ? at::empty({blocks * d.D * bkP}, f32) : at::Tensor();
+    at::Tensor vf = (fp32_copies && !v_direct) ? at::empty({d.B * d.Hkv * d.Skv * Dp}, f32) : at::Tensor();
     float* ktp = kt.defined() ? kt.mutable_data_ptr<float>() : nullptr;
     float* vfp = vf.defined() ? vf.mutable_data_ptr<float>() : nullptr;
-    if (!per_task_kv) at::parallel_for(0, d.B * d.Hkv * d.nkv, 4, [&](int64_t begin, int64_t end) {
+    if (fp32_copies) at::parallel_for(0, blocks, 4, [&](int64_t begin, int64_t end) {
       for (int64_t blk = begin; blk < end; ++blk) {
         if (!used[blk]) continue;
         const int64_t kb = blk % d.nkv, bh = blk / d.nkv, j0 = kb * d.block_k, n = std::min(d.block_k, d.Skv - j0);
@@ -323,12 +400,17 @@ std::tuple<at::Tensor, at::Tensor> block_sparse_attention_cpu(const at::Tensor& 
     at::Tensor part;
     if (nsplit > 1)
       part = at::empty({items * nsplit * (d.Hq / d.Hkv * d.block_q) * (Dp + 2)}, qc.options().dtype(at::kFloat));
-    Forward<scalar_t> f{d, mask, token_rule(d), pick_kernels(), qc.const_data_ptr<scalar_t>(), kp, vp,
+    Forward<scalar_t> f{d, mask, token_rule(d), mk, qc.const_data_ptr<scalar_t>(), kp, vp,
                         out.mutable_data_ptr<scalar_t>(), lse.mutable_data_ptr<float>(), Dp, bkP, nsplit, ktp,
                         v_direct ? reinterpret_cast<const float*>(vp) : vfp, v_direct ? d.D : ldv,
                         nsplit > 1 ? part.mutable_data_ptr<float>() : nullptr, per_task_kv};
+    f.bf16 = bf16;
+    if (ktb.defined()) {
+      f.ktb = reinterpret_cast<const uint32_t*>(ktb.const_data_ptr<int32_t>());
+      f.vpb = reinterpret_cast<const uint32_t*>(vpb.const_data_ptr<int32_t>());
+    }
     at::parallel_for(0, items * nsplit, 1, [&](int64_t begin, int64_t end) {
-      FwdScratch s(d, Dp, per_task_kv);
+      FwdScratch s(d, Dp, per_task_kv, bf16);
       for (int64_t t = begin; t < end; ++t) f.run(t / nsplit, t % nsplit, s);
     });
     if (nsplit > 1) {

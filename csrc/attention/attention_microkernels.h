@@ -29,6 +29,19 @@ struct MicroKernels {
   // S[r][j] <- exp(S[r][j] - row_shift[r] - col_shift[j]) over M x N (N % kColAlign == 0); a null shift
   // is 0; an entry whose total shift is -inf (a row that attended to nothing) becomes 0.
   void (*exp_shift)(float* S, int64_t lds, int64_t M, int64_t N, const float* row_shift, const float* col_shift);
+
+  // bf16 products (AVX-512 BF16 only; null elsewhere). A "pair" is a uint32 holding two bf16, the
+  // lower-indexed one in the low half; K2 counts pairs along the reduction dim.
+  // C[M x N] = out_scale * (A[M x K2 pairs] * B[K2 pairs x N]) (accumulate: C += A * B, out_scale unused);
+  // products exact in fp32, sums fp32. N % kColAlign == 0.
+  void (*gemm_bf16)(int64_t M, int64_t N, int64_t K2, const uint32_t* A, int64_t lda, const uint32_t* B, int64_t ldb,
+                    float* C, int64_t ldc, bool accumulate, float out_scale);
+  // dst[r][t] = (bf16(src[r][2t]), bf16(src[r][2t+1])) rounded to nearest even, t < N / 2 (N % kColAlign == 0).
+  void (*pack_bf16)(const float* src, int64_t lds, int64_t M, int64_t N, uint32_t* dst, int64_t ldd);
+  // Pairs of rows of a bf16 matrix (row stride lds, D columns): dst[t][d] = (src[2t][d], src[2t+1][d]) for
+  // t < ceil(n / 2), a missing row n and the columns D..Dp zero (Dp % kColAlign == 0, ldd >= Dp).
+  void (*pair_rows_bf16)(const uint16_t* src, int64_t lds, int64_t n, int64_t D, uint32_t* dst, int64_t ldd,
+                         int64_t Dp);
 };
 
 MicroKernels microkernels_portable();

@@ -131,8 +131,95 @@ void exp_shift_avx512(float* S, int64_t lds, int64_t M, int64_t N, const float* 
   }
 }
 
+// ---- bf16 pairs (vdpbf16ps) ---------------------------------------------------------------------
+
+template <int MR, int NV>
+void gemm_bf16_tile(int64_t K2, const uint32_t* A, int64_t lda, const uint32_t* B, int64_t ldb, float* C, int64_t ldc,
+                    bool accumulate, float out_scale) {
+  __m512 c[MR][NV];
+  for (int r = 0; r < MR; ++r)
+    for (int v = 0; v < NV; ++v) c[r][v] = accumulate ? _mm512_loadu_ps(C + r * ldc + 16 * v) : _mm512_setzero_ps();
+  for (int64_t k = 0; k < K2; ++k) {
+    __m512bh b[NV];
+    for (int v = 0; v < NV; ++v) b[v] = (__m512bh)_mm512_loadu_si512(B + k * ldb + 16 * v);
+    for (int r = 0; r < MR; ++r) {
+      const __m512bh a = (__m512bh)_mm512_set1_epi32(static_cast<int>(A[r * lda + k]));
+      for (int v = 0; v < NV; ++v) c[r][v] = _mm512_dpbf16_ps(c[r][v], a, b[v]);
+    }
+  }
+  const __m512 s = _mm512_set1_ps(out_scale);
+  for (int r = 0; r < MR; ++r)
+    for (int v = 0; v < NV; ++v) _mm512_storeu_ps(C + r * ldc + 16 * v, accumulate ? c[r][v] : _mm512_mul_ps(c[r][v], s));
+}
+
+template <int NV>
+void gemm_bf16_rows(int rows, int64_t K2, const uint32_t* A, int64_t lda, const uint32_t* B, int64_t ldb, float* C,
+                    int64_t ldc, bool acc, float sc) {
+  switch (rows) {
+#define SPARSEOPS_TILE(R) \
+  case R:                 \
+    return gemm_bf16_tile<R, NV>(K2, A, lda, B, ldb, C, ldc, acc, sc);
+    SPARSEOPS_TILE(1) SPARSEOPS_TILE(2) SPARSEOPS_TILE(3) SPARSEOPS_TILE(4) SPARSEOPS_TILE(5) SPARSEOPS_TILE(6)
+    SPARSEOPS_TILE(7) SPARSEOPS_TILE(8) SPARSEOPS_TILE(9) SPARSEOPS_TILE(10) SPARSEOPS_TILE(11) SPARSEOPS_TILE(12)
+#undef SPARSEOPS_TILE
+    default:
+      return;
+  }
+}
+
+void gemm_bf16_avx512(int64_t M, int64_t N, int64_t K2, const uint32_t* A, int64_t lda, const uint32_t* B,
+                      int64_t ldb, float* C, int64_t ldc, bool accumulate, float out_scale) {
+  for (int64_t j = 0; j < N; j += 32) {
+    const bool two = N - j >= 32;
+    for (int64_t r = 0; r < M; r += kMR) {
+      const int rows = static_cast<int>(M - r < kMR ? M - r : kMR);
+      if (two) {
+        gemm_bf16_rows<2>(rows, K2, A + r * lda, lda, B + j, ldb, C + r * ldc + j, ldc, accumulate, out_scale);
+      } else {
+        gemm_bf16_rows<1>(rows, K2, A + r * lda, lda, B + j, ldb, C + r * ldc + j, ldc, accumulate, out_scale);
+      }
+    }
+  }
+}
+
+void pack_bf16_avx512(const float* src, int64_t lds, int64_t M, int64_t N, uint32_t* dst, int64_t ldd) {
+  for (int64_t r = 0; r < M; ++r) {
+    const float* s = src + r * lds;
+    uint32_t* d = dst + r * ldd;
+    int64_t j = 0;
+    for (; j + 32 <= N; j += 32) {  // 32 floats -> 16 pairs, in order
+      const __m512bh p = _mm512_cvtne2ps_pbh(_mm512_loadu_ps(s + j + 16), _mm512_loadu_ps(s + j));
+      _mm512_storeu_si512(d + j / 2, (__m512i)p);
+    }
+    if (j < N) {  // 16 floats -> 8 pairs
+      const __m256bh p = _mm512_cvtneps_pbh(_mm512_loadu_ps(s + j));
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(d + j / 2), (__m256i)p);
+    }
+  }
+}
+
+void pair_rows_bf16_avx512(const uint16_t* src, int64_t lds, int64_t n, int64_t D, uint32_t* dst, int64_t ldd,
+                           int64_t Dp) {
+  for (int64_t t = 0; 2 * t < n; ++t) {
+    const uint16_t* r0 = src + 2 * t * lds;
+    const uint16_t* r1 = r0 + lds;
+    const bool has1 = 2 * t + 1 < n;
+    uint32_t* d = dst + t * ldd;
+    for (int64_t x = 0; x < Dp; x += 16) {
+      const __mmask16 m = x + 16 <= D ? static_cast<__mmask16>(0xFFFF)
+                                      : static_cast<__mmask16>(x < D ? (1u << (D - x)) - 1u : 0u);
+      const __m512i a = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, r0 + x));
+      const __m512i b = has1 ? _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, r1 + x)) : _mm512_setzero_si512();
+      _mm512_storeu_si512(d + x, _mm512_or_si512(a, _mm512_slli_epi32(b, 16)));
+    }
+  }
+}
+
 }  // namespace
 
-MicroKernels microkernels_avx512() { return {gemm_avx512, softmax_step_avx512, exp_shift_avx512}; }
+MicroKernels microkernels_avx512() {
+  return {gemm_avx512,      softmax_step_avx512, exp_shift_avx512, gemm_bf16_avx512, pack_bf16_avx512,
+          pair_rows_bf16_avx512};
+}
 
 }  // namespace sparseops::attention::cpu
