@@ -11,12 +11,14 @@
 // call and shared by every q-block: extra memory up to 2 * B * Hkv * Skv * D floats (fp32 inputs with D a
 // multiple of 16 read V in place), plus per thread ~(2 G block_q D + kRowChunk block_k) floats.
 //
-// Backward (recompute from the saved lse, no Sq x Skv buffer): pass 1 per (b, kv head, q-block) gives dq
-// (S, P = exp(S - lse), dP = dO V^T, dS = P (dP - delta), dq += dS K); pass 2 per (b, kv head,
-// KV-block) gives dk and dv summed over the group's query heads, walking the transposed mask (the
-// q-blocks that keep this KV block) in the transposed products (S^T = K Q^T, dv += P^T dO,
-// dk += dS^T q). Extra memory: fp32 copies of q, dO (row-major and block-transposed) and k, v (the
-// same): 4 x (q's + k's + v's) element counts in floats.
+// Backward (recompute from the saved lse, no Sq x Skv buffer), one pass per (b, kv head, KV-block)
+// walking the transposed mask (the q-blocks that keep the block) in transposed products: S^T = K Q^T,
+// P^T = exp(S^T - lse), dv += P^T dO, dP^T = V dO^T, dS^T = P^T (dP^T - delta), dk += dS^T q; dk/dv
+// summed over the group's query heads. dq: when the (b, kv head) pairs keep the threads evenly busy,
+// each is one work item owning its heads' dq rows and adds dS K there (fused, 5 products per tile);
+// else dq gets its own pass per (b, kv head, q-block) recomputing S and dP (7 products per tile).
+// Extra memory: fp32 copies of q, dO (row-major and block-transposed) and k, v (the same): 4 x (q's + k's
+// + v's) element counts in floats, plus the fp32 dq rows (fused) and delta [B, Hq, Sq].
 //
 // topk_block_mask: mean-pooled q-blocks scored against mean-pooled k-blocks (float64 sums), per
 // (b, query head, q-block) the forced blocks (sinks, local) then the top-k others; O(nq nkv D) work.
@@ -467,19 +469,15 @@ void ds_tile(const float* P, float* dP, int64_t ld, int64_t rows, int64_t cols, 
   }
 }
 
-// fp32 copies for the backward: per head, rows [S x Dp] (scaled by s) and per block [D x bP] transposed.
+// fp32 copies for the backward, block t (of nb per head) of a [heads, S, D] tensor: its rows into rows
+// ([S x Dp] per head, scaled by s) and transposed into blocks ([D x bP] per block).
 template <typename T>
-void convert_both(const T* src, int64_t heads, int64_t S, int64_t D, int64_t block, float s, float* rows,
-                  float* blocks) {
+void convert_both(const T* src, int64_t S, int64_t D, int64_t block, float s, float* rows, float* blocks, int64_t t) {
   const int64_t Dp = round_up_cols(D), bP = round_up_cols(block), nb = ceil_div(S, block);
-  at::parallel_for(0, heads * nb, 4, [&](int64_t begin, int64_t end) {
-    for (int64_t t = begin; t < end; ++t) {
-      const int64_t h = t / nb, j0 = (t % nb) * block, n = std::min(block, S - j0);
-      const T* a = src + (h * S + j0) * D;
-      convert_rows(a, n, D, D, rows + (h * S + j0) * Dp, Dp, s);
-      convert_transposed(a, n, D, D, blocks + t * D * bP, bP, s);
-    }
-  });
+  const int64_t h = t / nb, j0 = (t % nb) * block, n = std::min(block, S - j0);
+  const T* a = src + (h * S + j0) * D;
+  convert_rows(a, n, D, D, rows + (h * S + j0) * Dp, Dp, s);
+  convert_transposed(a, n, D, D, blocks + t * D * bP, bP, s);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> block_sparse_attention_backward_cpu(
@@ -495,9 +493,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> block_sparse_attention_backward_c
   const at::Tensor qc = q.contiguous(), kc = k.contiguous(), vc = v.contiguous(), gc = grad_out.contiguous();
   const at::Tensor num = kv_num_blocks.contiguous(), idx = kv_indices.contiguous();
   const at::Tensor lse_c = lse.contiguous();
-  at::Tensor delta = (gc.to(at::kFloat) * out.to(at::kFloat)).sum(-1);
-  if (grad_lse.has_value()) delta = delta - grad_lse->to(at::kFloat);  // d lse / d S = P: folds into delta
-  delta = delta.contiguous();
+  const at::Tensor oc = out.contiguous();
+  const at::Tensor glse = grad_lse.has_value() ? grad_lse->contiguous() : at::Tensor();
+  // delta = rowsum(dO * O) - grad_lse (d lse / d S = P: the lse gradient folds into delta).
+  at::Tensor delta = at::empty({d.B, d.Hq, d.Sq}, qc.options().dtype(at::kFloat));
   at::Tensor dq = at::empty(qc.sizes(), qc.options()), dk = at::empty(kc.sizes(), kc.options()),
              dv = at::empty(vc.sizes(), vc.options());
   const MaskView mask{num.const_data_ptr<int32_t>(), idx.const_data_ptr<int32_t>(), d.mask_b, d.mask_h, d.nq,
@@ -522,22 +521,48 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> block_sparse_attention_backward_c
   const float* L = lse_c.const_data_ptr<float>();
   const float* DL = delta.const_data_ptr<float>();
   const TransposedMask tmask = transpose_mask(d, mask);
+  // Fused mode (one pass over KV blocks, dq accumulated per (b, kv head)) when those items keep the
+  // threads evenly busy; else dq in its own pass over q-blocks.
+  const int64_t threads = at::get_num_threads(), groups = d.B * d.Hkv;
+  const bool fused = groups % threads == 0 || groups >= 4 * threads;
+  at::Tensor dq_acc = fused ? at::zeros({d.B * d.Hq * d.Sq * Dp}, f32) : at::Tensor();
   SPARSEOPS_DISPATCH_FLOAT_HALF_BF16(qc.scalar_type(), op, [&] {
-    convert_both(qc.const_data_ptr<scalar_t>(), d.B * d.Hq, d.Sq, d.D, d.block_q, d.scale,
-                 q_rows.mutable_data_ptr<float>(), q_blk.mutable_data_ptr<float>());
-    convert_both(gc.const_data_ptr<scalar_t>(), d.B * d.Hq, d.Sq, d.D, d.block_q, 1.0f,
-                 g_rows.mutable_data_ptr<float>(), g_blk.mutable_data_ptr<float>());
-    convert_both(kc.const_data_ptr<scalar_t>(), d.B * d.Hkv, d.Skv, d.D, d.block_k, 1.0f,
-                 k_rows.mutable_data_ptr<float>(), k_blk.mutable_data_ptr<float>());
-    convert_both(vc.const_data_ptr<scalar_t>(), d.B * d.Hkv, d.Skv, d.D, d.block_k, 1.0f,
-                 v_rows.mutable_data_ptr<float>(), v_blk.mutable_data_ptr<float>());
+    // One parallel region for every conversion and delta: q-side blocks first, then k/v-side ones.
+    const int64_t q_tasks = d.B * d.Hq * d.nq, kv_tasks = d.B * d.Hkv * d.nkv;
+    const scalar_t* op_ = oc.const_data_ptr<scalar_t>();
+    const scalar_t* gp = gc.const_data_ptr<scalar_t>();
+    const float* glp = glse.defined() ? glse.const_data_ptr<float>() : nullptr;
+    float* dlp = delta.mutable_data_ptr<float>();
+    at::parallel_for(0, q_tasks + kv_tasks, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t t = begin; t < end; ++t) {
+        if (t < q_tasks) {
+          convert_both(qc.const_data_ptr<scalar_t>(), d.Sq, d.D, d.block_q, d.scale, q_rows.mutable_data_ptr<float>(),
+                       q_blk.mutable_data_ptr<float>(), t);
+          convert_both(gp, d.Sq, d.D, d.block_q, 1.0f, g_rows.mutable_data_ptr<float>(),
+                       g_blk.mutable_data_ptr<float>(), t);
+          const int64_t h = t / d.nq, i0 = (t % d.nq) * d.block_q, mq = std::min(d.block_q, d.Sq - i0);
+          for (int64_t i = h * d.Sq + i0; i < h * d.Sq + i0 + mq; ++i) {
+            const float* g = g_rows.const_data_ptr<float>() + i * Dp;
+            float acc = 0.0f;
+            for (int64_t x = 0; x < d.D; ++x) acc += g[x] * static_cast<float>(op_[i * d.D + x]);
+            dlp[i] = glp ? acc - glp[i] : acc;
+          }
+        } else {
+          const int64_t u = t - q_tasks;
+          convert_both(kc.const_data_ptr<scalar_t>(), d.Skv, d.D, d.block_k, 1.0f, k_rows.mutable_data_ptr<float>(),
+                       k_blk.mutable_data_ptr<float>(), u);
+          convert_both(vc.const_data_ptr<scalar_t>(), d.Skv, d.D, d.block_k, 1.0f, v_rows.mutable_data_ptr<float>(),
+                       v_blk.mutable_data_ptr<float>(), u);
+        }
+      }
+    });
     scalar_t* dqp = dq.mutable_data_ptr<scalar_t>();
     scalar_t* dkp = dk.mutable_data_ptr<scalar_t>();
     scalar_t* dvp = dv.mutable_data_ptr<scalar_t>();
     const HeadSets sets = head_sets(d);
 
-    // Pass 1: dq per (b, kv head, q-block).
-    at::parallel_for(0, d.B * d.Hkv * d.nq, 1, [&](int64_t begin, int64_t end) {
+    // Pass 1 (two-pass mode): dq per (b, kv head, q-block).
+    if (!fused) at::parallel_for(0, d.B * d.Hkv * d.nq, 1, [&](int64_t begin, int64_t end) {
       std::vector<float> acc(d.block_q * Dp), S(kRowChunk * bkP), dP(kRowChunk * bkP);
       for (int64_t item = begin; item < end; ++item) {
         const int64_t qb = item % d.nq, bh = item / d.nq, hkv = bh % d.Hkv, b = bh / d.Hkv;
@@ -572,51 +597,84 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> block_sparse_attention_backward_c
       }
     });
 
-    // Pass 2: dk, dv per (b, kv head, kv-block), summed over the group's query heads.
-    at::parallel_for(0, d.B * d.Hkv * d.nkv, 1, [&](int64_t begin, int64_t end) {
-      std::vector<float> dk_acc(d.block_k * Dp), dv_acc(d.block_k * Dp), S(d.block_k * bqP), dP(d.block_k * bqP),
-          lse_pad(bqP), delta_pad(bqP);
-      for (int64_t blk = begin; blk < end; ++blk) {
-        const int64_t kb = blk % d.nkv, bh = blk / d.nkv, hkv = bh % d.Hkv, b = bh / d.Hkv;
-        const int64_t j0 = kb * d.block_k, n = std::min(d.block_k, d.Skv - j0), krow0 = bh * d.Skv + j0;
-        std::fill_n(dk_acc.data(), n * Dp, 0.0f);
-        std::fill_n(dv_acc.data(), n * Dp, 0.0f);
-        for (int64_t g = 0; g < G; ++g) {
-          const int64_t h = hkv * G + g, bhq = b * d.Hq + h;
-          const int64_t mr = (d.mask_b == 1 ? 0 : b) * d.mask_h + (d.mask_h == 1 ? 0 : h);
-          for (int64_t t = tmask.start[mr * d.nkv + kb]; t < tmask.start[mr * d.nkv + kb + 1]; ++t) {
-            const int64_t qb = tmask.qblocks[t], i0 = qb * d.block_q, mq = std::min(d.block_q, d.Sq - i0);
-            const int cls = rule.block(i0, i0 + mq, j0, j0 + n);
-            if (cls == 0) continue;
-            const int64_t mP = round_up_cols(mq), row0 = bhq * d.Sq + i0, qblk = bhq * d.nq + qb;
-            std::copy_n(L + row0, mq, lse_pad.data());
-            std::fill(lse_pad.begin() + mq, lse_pad.begin() + mP, 0.0f);
-            std::copy_n(DL + row0, mq, delta_pad.data());
-            std::fill(delta_pad.begin() + mq, delta_pad.begin() + mP, 0.0f);
-            mk.gemm(n, mP, d.D, KR + krow0 * Dp, Dp, QB + qblk * d.D * bqP, bqP, S.data(), mP, false);
-            if (cls == 1 || mq < mP) {
-              for (int64_t j = 0; j < n; ++j) {
-                float* s = S.data() + j * mP;
-                if (cls == 1)
-                  for (int64_t r = 0; r < mq; ++r)
-                    if (!rule.visible(i0 + r, j0 + j)) s[r] = kNegInf;
-                for (int64_t r = mq; r < mP; ++r) s[r] = kNegInf;
-              }
+    // dk, dv of one KV block, summed over the group's query heads, walking the q-blocks that keep it.
+    // With dq_acc (fused mode) it also adds this block's dS^T K to the fp32 dq rows [B Hq Sq x Dp].
+    struct KvScratch {
+      std::vector<float> dk_acc, dv_acc, S, dP, dsT, lse_pad, delta_pad;
+    };
+    auto kv_block = [&](int64_t blk, KvScratch& w, float* dq_acc) {
+      const int64_t kb = blk % d.nkv, bh = blk / d.nkv, hkv = bh % d.Hkv, b = bh / d.Hkv;
+      const int64_t j0 = kb * d.block_k, n = std::min(d.block_k, d.Skv - j0), krow0 = bh * d.Skv + j0;
+      std::fill_n(w.dk_acc.data(), n * Dp, 0.0f);
+      std::fill_n(w.dv_acc.data(), n * Dp, 0.0f);
+      for (int64_t g = 0; g < G; ++g) {
+        const int64_t h = hkv * G + g, bhq = b * d.Hq + h;
+        const int64_t mr = (d.mask_b == 1 ? 0 : b) * d.mask_h + (d.mask_h == 1 ? 0 : h);
+        for (int64_t t = tmask.start[mr * d.nkv + kb]; t < tmask.start[mr * d.nkv + kb + 1]; ++t) {
+          const int64_t qb = tmask.qblocks[t], i0 = qb * d.block_q, mq = std::min(d.block_q, d.Sq - i0);
+          const int cls = rule.block(i0, i0 + mq, j0, j0 + n);
+          if (cls == 0) continue;
+          const int64_t mP = round_up_cols(mq), row0 = bhq * d.Sq + i0, qblk = bhq * d.nq + qb;
+          std::copy_n(L + row0, mq, w.lse_pad.data());
+          std::fill(w.lse_pad.begin() + mq, w.lse_pad.begin() + mP, 0.0f);
+          std::copy_n(DL + row0, mq, w.delta_pad.data());
+          std::fill(w.delta_pad.begin() + mq, w.delta_pad.begin() + mP, 0.0f);
+          float* S = w.S.data();
+          float* dP = w.dP.data();
+          mk.gemm(n, mP, d.D, KR + krow0 * Dp, Dp, QB + qblk * d.D * bqP, bqP, S, mP, false);
+          if (cls == 1 || mq < mP) {
+            for (int64_t j = 0; j < n; ++j) {
+              float* s = S + j * mP;
+              if (cls == 1)
+                for (int64_t r = 0; r < mq; ++r)
+                  if (!rule.visible(i0 + r, j0 + j)) s[r] = kNegInf;
+              for (int64_t r = mq; r < mP; ++r) s[r] = kNegInf;
             }
-            mk.exp_shift(S.data(), mP, n, mP, nullptr, lse_pad.data());
-            mk.gemm(n, Dp, mq, S.data(), mP, GR + row0 * Dp, Dp, dv_acc.data(), Dp, true);
-            mk.gemm(n, mP, d.D, VR + krow0 * Dp, Dp, GB + qblk * d.D * bqP, bqP, dP.data(), mP, false);
-            ds_tile(S.data(), dP.data(), mP, n, mq, nullptr, delta_pad.data());
-            mk.gemm(n, Dp, mq, dP.data(), mP, QR + row0 * Dp, Dp, dk_acc.data(), Dp, true);
+          }
+          mk.exp_shift(S, mP, n, mP, nullptr, w.lse_pad.data());
+          mk.gemm(n, Dp, mq, S, mP, GR + row0 * Dp, Dp, w.dv_acc.data(), Dp, true);
+          mk.gemm(n, mP, d.D, VR + krow0 * Dp, Dp, GB + qblk * d.D * bqP, bqP, dP, mP, false);
+          ds_tile(S, dP, mP, n, mq, nullptr, w.delta_pad.data());
+          mk.gemm(n, Dp, mq, dP, mP, QR + row0 * Dp, Dp, w.dk_acc.data(), Dp, true);
+          if (dq_acc) {
+            for (int64_t r = 0; r < mq; ++r)
+              for (int64_t j = 0; j < n; ++j) w.dsT[r * n + j] = dP[j * mP + r];
+            mk.gemm(mq, Dp, n, w.dsT.data(), n, KR + krow0 * Dp, Dp, dq_acc + row0 * Dp, Dp, true);
           }
         }
-        for (int64_t j = 0; j < n; ++j)
-          for (int64_t x = 0; x < d.D; ++x) {
-            dkp[(krow0 + j) * d.D + x] = static_cast<scalar_t>(dk_acc[j * Dp + x]);
-            dvp[(krow0 + j) * d.D + x] = static_cast<scalar_t>(dv_acc[j * Dp + x]);
-          }
       }
-    });
+      for (int64_t j = 0; j < n; ++j)
+        for (int64_t x = 0; x < d.D; ++x) {
+          dkp[(krow0 + j) * d.D + x] = static_cast<scalar_t>(w.dk_acc[j * Dp + x]);
+          dvp[(krow0 + j) * d.D + x] = static_cast<scalar_t>(w.dv_acc[j * Dp + x]);
+        }
+    };
+    auto kv_scratch = [&] {
+      return KvScratch{std::vector<float>(d.block_k * Dp), std::vector<float>(d.block_k * Dp),
+                       std::vector<float>(d.block_k * bqP), std::vector<float>(d.block_k * bqP),
+                       std::vector<float>(d.block_q * d.block_k), std::vector<float>(bqP), std::vector<float>(bqP)};
+    };
+
+    if (fused) {
+      // One item per (b, kv head): it owns its heads' dq rows, so dS^T K is added without races and
+      // the dq pass (S, dP recomputed once more) is skipped.
+      float* dqa = dq_acc.mutable_data_ptr<float>();
+      at::parallel_for(0, d.B * d.Hkv, 1, [&](int64_t begin, int64_t end) {
+        KvScratch w = kv_scratch();
+        for (int64_t bh = begin; bh < end; ++bh) {
+          for (int64_t kb = 0; kb < d.nkv; ++kb) kv_block(bh * d.nkv + kb, w, dqa);
+          const int64_t b = bh / d.Hkv, hkv = bh % d.Hkv;
+          for (int64_t r = (b * d.Hq + hkv * G) * d.Sq; r < (b * d.Hq + hkv * G + G) * d.Sq; ++r)
+            for (int64_t x = 0; x < d.D; ++x) dqp[r * d.D + x] = static_cast<scalar_t>(dqa[r * Dp + x] * d.scale);
+        }
+      });
+    } else {
+      // Pass 2: dk, dv per (b, kv head, kv-block).
+      at::parallel_for(0, d.B * d.Hkv * d.nkv, 1, [&](int64_t begin, int64_t end) {
+        KvScratch w = kv_scratch();
+        for (int64_t blk = begin; blk < end; ++blk) kv_block(blk, w, nullptr);
+      });
+    }
   });
   return {dq, dk, dv};
 }
