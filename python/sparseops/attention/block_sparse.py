@@ -53,7 +53,9 @@ def block_sparse_attention(
 
     Never materialises ``Sq x Skv``; reads only the kept blocks. Extra memory (CPU): fp32 copies of the
     K/V blocks the mask uses (up to 2x K's element count in floats); the backward recomputes the
-    probabilities from lse and keeps fp32 copies of q, dO, k, v (4 of each). NaN in q/k/v propagates.
+    probabilities from lse and keeps fp32 copies of q, dO, k and v (row-major and block-transposed, 8 in
+    all) plus fp32 dq rows. On CUDA the mask is validated on a host copy (one sync per call). NaN in
+    q/k/v propagates.
     """
     fn = "block_sparse_attention"
     for name, t in (("q", q), ("k", k), ("v", v)):
