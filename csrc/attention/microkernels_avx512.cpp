@@ -1,7 +1,8 @@
 // AVX-512 attention micro-kernels (compiled with -mavx512f/bw/vl/dq; attention_cpu.cpp calls them only
 // when sparseops::cpu_use_avx512()). See attention_microkernels.h for the contracts.
 //   gemm: register tiles of up to 12 rows x 32 columns (24 zmm accumulators), B's 32-column panel
-//         loaded once per k for all rows of the tile, A broadcast from memory.
+//         loaded once per k for all rows of the tile, A broadcast from memory; the tile loops are
+//         unrolled by pragma (without, GCC stored the accumulators to the stack on every k).
 //   exp:  Cephes' expf (range reduction by ln 2 in two parts, degree-6 polynomial, 2^n by vscalefps):
 //         ~2 ulp; below -87.3 (and -inf) exactly 0; NaN stays NaN.
 // No torch headers and nothing inline shared with other files (see the header).
@@ -41,17 +42,24 @@ template <int MR, int NV>
 void gemm_tile(int64_t K, const float* A, int64_t lda, const float* B, int64_t ldb, float* C, int64_t ldc,
                bool accumulate) {
   __m512 c[MR][NV];
+#pragma GCC unroll 12
   for (int r = 0; r < MR; ++r)
+#pragma GCC unroll 2
     for (int v = 0; v < NV; ++v) c[r][v] = accumulate ? _mm512_loadu_ps(C + r * ldc + 16 * v) : _mm512_setzero_ps();
   for (int64_t k = 0; k < K; ++k) {
     __m512 b[NV];
+#pragma GCC unroll 2
     for (int v = 0; v < NV; ++v) b[v] = _mm512_loadu_ps(B + k * ldb + 16 * v);
+#pragma GCC unroll 12
     for (int r = 0; r < MR; ++r) {
       const __m512 a = _mm512_set1_ps(A[r * lda + k]);
+#pragma GCC unroll 2
       for (int v = 0; v < NV; ++v) c[r][v] = _mm512_fmadd_ps(a, b[v], c[r][v]);
     }
   }
+#pragma GCC unroll 12
   for (int r = 0; r < MR; ++r)
+#pragma GCC unroll 2
     for (int v = 0; v < NV; ++v) _mm512_storeu_ps(C + r * ldc + 16 * v, c[r][v]);
 }
 
@@ -137,18 +145,25 @@ template <int MR, int NV>
 void gemm_bf16_tile(int64_t K2, const uint32_t* A, int64_t lda, const uint32_t* B, int64_t ldb, float* C, int64_t ldc,
                     bool accumulate, float out_scale) {
   __m512 c[MR][NV];
+#pragma GCC unroll 12
   for (int r = 0; r < MR; ++r)
+#pragma GCC unroll 2
     for (int v = 0; v < NV; ++v) c[r][v] = accumulate ? _mm512_loadu_ps(C + r * ldc + 16 * v) : _mm512_setzero_ps();
   for (int64_t k = 0; k < K2; ++k) {
     __m512bh b[NV];
+#pragma GCC unroll 2
     for (int v = 0; v < NV; ++v) b[v] = (__m512bh)_mm512_loadu_si512(B + k * ldb + 16 * v);
+#pragma GCC unroll 12
     for (int r = 0; r < MR; ++r) {
       const __m512bh a = (__m512bh)_mm512_set1_epi32(static_cast<int>(A[r * lda + k]));
+#pragma GCC unroll 2
       for (int v = 0; v < NV; ++v) c[r][v] = _mm512_dpbf16_ps(c[r][v], a, b[v]);
     }
   }
   const __m512 s = _mm512_set1_ps(out_scale);
+#pragma GCC unroll 12
   for (int r = 0; r < MR; ++r)
+#pragma GCC unroll 2
     for (int v = 0; v < NV; ++v) _mm512_storeu_ps(C + r * ldc + 16 * v, accumulate ? c[r][v] : _mm512_mul_ps(c[r][v], s));
 }
 
