@@ -42,6 +42,25 @@ TORCH_LIBRARY(sparseops, m) {
   // Mask that is 2:4 along both rows and columns of every 4x4 block, maximising the kept |w|.
   m.def("transposable_mask_24(Tensor w) -> Tensor");
 
+  // ---- attention: block-sparse attention (FlashAttention-2 on the kept blocks) ----------------------
+  // (out, lse) = softmax(scale q k^T + mask) v over the KV blocks a FlexAttention-style block mask keeps:
+  // q [B, Hq, Sq, D], k/v [B, Hkv, Skv, D] (GQA: Hq % Hkv == 0, k/v never expanded); kv_num_blocks int32
+  // [B|1, Hq|1, ceil(Sq/block_q)], kv_indices int32 [B|1, Hq|1, ceil(Sq/block_q), W] (the first
+  // kv_num_blocks entries of a row: distinct KV-block indices < ceil(Skv/block_k)). Inside kept blocks
+  // the token-level rule applies: causal (key j visible to query i iff j <= i + Skv - Sq) and the window
+  // i + Skv - Sq - window_left <= j <= i + Skv - Sq + window_right (-1: unbounded). scale=None: D^-0.5.
+  // lse fp32 [B, Hq, Sq]; a row that sees no key gives out 0 and lse -inf.
+  m.def("block_sparse_attention(Tensor q, Tensor k, Tensor v, Tensor kv_num_blocks, Tensor kv_indices, int block_q, int block_k, bool causal=False, int window_left=-1, int window_right=-1, float? scale=None) -> (Tensor, Tensor)");
+  // (dq, dk, dv) of block_sparse_attention from its saved (out, lse), recomputing P; dk/dv summed over
+  // each GQA group; grad_lse (optional) is the gradient reaching lse.
+  m.def("block_sparse_attention_backward(Tensor grad_out, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, Tensor kv_num_blocks, Tensor kv_indices, int block_q, int block_k, bool causal=False, int window_left=-1, int window_right=-1, float? scale=None, Tensor? grad_lse=None) -> (Tensor, Tensor, Tensor)");
+  // NSA/MoBA-style block selection: (kv_num_blocks int32 [B, Hq, nq], kv_indices int32 [B, Hq, nq, nkv])
+  // keeping, per (b, query head, q-block), the blocks visible under `causal` (block level, bottom-right
+  // aligned) among: the first sink_blocks, the local_blocks ending at the diagonal block (the one holding
+  // key position last query + Skv - Sq), and the topk others with the largest dot product of the
+  // mean-pooled q-block and k-block (ties to the lower index); indices ascending, unused entries 0.
+  m.def("topk_block_mask(Tensor q, Tensor k, int block_q, int block_k, int topk, bool causal=False, int sink_blocks=0, int local_blocks=1) -> (Tensor, Tensor)");
+
   // ---- ot: entropic optimal transport (log domain; conventions in csrc/ot/ot_math.h) -------------
   // P_ij = a_i b_j exp((f_i + g_j - C_ij) / eps). a [B, n], b [B, m] >= 0; C [B, n, m] or a shared [n, m]
   // (+inf = forbidden pair); float32 / float64. rho = None: balanced (sum a == sum b; b is rescaled to a's

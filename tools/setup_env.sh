@@ -28,6 +28,8 @@ echo "[setup] installing build, test and bench dependencies"
   "cmake>=3.26" "pybind11>=2.12" "scikit-build-core>=1.1" build pytest hypothesis matplotlib
 # Benchmark peers (optional: a missing one is reported as skipped): POT and GeomLoss for the ot family.
 "$PY" -m pip install "${PIP_PROGRESS[@]}" --disable-pip-version-check -q pot geomloss
+# Integrations tested against: transformers (attn_implementation="sparseops").
+"$PY" -m pip install "${PIP_PROGRESS[@]}" --disable-pip-version-check -q "transformers>=5.0"
 
 # CUTLASS C++ headers only. Installed outside site-packages, so the environment stays consistent (the
 # nvidia-cutlass wheel's Python dependencies, which pip would check on every later install, are not

@@ -15,12 +15,23 @@ from .sparse24 import (
     sparse24_linear,
     transposable_mask_24,
 )
+from .attention import (BlockMask, block_mask_from_dense, block_mask_from_flex, block_sparse_attention,
+                        causal_block_mask, full_block_mask, register_transformers, sliding_window_block_mask,
+                        topk_block_mask)
 from . import nn  # noqa: F401
 from . import ot  # noqa: F401  (entropic optimal transport: sparseops.ot.sinkhorn, ...)
 
 __version__ = build_info()["version"]
 
 __all__ = [
+    "BlockMask",
+    "block_mask_from_dense",
+    "block_mask_from_flex",
+    "block_sparse_attention",
+    "causal_block_mask",
+    "full_block_mask",
+    "sliding_window_block_mask",
+    "topk_block_mask",
     "GradientFlowSchedule",
     "Sparse24",
     "build_info",
@@ -33,6 +44,7 @@ __all__ = [
     "nm_srste",
     "nn",
     "ot",
+    "register_transformers",
     "sparse24_linear",
     "transposable_mask_24",
 ]

@@ -1,4 +1,5 @@
 """Modules built on sparseops kernels."""
+from .block_sparse_attention import BlockSparseAttention
 from .sparse_linear import (
     InputNorms,
     NMSparseLinear,
@@ -10,6 +11,7 @@ from .sparse_linear import (
 )
 
 __all__ = [
+    "BlockSparseAttention",
     "InputNorms",
     "NMSparseLinear",
     "SparseLinear24",

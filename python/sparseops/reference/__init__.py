@@ -5,6 +5,10 @@ from .training import nm_srste_backward_ref, nm_srste_ref, transposable_mask_24_
 
 __all__ = ["compress_24_ref", "decompress_24_ref", "nm_mask_ref", "sparse24_linear_ref"]
 __all__ += ["nm_srste_backward_ref", "nm_srste_ref", "transposable_mask_24_ref", "transposable_patterns_ref"]
+from .attention import block_sparse_attention_ref, token_mask_ref, topk_block_mask_ref
+
+__all__ += ["block_sparse_attention_ref", "token_mask_ref", "topk_block_mask_ref"]
+
 from .ot import ot_dual_ref, ot_newton_cg_ref, ot_plan_ref, ot_sparse_plan_ref, sinkhorn_log_ref
 
 __all__ += ["ot_dual_ref", "ot_newton_cg_ref", "ot_plan_ref", "ot_sparse_plan_ref", "sinkhorn_log_ref"]

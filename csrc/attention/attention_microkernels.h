@@ -1,0 +1,51 @@
+#pragma once
+// fp32 micro-kernels of the CPU block-sparse attention (attention_cpu.cpp drives them): a small GEMM
+// for QK^T / PV and their backward products, the online-softmax step and the exp of the backward.
+// One set per ISA: microkernels_portable_cpu.cpp (no -m flags), microkernels_avx2.cpp (-mavx2 -mfma),
+// microkernels_avx512.cpp (-mavx512*), chosen at run time by attention_cpu.cpp.
+//
+// Deliberately free of torch headers and of shared inline functions: the AVX files must not compile a
+// copy of an inline function the linker could then hand to baseline code (ODR; see
+// csrc/sparse24/linear24_cpu.h).
+//
+// All matrices are fp32, row-major with the given leading dimension (in elements).
+#include <cstdint>
+
+namespace sparseops::attention::cpu {
+
+// Column counts handed to gemm/softmax_step are multiples of this (callers pad their buffers).
+constexpr int64_t kColAlign = 16;
+constexpr int64_t round_up_cols(int64_t n) { return (n + kColAlign - 1) / kColAlign * kColAlign; }
+
+struct MicroKernels {
+  // C[M x N] = A[M x K] * B[K x N] (accumulate: C += ...). N % kColAlign == 0; ldb, ldc >= N; K >= 0.
+  void (*gemm)(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, const float* B, int64_t ldb, float* C,
+               int64_t ldc, bool accumulate);
+  // One online-softmax step over the logits S[M x N] (N % kColAlign == 0; masked or padded entries are
+  // -inf). Per row r: m' = max(row_max[r], max_j S[r][j]); S[r][j] <- exp(S[r][j] - m');
+  // alpha[r] = exp(row_max[r] - m'); row_sum[r] = row_sum[r] * alpha[r] + sum_j S[r][j]; row_max[r] = m'.
+  // A row whose m' is -inf (nothing seen yet) gets P = 0, alpha = 1. A NaN logit makes its row NaN.
+  void (*softmax_step)(float* S, int64_t lds, int64_t M, int64_t N, float* row_max, float* row_sum, float* alpha);
+  // S[r][j] <- exp(S[r][j] - row_shift[r] - col_shift[j]) over M x N (N % kColAlign == 0); a null shift
+  // is 0; an entry whose total shift is -inf (a row that attended to nothing) becomes 0.
+  void (*exp_shift)(float* S, int64_t lds, int64_t M, int64_t N, const float* row_shift, const float* col_shift);
+
+  // bf16 products (AVX-512 BF16 only; null elsewhere). A "pair" is a uint32 holding two bf16, the
+  // lower-indexed one in the low half; K2 counts pairs along the reduction dim.
+  // C[M x N] = out_scale * (A[M x K2 pairs] * B[K2 pairs x N]) (accumulate: C += A * B, out_scale unused);
+  // products exact in fp32, sums fp32. N % kColAlign == 0.
+  void (*gemm_bf16)(int64_t M, int64_t N, int64_t K2, const uint32_t* A, int64_t lda, const uint32_t* B, int64_t ldb,
+                    float* C, int64_t ldc, bool accumulate, float out_scale);
+  // dst[r][t] = (bf16(src[r][2t]), bf16(src[r][2t+1])) rounded to nearest even, t < N / 2 (N % kColAlign == 0).
+  void (*pack_bf16)(const float* src, int64_t lds, int64_t M, int64_t N, uint32_t* dst, int64_t ldd);
+  // Pairs of rows of a bf16 matrix (row stride lds, D columns): dst[t][d] = (src[2t][d], src[2t+1][d]) for
+  // t < ceil(n / 2), a missing row n and the columns D..Dp zero (Dp % kColAlign == 0, ldd >= Dp).
+  void (*pair_rows_bf16)(const uint16_t* src, int64_t lds, int64_t n, int64_t D, uint32_t* dst, int64_t ldd,
+                         int64_t Dp);
+};
+
+MicroKernels microkernels_portable();
+MicroKernels microkernels_avx2();
+MicroKernels microkernels_avx512();
+
+}  // namespace sparseops::attention::cpu

@@ -1,0 +1,155 @@
+// AVX2 attention micro-kernels for x86 CPUs without AVX-512 (compiled with -mavx2 -mfma; attention_cpu.cpp
+// calls them only when sparseops::cpu_use_avx2()). See attention_microkernels.h for the contracts.
+//   gemm: register tiles of up to 6 rows x 16 columns (12 ymm accumulators), B's 16-column panel loaded
+//         once per k for all rows of the tile, A broadcast from memory.
+//   exp:  Cephes' expf as in microkernels_avx512.cpp, 2^n built in the exponent field: ~2 ulp; below
+//         -87.3 (and -inf) exactly 0; NaN stays NaN.
+// No torch headers and nothing inline shared with other files (see the header).
+#include <immintrin.h>
+
+#include <cmath>
+#include <cstring>
+#include <limits>
+
+#include "attention/attention_microkernels.h"
+
+namespace sparseops::attention::cpu {
+namespace {
+
+constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+
+inline __m256 exp256(__m256 x) {
+  const __m256 under = _mm256_cmp_ps(x, _mm256_set1_ps(-87.33654f), _CMP_LT_OQ);
+  x = _mm256_min_ps(_mm256_set1_ps(88.3762626647949f), x);  // NaN passes (second operand)
+  const __m256 fx = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  x = _mm256_fnmadd_ps(fx, _mm256_set1_ps(0.693359375f), x);
+  x = _mm256_fnmadd_ps(fx, _mm256_set1_ps(-2.12194440e-4f), x);
+  __m256 y = _mm256_set1_ps(1.9875691500e-4f);
+  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(1.3981999507e-3f));
+  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(8.3334519073e-3f));
+  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(4.1665795894e-2f));
+  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(1.6666665459e-1f));
+  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(5.0000001201e-1f));
+  y = _mm256_fmadd_ps(y, _mm256_mul_ps(x, x), _mm256_add_ps(x, _mm256_set1_ps(1.0f)));
+  // 2^fx with fx in [-127, 128]: the exponent field split in two factors so that both stay normal.
+  const __m256i n = _mm256_cvtps_epi32(fx);
+  const __m256i n1 = _mm256_srai_epi32(n, 1), n2 = _mm256_sub_epi32(n, n1);
+  const __m256 p1 = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(n1, _mm256_set1_epi32(127)), 23));
+  const __m256 p2 = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(n2, _mm256_set1_epi32(127)), 23));
+  y = _mm256_mul_ps(_mm256_mul_ps(y, p1), p2);
+  return _mm256_andnot_ps(under, y);
+}
+
+inline float hmax256(__m256 v) {
+  __m128 m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+  m = _mm_max_ss(m, _mm_shuffle_ps(m, m, 1));
+  return _mm_cvtss_f32(m);
+}
+
+inline float hsum256(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
+  return _mm_cvtss_f32(s);
+}
+
+template <int MR>
+void gemm_tile(int64_t K, const float* A, int64_t lda, const float* B, int64_t ldb, float* C, int64_t ldc,
+               bool accumulate) {
+  // Fully unrolled so that GCC keeps the 2 MR accumulators in registers (without the pragmas it
+  // stored them to the stack on every k).
+  __m256 c[MR][2];
+#pragma GCC unroll 8
+  for (int r = 0; r < MR; ++r) {
+    c[r][0] = accumulate ? _mm256_loadu_ps(C + r * ldc) : _mm256_setzero_ps();
+    c[r][1] = accumulate ? _mm256_loadu_ps(C + r * ldc + 8) : _mm256_setzero_ps();
+  }
+  for (int64_t k = 0; k < K; ++k) {
+    const __m256 b0 = _mm256_loadu_ps(B + k * ldb), b1 = _mm256_loadu_ps(B + k * ldb + 8);
+#pragma GCC unroll 8
+    for (int r = 0; r < MR; ++r) {
+      const __m256 a = _mm256_broadcast_ss(A + r * lda + k);
+      c[r][0] = _mm256_fmadd_ps(a, b0, c[r][0]);
+      c[r][1] = _mm256_fmadd_ps(a, b1, c[r][1]);
+    }
+  }
+#pragma GCC unroll 8
+  for (int r = 0; r < MR; ++r) {
+    _mm256_storeu_ps(C + r * ldc, c[r][0]);
+    _mm256_storeu_ps(C + r * ldc + 8, c[r][1]);
+  }
+}
+
+constexpr int kMR = 6;
+
+void gemm_avx2(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, const float* B, int64_t ldb, float* C,
+               int64_t ldc, bool accumulate) {
+  for (int64_t j = 0; j < N; j += 16) {
+    for (int64_t r = 0; r < M; r += kMR) {
+      const float* a = A + r * lda;
+      float* c = C + r * ldc + j;
+      switch (M - r < kMR ? M - r : kMR) {
+        case 1: gemm_tile<1>(K, a, lda, B + j, ldb, c, ldc, accumulate); break;
+        case 2: gemm_tile<2>(K, a, lda, B + j, ldb, c, ldc, accumulate); break;
+        case 3: gemm_tile<3>(K, a, lda, B + j, ldb, c, ldc, accumulate); break;
+        case 4: gemm_tile<4>(K, a, lda, B + j, ldb, c, ldc, accumulate); break;
+        case 5: gemm_tile<5>(K, a, lda, B + j, ldb, c, ldc, accumulate); break;
+        default: gemm_tile<6>(K, a, lda, B + j, ldb, c, ldc, accumulate); break;
+      }
+    }
+  }
+}
+
+void softmax_step_avx2(float* S, int64_t lds, int64_t M, int64_t N, float* row_max, float* row_sum, float* alpha) {
+  for (int64_t r = 0; r < M; ++r) {
+    float* s = S + r * lds;
+    __m256 mx = _mm256_set1_ps(row_max[r]);
+    __m256 nan = _mm256_cmp_ps(mx, mx, _CMP_UNORD_Q);
+    for (int64_t j = 0; j < N; j += 8) {
+      const __m256 v = _mm256_loadu_ps(s + j);
+      nan = _mm256_or_ps(nan, _mm256_cmp_ps(v, v, _CMP_UNORD_Q));
+      mx = _mm256_max_ps(mx, v);
+    }
+    const float m_new = _mm256_movemask_ps(nan) ? std::numeric_limits<float>::quiet_NaN() : hmax256(mx);
+    if (m_new == kNegInf) {
+      std::memset(s, 0, sizeof(float) * N);
+      alpha[r] = 1.0f;
+      continue;
+    }
+    const __m256 mv = _mm256_set1_ps(m_new);
+    __m256 sum = _mm256_setzero_ps();
+    for (int64_t j = 0; j < N; j += 8) {
+      const __m256 p = exp256(_mm256_sub_ps(_mm256_loadu_ps(s + j), mv));
+      _mm256_storeu_ps(s + j, p);
+      sum = _mm256_add_ps(sum, p);
+    }
+    const float a = _mm256_cvtss_f32(exp256(_mm256_set1_ps(row_max[r] - m_new)));
+    alpha[r] = a;
+    row_sum[r] = row_sum[r] * a + hsum256(sum);
+    row_max[r] = m_new;
+  }
+}
+
+void exp_shift_avx2(float* S, int64_t lds, int64_t M, int64_t N, const float* row_shift, const float* col_shift) {
+  const __m256 ninf = _mm256_set1_ps(kNegInf);
+  for (int64_t r = 0; r < M; ++r) {
+    float* s = S + r * lds;
+    const __m256 rs = _mm256_set1_ps(row_shift ? row_shift[r] : 0.0f);
+    for (int64_t j = 0; j < N; j += 8) {
+      const __m256 t = col_shift ? _mm256_add_ps(rs, _mm256_loadu_ps(col_shift + j)) : rs;
+      const __m256 dead = _mm256_cmp_ps(t, ninf, _CMP_EQ_OQ);
+      const __m256 p = exp256(_mm256_sub_ps(_mm256_loadu_ps(s + j), t));
+      _mm256_storeu_ps(s + j, _mm256_andnot_ps(dead, p));
+    }
+  }
+}
+
+}  // namespace
+
+MicroKernels microkernels_avx2() {
+  return {gemm_avx2, softmax_step_avx2, exp_shift_avx2, nullptr, nullptr, nullptr};
+}
+
+}  // namespace sparseops::attention::cpu

@@ -1,0 +1,240 @@
+// AVX-512 attention micro-kernels (compiled with -mavx512f/bw/vl/dq; attention_cpu.cpp calls them only
+// when sparseops::cpu_use_avx512()). See attention_microkernels.h for the contracts.
+//   gemm: register tiles of up to 12 rows x 32 columns (24 zmm accumulators), B's 32-column panel
+//         loaded once per k for all rows of the tile, A broadcast from memory; the tile loops are
+//         unrolled by pragma (without, GCC stored the accumulators to the stack on every k).
+//   exp:  Cephes' expf (range reduction by ln 2 in two parts, degree-6 polynomial, 2^n by vscalefps):
+//         ~2 ulp; below -87.3 (and -inf) exactly 0; NaN stays NaN.
+// No torch headers and nothing inline shared with other files (see the header).
+#include <immintrin.h>
+
+#include <cmath>
+#include <cstring>
+#include <limits>
+
+#include "attention/attention_microkernels.h"
+
+namespace sparseops::attention::cpu {
+namespace {
+
+constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+
+inline __m512 exp512(__m512 x) {
+  const __m512 hi = _mm512_set1_ps(88.3762626647949f);
+  const __mmask16 under = _mm512_cmp_ps_mask(x, _mm512_set1_ps(-87.33654f), _CMP_LT_OQ);
+  x = _mm512_min_ps(hi, x);  // min(hi, NaN) = NaN: the second operand is returned for NaN
+  const __m512 fx = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                         _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  x = _mm512_fnmadd_ps(fx, _mm512_set1_ps(0.693359375f), x);
+  x = _mm512_fnmadd_ps(fx, _mm512_set1_ps(-2.12194440e-4f), x);
+  __m512 y = _mm512_set1_ps(1.9875691500e-4f);
+  y = _mm512_fmadd_ps(y, x, _mm512_set1_ps(1.3981999507e-3f));
+  y = _mm512_fmadd_ps(y, x, _mm512_set1_ps(8.3334519073e-3f));
+  y = _mm512_fmadd_ps(y, x, _mm512_set1_ps(4.1665795894e-2f));
+  y = _mm512_fmadd_ps(y, x, _mm512_set1_ps(1.6666665459e-1f));
+  y = _mm512_fmadd_ps(y, x, _mm512_set1_ps(5.0000001201e-1f));
+  y = _mm512_fmadd_ps(y, _mm512_mul_ps(x, x), _mm512_add_ps(x, _mm512_set1_ps(1.0f)));
+  y = _mm512_scalef_ps(y, fx);
+  return _mm512_maskz_mov_ps(static_cast<__mmask16>(~under), y);
+}
+
+template <int MR, int NV>
+void gemm_tile(int64_t K, const float* A, int64_t lda, const float* B, int64_t ldb, float* C, int64_t ldc,
+               bool accumulate) {
+  __m512 c[MR][NV];
+#pragma GCC unroll 12
+  for (int r = 0; r < MR; ++r)
+#pragma GCC unroll 2
+    for (int v = 0; v < NV; ++v) c[r][v] = accumulate ? _mm512_loadu_ps(C + r * ldc + 16 * v) : _mm512_setzero_ps();
+  for (int64_t k = 0; k < K; ++k) {
+    __m512 b[NV];
+#pragma GCC unroll 2
+    for (int v = 0; v < NV; ++v) b[v] = _mm512_loadu_ps(B + k * ldb + 16 * v);
+#pragma GCC unroll 12
+    for (int r = 0; r < MR; ++r) {
+      const __m512 a = _mm512_set1_ps(A[r * lda + k]);
+#pragma GCC unroll 2
+      for (int v = 0; v < NV; ++v) c[r][v] = _mm512_fmadd_ps(a, b[v], c[r][v]);
+    }
+  }
+#pragma GCC unroll 12
+  for (int r = 0; r < MR; ++r)
+#pragma GCC unroll 2
+    for (int v = 0; v < NV; ++v) _mm512_storeu_ps(C + r * ldc + 16 * v, c[r][v]);
+}
+
+constexpr int kMR = 12;
+
+template <int NV>
+void gemm_rows(int rows, int64_t K, const float* A, int64_t lda, const float* B, int64_t ldb, float* C, int64_t ldc,
+               bool acc) {
+  switch (rows) {
+#define SPARSEOPS_TILE(R) \
+  case R:                 \
+    return gemm_tile<R, NV>(K, A, lda, B, ldb, C, ldc, acc);
+    SPARSEOPS_TILE(1) SPARSEOPS_TILE(2) SPARSEOPS_TILE(3) SPARSEOPS_TILE(4) SPARSEOPS_TILE(5) SPARSEOPS_TILE(6)
+    SPARSEOPS_TILE(7) SPARSEOPS_TILE(8) SPARSEOPS_TILE(9) SPARSEOPS_TILE(10) SPARSEOPS_TILE(11) SPARSEOPS_TILE(12)
+#undef SPARSEOPS_TILE
+    default:
+      return;
+  }
+}
+
+void gemm_avx512(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, const float* B, int64_t ldb, float* C,
+                 int64_t ldc, bool accumulate) {
+  for (int64_t j = 0; j < N; j += 32) {
+    const bool two = N - j >= 32;
+    for (int64_t r = 0; r < M; r += kMR) {
+      const int rows = static_cast<int>(M - r < kMR ? M - r : kMR);
+      if (two) {
+        gemm_rows<2>(rows, K, A + r * lda, lda, B + j, ldb, C + r * ldc + j, ldc, accumulate);
+      } else {
+        gemm_rows<1>(rows, K, A + r * lda, lda, B + j, ldb, C + r * ldc + j, ldc, accumulate);
+      }
+    }
+  }
+}
+
+void softmax_step_avx512(float* S, int64_t lds, int64_t M, int64_t N, float* row_max, float* row_sum, float* alpha) {
+  for (int64_t r = 0; r < M; ++r) {
+    float* s = S + r * lds;
+    __m512 mx = _mm512_set1_ps(row_max[r]);
+    __mmask16 nan = _mm512_cmp_ps_mask(mx, mx, _CMP_UNORD_Q);
+    for (int64_t j = 0; j < N; j += 16) {
+      const __m512 v = _mm512_loadu_ps(s + j);
+      nan |= _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
+      mx = _mm512_max_ps(mx, v);
+    }
+    const float m_new = nan ? std::numeric_limits<float>::quiet_NaN() : _mm512_reduce_max_ps(mx);
+    if (m_new == kNegInf) {
+      std::memset(s, 0, sizeof(float) * N);
+      alpha[r] = 1.0f;
+      continue;
+    }
+    const __m512 mv = _mm512_set1_ps(m_new);
+    __m512 sum = _mm512_setzero_ps();
+    for (int64_t j = 0; j < N; j += 16) {
+      const __m512 p = exp512(_mm512_sub_ps(_mm512_loadu_ps(s + j), mv));
+      _mm512_storeu_ps(s + j, p);
+      sum = _mm512_add_ps(sum, p);
+    }
+    const float a = _mm512_cvtss_f32(exp512(_mm512_set1_ps(row_max[r] - m_new)));
+    alpha[r] = a;
+    row_sum[r] = row_sum[r] * a + _mm512_reduce_add_ps(sum);
+    row_max[r] = m_new;
+  }
+}
+
+void exp_shift_avx512(float* S, int64_t lds, int64_t M, int64_t N, const float* row_shift, const float* col_shift) {
+  const __m512 ninf = _mm512_set1_ps(kNegInf);
+  for (int64_t r = 0; r < M; ++r) {
+    float* s = S + r * lds;
+    const __m512 rs = _mm512_set1_ps(row_shift ? row_shift[r] : 0.0f);
+    for (int64_t j = 0; j < N; j += 16) {
+      const __m512 t = col_shift ? _mm512_add_ps(rs, _mm512_loadu_ps(col_shift + j)) : rs;
+      const __mmask16 dead = _mm512_cmp_ps_mask(t, ninf, _CMP_EQ_OQ);
+      const __m512 p = exp512(_mm512_sub_ps(_mm512_loadu_ps(s + j), t));
+      _mm512_storeu_ps(s + j, _mm512_maskz_mov_ps(static_cast<__mmask16>(~dead), p));
+    }
+  }
+}
+
+// ---- bf16 pairs (vdpbf16ps) ---------------------------------------------------------------------
+
+template <int MR, int NV>
+void gemm_bf16_tile(int64_t K2, const uint32_t* A, int64_t lda, const uint32_t* B, int64_t ldb, float* C, int64_t ldc,
+                    bool accumulate, float out_scale) {
+  __m512 c[MR][NV];
+#pragma GCC unroll 12
+  for (int r = 0; r < MR; ++r)
+#pragma GCC unroll 2
+    for (int v = 0; v < NV; ++v) c[r][v] = accumulate ? _mm512_loadu_ps(C + r * ldc + 16 * v) : _mm512_setzero_ps();
+  for (int64_t k = 0; k < K2; ++k) {
+    __m512bh b[NV];
+#pragma GCC unroll 2
+    for (int v = 0; v < NV; ++v) b[v] = (__m512bh)_mm512_loadu_si512(B + k * ldb + 16 * v);
+#pragma GCC unroll 12
+    for (int r = 0; r < MR; ++r) {
+      const __m512bh a = (__m512bh)_mm512_set1_epi32(static_cast<int>(A[r * lda + k]));
+#pragma GCC unroll 2
+      for (int v = 0; v < NV; ++v) c[r][v] = _mm512_dpbf16_ps(c[r][v], a, b[v]);
+    }
+  }
+  const __m512 s = _mm512_set1_ps(out_scale);
+#pragma GCC unroll 12
+  for (int r = 0; r < MR; ++r)
+#pragma GCC unroll 2
+    for (int v = 0; v < NV; ++v) _mm512_storeu_ps(C + r * ldc + 16 * v, accumulate ? c[r][v] : _mm512_mul_ps(c[r][v], s));
+}
+
+template <int NV>
+void gemm_bf16_rows(int rows, int64_t K2, const uint32_t* A, int64_t lda, const uint32_t* B, int64_t ldb, float* C,
+                    int64_t ldc, bool acc, float sc) {
+  switch (rows) {
+#define SPARSEOPS_TILE(R) \
+  case R:                 \
+    return gemm_bf16_tile<R, NV>(K2, A, lda, B, ldb, C, ldc, acc, sc);
+    SPARSEOPS_TILE(1) SPARSEOPS_TILE(2) SPARSEOPS_TILE(3) SPARSEOPS_TILE(4) SPARSEOPS_TILE(5) SPARSEOPS_TILE(6)
+    SPARSEOPS_TILE(7) SPARSEOPS_TILE(8) SPARSEOPS_TILE(9) SPARSEOPS_TILE(10) SPARSEOPS_TILE(11) SPARSEOPS_TILE(12)
+#undef SPARSEOPS_TILE
+    default:
+      return;
+  }
+}
+
+void gemm_bf16_avx512(int64_t M, int64_t N, int64_t K2, const uint32_t* A, int64_t lda, const uint32_t* B,
+                      int64_t ldb, float* C, int64_t ldc, bool accumulate, float out_scale) {
+  for (int64_t j = 0; j < N; j += 32) {
+    const bool two = N - j >= 32;
+    for (int64_t r = 0; r < M; r += kMR) {
+      const int rows = static_cast<int>(M - r < kMR ? M - r : kMR);
+      if (two) {
+        gemm_bf16_rows<2>(rows, K2, A + r * lda, lda, B + j, ldb, C + r * ldc + j, ldc, accumulate, out_scale);
+      } else {
+        gemm_bf16_rows<1>(rows, K2, A + r * lda, lda, B + j, ldb, C + r * ldc + j, ldc, accumulate, out_scale);
+      }
+    }
+  }
+}
+
+void pack_bf16_avx512(const float* src, int64_t lds, int64_t M, int64_t N, uint32_t* dst, int64_t ldd) {
+  for (int64_t r = 0; r < M; ++r) {
+    const float* s = src + r * lds;
+    uint32_t* d = dst + r * ldd;
+    int64_t j = 0;
+    for (; j + 32 <= N; j += 32) {  // 32 floats -> 16 pairs, in order
+      const __m512bh p = _mm512_cvtne2ps_pbh(_mm512_loadu_ps(s + j + 16), _mm512_loadu_ps(s + j));
+      _mm512_storeu_si512(d + j / 2, (__m512i)p);
+    }
+    if (j < N) {  // 16 floats -> 8 pairs
+      const __m256bh p = _mm512_cvtneps_pbh(_mm512_loadu_ps(s + j));
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(d + j / 2), (__m256i)p);
+    }
+  }
+}
+
+void pair_rows_bf16_avx512(const uint16_t* src, int64_t lds, int64_t n, int64_t D, uint32_t* dst, int64_t ldd,
+                           int64_t Dp) {
+  for (int64_t t = 0; 2 * t < n; ++t) {
+    const uint16_t* r0 = src + 2 * t * lds;
+    const uint16_t* r1 = r0 + lds;
+    const bool has1 = 2 * t + 1 < n;
+    uint32_t* d = dst + t * ldd;
+    for (int64_t x = 0; x < Dp; x += 16) {
+      const __mmask16 m = x + 16 <= D ? static_cast<__mmask16>(0xFFFF)
+                                      : static_cast<__mmask16>(x < D ? (1u << (D - x)) - 1u : 0u);
+      const __m512i a = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, r0 + x));
+      const __m512i b = has1 ? _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, r1 + x)) : _mm512_setzero_si512();
+      _mm512_storeu_si512(d + x, _mm512_or_si512(a, _mm512_slli_epi32(b, 16)));
+    }
+  }
+}
+
+}  // namespace
+
+MicroKernels microkernels_avx512() {
+  return {gemm_avx512,      softmax_step_avx512, exp_shift_avx512, gemm_bf16_avx512, pack_bf16_avx512,
+          pair_rows_bf16_avx512};
+}
+
+}  // namespace sparseops::attention::cpu

@@ -1,0 +1,68 @@
+// Portable (baseline) attention micro-kernels: plain loops the compiler vectorises for the baseline ISA
+// and std::exp. The reference the AVX variants are tested against (tests/test_attention_isa.py).
+#include <cmath>
+#include <cstring>
+#include <limits>
+
+#include "attention/attention_microkernels.h"
+
+namespace sparseops::attention::cpu {
+namespace {
+
+constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+
+void gemm_portable(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, const float* B, int64_t ldb,
+                   float* C, int64_t ldc, bool accumulate) {
+  for (int64_t r = 0; r < M; ++r) {
+    float* __restrict__ c = C + r * ldc;
+    if (!accumulate) std::memset(c, 0, sizeof(float) * N);
+    const float* a = A + r * lda;
+    for (int64_t k = 0; k < K; ++k) {
+      const float ak = a[k];
+      const float* __restrict__ b = B + k * ldb;
+      for (int64_t j = 0; j < N; ++j) c[j] += ak * b[j];
+    }
+  }
+}
+
+void softmax_step_portable(float* S, int64_t lds, int64_t M, int64_t N, float* row_max, float* row_sum,
+                           float* alpha) {
+  for (int64_t r = 0; r < M; ++r) {
+    float* s = S + r * lds;
+    float mx = row_max[r];
+    for (int64_t j = 0; j < N; ++j) mx = (s[j] > mx || std::isnan(s[j])) ? s[j] : mx;  // NaN sticks
+    const float m_new = std::isnan(row_max[r]) ? row_max[r] : mx;
+    if (m_new == kNegInf) {
+      std::memset(s, 0, sizeof(float) * N);
+      alpha[r] = 1.0f;
+      continue;
+    }
+    float sum = 0.0f;
+    for (int64_t j = 0; j < N; ++j) {
+      s[j] = std::exp(s[j] - m_new);
+      sum += s[j];
+    }
+    alpha[r] = std::exp(row_max[r] - m_new);
+    row_sum[r] = row_sum[r] * alpha[r] + sum;
+    row_max[r] = m_new;
+  }
+}
+
+void exp_shift_portable(float* S, int64_t lds, int64_t M, int64_t N, const float* row_shift, const float* col_shift) {
+  for (int64_t r = 0; r < M; ++r) {
+    float* s = S + r * lds;
+    const float rs = row_shift ? row_shift[r] : 0.0f;
+    for (int64_t j = 0; j < N; ++j) {
+      const float t = rs + (col_shift ? col_shift[j] : 0.0f);
+      s[j] = t == kNegInf ? 0.0f : std::exp(s[j] - t);
+    }
+  }
+}
+
+}  // namespace
+
+MicroKernels microkernels_portable() {
+  return {gemm_portable, softmax_step_portable, exp_shift_portable, nullptr, nullptr, nullptr};
+}
+
+}  // namespace sparseops::attention::cpu
