@@ -39,6 +39,23 @@ def main() -> None:
     masked, mask = torch.ops.sparseops.nm_srste(w, 2, 4)
     check(bool(mask.sum() == w.numel() // 2), "sparse24: nm_srste")
 
+    # attention: causal block-sparse attention with every causal block kept equals causal SDPA.
+    q, k, v = (torch.randn(1, 2, 40, 32, requires_grad=True) for _ in range(3))
+    out = sparseops.block_sparse_attention(q, k, v, sparseops.causal_block_mask(40, 40, 16), causal=True)
+    ref = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4)
+    out.sum().backward()
+    check(q.grad is not None, "attention: block_sparse_attention forward + backward")
+
+    # ot: balanced Sinkhorn meets both marginals.
+    a = torch.full((1, 20), 1 / 20, dtype=torch.float64)
+    b = torch.full((1, 30), 1 / 30, dtype=torch.float64)
+    res = sparseops.ot.sinkhorn(a, b, torch.rand(20, 30, dtype=torch.float64), 0.1, tol=1e-9)
+    plan = res.plan()
+    torch.testing.assert_close(plan.sum(-1), a, rtol=0, atol=1e-8)
+    torch.testing.assert_close(plan.sum(-2), b, rtol=0, atol=1e-8)
+    check(bool(res.converged.all()), "ot: sinkhorn")
+
 
 if __name__ == "__main__":
     main()
