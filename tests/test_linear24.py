@@ -164,6 +164,16 @@ ISA_SCRIPT = textwrap.dedent(
 )
 
 
+def _run_on_path(script: str, path: str) -> list[str]:
+    """Runs `script` in a child Python on one CPU path (the knobs are read once, at import): "baseline",
+    "avx2", "default" or "tiles" (the tiled large-M path forced for every M). Returns its stdout words."""
+    knobs = {"tiles": {"SPARSEOPS_LINEAR24_GEMV_MAX_M": "0"}, "default": {}}.get(path, {"SPARSEOPS_CPU_ISA": path})
+    out = subprocess.run([sys.executable, "-c", script], env=_child_env(**knobs), capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    return out.stdout.split()
+
+
 def _child_env(**knobs: str) -> dict:
     """This process's environment for a child Python, with only the given sparseops knobs set and this
     sparseops importable."""
@@ -180,11 +190,7 @@ def test_isa_paths(isa):
     """Each CPU path in a fresh process (the knobs are read once): the portable kernels, the AVX2 ones,
     the default (AVX-512) ones, and the tiled large-M path forced for every M and dtype (by default
     fp32/fp16 never take it on AVX-512 CPUs). K values end in a partial 8-column chunk and span pieces."""
-    knobs = {"tiles": {"SPARSEOPS_LINEAR24_GEMV_MAX_M": "0"}, "default": {}}.get(isa, {"SPARSEOPS_CPU_ISA": isa})
-    env = _child_env(**knobs)
-    out = subprocess.run([sys.executable, "-c", ISA_SCRIPT], env=env, capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr
-    lines = out.stdout.split()
+    lines = _run_on_path(ISA_SCRIPT, isa)
     assert lines[-1] == "ok"
     if isa == "baseline":
         assert lines[0] == "baseline"
@@ -265,11 +271,7 @@ NONFINITE_X_SCRIPT = textwrap.dedent(
 def test_nonfinite_x_at_a_pruned_position_never_enters_the_product(isa):
     """A pruned weight is structurally absent on every path (the issue's example gave NaN on the AVX2 and
     tiled paths and 3.0 on the portable one)."""
-    knobs = {"tiles": {"SPARSEOPS_LINEAR24_GEMV_MAX_M": "0"}, "default": {}}.get(isa, {"SPARSEOPS_CPU_ISA": isa})
-    out = subprocess.run([sys.executable, "-c", NONFINITE_X_SCRIPT], env=_child_env(**knobs), capture_output=True,
-                         text=True, timeout=120)
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.split()[-1] == "ok"
+    assert _run_on_path(NONFINITE_X_SCRIPT, isa)[-1] == "ok"
 
 
 @pytest.mark.parametrize("isa", ["baseline", "avx2", "default", "tiles"])
@@ -277,11 +279,7 @@ def test_corrupt_meta_is_an_error_on_every_path(isa):
     """Every CPU path (portable, AVX2, AVX-512 small-M kernels; tiles) checks the metadata rows of its work
     item before its kernel reads them, so corrupt metadata is one error everywhere, not a path-dependent
     answer (the issue's example gave 0.0, 36.0 and 20.0 on three paths)."""
-    knobs = {"tiles": {"SPARSEOPS_LINEAR24_GEMV_MAX_M": "0"}, "default": {}}.get(isa, {"SPARSEOPS_CPU_ISA": isa})
-    out = subprocess.run([sys.executable, "-c", CORRUPT_META_SCRIPT], env=_child_env(**knobs), capture_output=True,
-                         text=True, timeout=120)
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.split()[-1] == "ok"
+    assert _run_on_path(CORRUPT_META_SCRIPT, isa)[-1] == "ok"
 
 
 @pytest.mark.parametrize("value", ["", "abc", "-5", "12x"])
