@@ -174,6 +174,22 @@ void rows(const void* values, const uint8_t* meta, int64_t K, const float* x, in
 
 }  // namespace
 
+bool packed_meta_bytes_valid_avx2(const uint8_t* p, int64_t bytes) {
+  // The nibble test of linear24_avx512.cpp's version, 32 bytes per step; the tail byte by byte.
+  const __m256i k33 = _mm256_set1_epi8(0x33), k44 = _mm256_set1_epi8(0x44), k11 = _mm256_set1_epi8(0x11);
+  __m256i bad = _mm256_setzero_si256();
+  int64_t i = 0;
+  for (; i + 32 <= bytes; i += 32) {
+    const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + i));
+    const __m256i f = _mm256_and_si256(v, k33), s = _mm256_and_si256(_mm256_srli_epi16(v, 2), k33);
+    const __m256i t = _mm256_sub_epi8(_mm256_sub_epi8(_mm256_or_si256(s, k44), f), k11);
+    bad = _mm256_or_si256(bad, _mm256_xor_si256(_mm256_and_si256(t, k44), k44));
+  }
+  bool ok = _mm256_testz_si256(bad, bad);
+  for (; i < bytes; ++i) ok &= (p[i] & 3) < ((p[i] >> 2) & 3) && ((p[i] >> 4) & 3) < (p[i] >> 6);
+  return ok;
+}
+
 void linear24_rows_avx2(ElemType type, const void* values, const uint8_t* meta, int64_t K, const float* x,
                         int64_t ldx, int64_t M, const float* bias, int64_t n0, int64_t n1, float* z, int64_t ldz) {
   switch (type) {

@@ -453,6 +453,22 @@ void linear24_rows_avx512(ElemType type, const void* values, const uint8_t* meta
   }
 }
 
+bool packed_meta_bytes_valid_avx512(const uint8_t* p, int64_t bytes) {
+  // Per nibble (f = bits 1:0, s = bits 3:2): (s | 4) - f - 1 = 3 + s - f has bit 2 set iff s > f, and
+  // stays within its nibble, so byte-wise arithmetic tests both nibbles at once.
+  const __m512i k33 = _mm512_set1_epi8(0x33), k44 = _mm512_set1_epi8(0x44), k11 = _mm512_set1_epi8(0x11);
+  __mmask64 bad = 0;
+  for (int64_t i = 0; i < bytes; i += 64) {
+    const __mmask64 lanes = bytes - i >= 64 ? ~__mmask64{0} : (__mmask64{1} << (bytes - i)) - 1;
+    // Lanes past the end read as 0xEE: two valid codes (first 2, second 3).
+    const __m512i v = _mm512_mask_loadu_epi8(_mm512_set1_epi8(static_cast<char>(0xEE)), lanes, p + i);
+    const __m512i f = _mm512_and_si512(v, k33), s = _mm512_and_si512(_mm512_srli_epi16(v, 2), k33);
+    const __m512i t = _mm512_sub_epi8(_mm512_sub_epi8(_mm512_or_si512(s, k44), f), k11);
+    bad |= _mm512_cmpneq_epi8_mask(_mm512_and_si512(t, k44), k44);
+  }
+  return bad == 0;
+}
+
 void linear24_decompress_rows_avx512(ElemType type, const void* values, const uint8_t* meta, int64_t K, int64_t n0,
                                      int64_t rows, void* dense) {
   if (type == ElemType::kFloat) {

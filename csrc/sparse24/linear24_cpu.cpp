@@ -157,9 +157,29 @@ void pack_panels(const In* x, int64_t M, int64_t K, int64_t c, Out* panels) {
 // then in cache for the kernel; the check is a few ALU operations per 16 codes, and the metadata is
 // 1/16 (fp32) or 1/8 (16-bit) of the values' bytes) and stops at an invalid code: corrupt metadata is
 // an error on every path instead of a path-dependent answer. Records the first bad code's flat index.
+constexpr int64_t kCheckRows = 128;
+
+bool meta_bytes_valid(const uint8_t* p, int64_t bytes) {
+#if SPARSEOPS_X86_KERNELS
+  if (cpu_use_avx512()) return packed_meta_bytes_valid_avx512(p, bytes);
+  if (cpu_use_avx2()) return packed_meta_bytes_valid_avx2(p, bytes);
+#endif
+  return packed_meta_bytes_valid(p, bytes);
+}
+
 bool meta_rows_valid(const uint8_t* mp, int64_t K, int64_t n0, int64_t n1, std::atomic<int64_t>& first_bad) {
   const int64_t meta_cols = packed_meta_cols(K), groups = K / 4;
-  for (int64_t n = n0; n < n1; ++n) {
+  if (groups % 2 == 0) {  // no padding nibble: the rows are one span of whole bytes
+    if (meta_bytes_valid(mp + n0 * meta_cols, (n1 - n0) * meta_cols)) return true;
+  } else {  // the last byte of a row holds one code and the padding nibble
+    bool ok = true;
+    for (int64_t n = n0; n < n1 && ok; ++n) {
+      const uint8_t* row = mp + n * meta_cols;
+      ok = meta_bytes_valid(row, groups / 2) && code_valid(row[groups / 2] & 0xF);
+    }
+    if (ok) return true;
+  }
+  for (int64_t n = n0; n < n1; ++n) {  // an invalid code somewhere: find the first
     const int64_t g = first_invalid_packed_group(mp + n * meta_cols, groups);
     if (g >= 0) {
       record_min(first_bad, n * groups + g);
@@ -207,8 +227,7 @@ void linear24_small_m(const at::Tensor& xc, const at::Tensor& vc, const at::Tens
   float* zp = z.mutable_data_ptr<float>();
   const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 15) / K);
   std::atomic<int64_t> first_bad{kNoError};
-  at::parallel_for(0, N, grain, [&](int64_t n0, int64_t n1) {
-    if (!meta_rows_valid(mp, K, n0, n1, first_bad)) return;
+  const auto rows = [&](int64_t n0, int64_t n1) {
 #if SPARSEOPS_X86_KERNELS
     if (avx512) {
       linear24_rows_avx512(type, vp, mp, K, xp, M, bp, n0, n1, zp, N);
@@ -220,6 +239,16 @@ void linear24_small_m(const at::Tensor& xc, const at::Tensor& vc, const at::Tens
     }
 #endif
     linear24_rows_baseline(type, vp, mp, K, static_cast<const float*>(xp), xk.size(1), M, bp, n0, n1, zp, N);
+  };
+  at::parallel_for(0, N, grain, [&](int64_t begin, int64_t end) {
+    // A thread's range is split into blocks whose metadata (<= kCheckRows * K/8 bytes) stays in L2
+    // between the check and the kernel: checking a whole range first read it from DRAM twice (measured
+    // +10-45% at M = 1 with one thread).
+    for (int64_t n0 = begin; n0 < end; n0 += kCheckRows) {
+      const int64_t n1 = std::min(end, n0 + kCheckRows);
+      if (!meta_rows_valid(mp, K, n0, n1, first_bad)) return;
+      rows(n0, n1);
+    }
   });
   check_meta_result(kOp, "meta", first_bad == kNoError ? -1 : first_bad.load(), K / 4);
   apply_activation_(z, act);

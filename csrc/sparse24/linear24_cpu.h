@@ -41,6 +41,12 @@ void linear24_rows_avx512(ElemType type, const void* values, const uint8_t* meta
 void linear24_rows_avx2(ElemType type, const void* values, const uint8_t* meta, int64_t K, const float* x,
                         int64_t ldx, int64_t M, const float* bias, int64_t n0, int64_t n1, float* z, int64_t ldz);
 
+// Metadata check: true when each of the `bytes` bytes at p holds two valid 2:4 codes (low nibble's
+// first kept index < its second, the same for the high nibble). The AVX-512 / AVX2 versions of the
+// SWAR test in packed_meta_check.h, 64 / 32 bytes per step.
+bool packed_meta_bytes_valid_avx512(const uint8_t* p, int64_t bytes);
+bool packed_meta_bytes_valid_avx2(const uint8_t* p, int64_t bytes);
+
 // Large-M path: rows [n0, n0 + rows) of packed W written dense into `dense` ([rows, K], row stride K).
 void linear24_decompress_rows_avx512(ElemType type, const void* values, const uint8_t* meta, int64_t K, int64_t n0,
                                      int64_t rows, void* dense);

@@ -15,6 +15,24 @@ inline uint64_t invalid_code_bits(uint64_t w) {
   return ~((s | k4) - f - k1) & k4;
 }
 
+// True when each of the `bytes` bytes at p holds two valid codes: the same test without an early exit
+// (the compiler vectorises it); the AVX-512 / AVX2 versions are in linear24_avx512.cpp / _avx2.cpp.
+inline bool packed_meta_bytes_valid(const uint8_t* p, int64_t bytes) {
+  uint64_t bad = 0;
+  int64_t i = 0;
+  for (; i + 8 <= bytes; i += 8) {
+    uint64_t w;
+    std::memcpy(&w, p + i, 8);
+    bad |= invalid_code_bits(w);
+  }
+  if (i < bytes) {
+    uint64_t w = 0xEEEEEEEEEEEEEEEEull;  // two valid codes per padding byte
+    std::memcpy(&w, p + i, static_cast<size_t>(bytes - i));
+    bad |= invalid_code_bits(w);
+  }
+  return bad == 0;
+}
+
 // The first group of a packed metadata row (`groups` codes, two per byte, group 2j in the low nibble of
 // byte j) whose code is invalid, or -1. 16 codes per 64-bit step; the padding nibble after an odd group
 // count is not read.
