@@ -8,11 +8,20 @@ from .linear24 import compress_24_transposable, sparse24_linear
 from . import linear24_cuda  # noqa: F401  (fake kernels + autograd of the CUDA-only 2:4 GEMM ops)
 from .linear24_cuda import cuda_backend_choice
 from .training import GradientFlowSchedule, nm_srste, transposable_mask_24
+from .codebook import (codebook_ema_update_, codebook_grad, codebook_lookup, codebook_perplexity,
+                       codebook_usage, codebook_utilisation, vq_ste)
 from . import nn  # noqa: F401
 
 __version__ = build_info()["version"]
 
 __all__ = [
+    "codebook_ema_update_",
+    "codebook_grad",
+    "codebook_lookup",
+    "codebook_perplexity",
+    "codebook_usage",
+    "codebook_utilisation",
+    "vq_ste",
     "GradientFlowSchedule",
     "Sparse24",
     "build_info",

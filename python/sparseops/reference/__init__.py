@@ -5,3 +5,6 @@ from .training import nm_srste_backward_ref, nm_srste_ref, transposable_mask_24_
 
 __all__ = ["compress_24_ref", "decompress_24_ref", "nm_mask_ref", "sparse24_linear_ref"]
 __all__ += ["nm_srste_backward_ref", "nm_srste_ref", "transposable_mask_24_ref", "transposable_patterns_ref"]
+from .codebook import codebook_ema_update_ref, codebook_grad_ref, codebook_lookup_ref, codebook_usage_ref
+
+__all__ += ["codebook_ema_update_ref", "codebook_grad_ref", "codebook_lookup_ref", "codebook_usage_ref"]
