@@ -19,6 +19,8 @@ echo "[setup] installing build, test and bench dependencies"
 # torch 2.14.1 is a CUDA 13 build: CUDA kernels compile wherever nvcc is found, GPU or not.
 "$PY" -m pip install -q "torch==2.14.1" numpy ninja "cmake>=3.26" "pybind11>=2.12" "scikit-build-core>=0.10" \
   pytest matplotlib
+# Benchmark peers (optional: a case whose peer does not import reports it as skipped).
+"$PY" -m pip install -q faiss-cpu || echo "[setup] faiss-cpu not installed: the codebook bench skips its faiss peer"
 # CUTLASS C++ headers only: its Python dependencies are not needed.
 "$PY" -m pip install -q --no-deps "nvidia-cutlass==4.2.0.0"
 

@@ -3,17 +3,18 @@
 //
 // 1. Once per call: |c_k|^2 in fp32 (cosine: the inverse norms, in float64), max_k |c_k|^2, and |z_i|^2;
 //    a NaN/Inf (or a squared norm overflowing fp32, l2) is an error naming the row.
-// 2. Tasks = (block of <= 512 query rows) x (code split; more than one only when there are too few query
-//    blocks to keep every thread busy), at::parallel_for over tasks. A task packs its rows as -2 z (fp32,
-//    cosine: normalised) and walks its codes in blocks sized for L2 (KC x D fp32 <= 192 KiB), packing each
-//    into [tile][D][NR] panels, and runs the ISA scan (lookup_tile.h: register tile + fused candidate
-//    test) over them.
+// 2. The codes in superblocks of <= 16 MiB fp32, each packed once (in parallel) into [tile][D][NR] panels
+//    shared by all threads. Per superblock, tasks = (block of <= 256 query rows) x (code split; more than
+//    one only when there are too few query blocks to keep every thread busy), taken by the threads from
+//    an atomic counter. A task packs its rows as -2 z (fp32; cosine: normalised) and runs the ISA scan
+//    (lookup_tile.h: register tile + fused candidate test) over its codes in L2-sized blocks
+//    (KC x D fp32 <= 192 KiB).
 // 3. Per row, the candidates of every split are re-checked exactly: float64 (z - c)^2 (cosine: 1 - cos),
 //    the smallest wins, ties to the lowest index. A row whose candidates overflowed is re-scanned over
 //    all K codes exactly.
 // Extra memory: O(N + K) -- |c|^2 and the inverse norms (K floats/doubles), |z|^2 (N floats), the
-// candidate records (N x splits x 80 B) -- plus, per thread, one packed query block (<= 512 x D fp32) and
-// one packed code block (<= 192 KiB); the outputs themselves (indices, quantized, dist).
+// candidate records (N x splits x 80 B) -- plus one packed code superblock (<= 16 MiB, less when the
+// codebook is smaller) and per thread one packed query block (<= 256 x D fp32); and the outputs.
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
@@ -232,42 +233,58 @@ struct Lookup {
   void run(int64_t* out_idx, float* out_dist) {
     prepare();
     const ScanIsa isa = scan_isa();
-    const int nr = scan_nr(isa);
+    const int64_t nr = scan_nr(isa);
     const int64_t threads = std::max<int64_t>(1, at::get_num_threads());
-    const int64_t mc = std::clamp<int64_t>(round_up((N + 2 * threads - 1) / (2 * threads), cpu::kRowPad),
-                                           cpu::kRowPad, 512);
+    // Query blocks of <= 256 rows, at least ~4 tasks per thread; with too few blocks, each superblock's
+    // codes are split too (every split keeps its own candidates; the re-check merges them).
+    const int64_t mc = std::clamp<int64_t>(round_up((N + 4 * threads - 1) / (4 * threads), cpu::kRowPad),
+                                           cpu::kRowPad, 256);
     const int64_t nqb = (N + mc - 1) / mc;
+    // Codes per superblock: packed once, shared by all threads (<= 16 MiB); per L2 block: <= 192 KiB.
+    const int64_t sb_codes = std::min(round_up(K, nr), std::max(nr, (int64_t{1} << 22) / D / nr * nr));
+    const int64_t sb_tiles = sb_codes / nr;
+    const int64_t kc_tiles = std::clamp<int64_t>(49152 / D / nr, 1, 4096 / nr);
     int64_t splits = 1;
-    if (nqb < 2 * threads) splits = std::clamp<int64_t>((2 * threads + nqb - 1) / nqb, 1, std::max<int64_t>(1, K / 2048));
-    const int64_t kc = std::clamp<int64_t>((49152 / D) / nr * nr, nr, 4096);
+    if (nqb < 4 * threads) splits = std::clamp<int64_t>((4 * threads + nqb - 1) / nqb, 1, std::max<int64_t>(1, sb_tiles / 8));
     const int64_t n_pad = round_up(N, cpu::kRowPad);
     std::vector<RowCands> cands(static_cast<size_t>(splits * n_pad));
-
-    at::parallel_for(0, nqb * splits, 1, [&](int64_t tb, int64_t te) {
-      std::vector<float> zs(static_cast<size_t>(mc * D)), panel(static_cast<size_t>(round_up(kc, nr) * D)), cnb(round_up(kc, nr));
-      for (int64_t task = tb; task < te; ++task) {
-        const int64_t qb = task / splits, s = task % splits;
-        const int64_t r0 = qb * mc, r1 = std::min(N, r0 + mc);
-        const int64_t rows_pad = round_up(r1 - r0, cpu::kRowPad);
-        pack_rows(r0, r1, rows_pad, zs.data());
-        RowCands* rc = cands.data() + s * n_pad + r0;
-        for (int64_t i = 0; i < rows_pad; ++i) {
-          RowCands& r = rc[i];
-          r.thr = r.best = std::numeric_limits<float>::infinity();
-          r.margin = r0 + i < N ? margin[r0 + i] : 0.0f;
-          r.count = r.overflow = 0;
-        }
-        // The split's codes, in whole tiles so that splits never share a tile.
-        const int64_t tiles = (K + nr - 1) / nr;
-        const int64_t ks0 = std::min(K, tiles * s / splits * nr), ks1 = std::min(K, tiles * (s + 1) / splits * nr);
-        for (int64_t kb = ks0; kb < ks1; kb += kc) {
-          const int64_t ke = std::min(ks1, kb + kc);
-          pack_codes(kb, ke, nr, panel.data(), cnb.data());
-          run_scan(isa, zs.data(), rows_pad, D, panel.data(), cnb.data(), (ke - kb + nr - 1) / nr,
-                   static_cast<int32_t>(kb), rc);
-        }
+    at::parallel_for(0, splits * n_pad, 4096, [&](int64_t b, int64_t e) {
+      for (int64_t j = b; j < e; ++j) {
+        RowCands& r = cands[j];
+        const int64_t i = j % n_pad;
+        r.thr = r.best = std::numeric_limits<float>::infinity();
+        r.margin = i < N ? margin[i] : 0.0f;
+        r.count = r.overflow = 0;
       }
     });
+    std::vector<float> panel(static_cast<size_t>(sb_codes * D)), cnb(static_cast<size_t>(sb_codes));
+    for (int64_t sb0 = 0; sb0 < K; sb0 += sb_codes) {
+      const int64_t sb1 = std::min(K, sb0 + sb_codes);
+      const int64_t tiles = (sb1 - sb0 + nr - 1) / nr;
+      at::parallel_for(0, tiles, std::max<int64_t>(1, 16384 / (D * nr)), [&](int64_t t0, int64_t t1) {
+        pack_codes(sb0 + t0 * nr, std::min(sb1, sb0 + t1 * nr), static_cast<int>(nr), panel.data() + t0 * nr * D,
+                   cnb.data() + t0 * nr);
+      });
+      // Dynamic scheduling: threads take (query block, split) tasks from a counter, so a thread slowed by
+      // another process on the machine does not hold the others up.
+      std::atomic<int64_t> next{0};
+      at::parallel_for(0, threads, 1, [&](int64_t, int64_t) {
+        std::vector<float> zs(static_cast<size_t>(mc * D));
+        for (int64_t task = next++; task < nqb * splits; task = next++) {
+          const int64_t qb = task / splits, s = task % splits;
+          const int64_t r0 = qb * mc, r1 = std::min(N, r0 + mc);
+          const int64_t rows_pad = round_up(r1 - r0, cpu::kRowPad);
+          pack_rows(r0, r1, rows_pad, zs.data());
+          RowCands* rc = cands.data() + s * n_pad + r0;
+          const int64_t st0 = tiles * s / splits, st1 = tiles * (s + 1) / splits;  // this split's tiles
+          for (int64_t t = st0; t < st1; t += kc_tiles) {
+            const int64_t te = std::min(st1, t + kc_tiles);
+            run_scan(isa, zs.data(), rows_pad, D, panel.data() + t * nr * D, cnb.data() + t * nr, te - t,
+                     static_cast<int32_t>(sb0 + t * nr), rc);
+          }
+        }
+      });
+    }
 
     at::parallel_for(0, N, 64, [&](int64_t b, int64_t e) {
       for (int64_t i = b; i < e; ++i) {

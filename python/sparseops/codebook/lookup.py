@@ -57,9 +57,10 @@ def codebook_lookup(
         :func:`sparseops.codebook_grad`; ``z`` gets no gradient here, use :func:`sparseops.vq_ste`), ``dist``
         float32 ``[...]`` (no gradient; compute ``((z - quantized) ** 2).sum(-1)`` for a differentiable one).
 
-    The precision and NaN/Inf policy are in this module's docstring. Extra memory: O(N + K) (norms and
-    about 80 bytes of candidate state per row), plus per CPU thread one packed block of <= 512 rows of ``z``
-    and <= 192 KiB of codes; the N x K distance matrix is never formed.
+    The precision and NaN/Inf policy are in this module's docstring. Extra memory (CPU): O(N + K) (norms,
+    about 80 bytes of candidate state per row and code split), one packed block of codes (fp32, at most
+    16 MiB, shared by the threads) and per thread <= 256 rows of ``z`` in fp32; the N x K distance matrix is
+    never formed. CUDA: O(N) besides the outputs.
     """
     if not isinstance(z, Tensor) or not isinstance(codebook, Tensor):
         raise TypeError(f"codebook_lookup: expected z and codebook to be tensors (got {type(z).__name__}, "
