@@ -7,8 +7,11 @@ from .sparse_linear import (
     set_gradient_flow_step,
     sparsify_,
 )
+from .vector_quantizer import VQOutput, VectorQuantizer
 
 __all__ = [
+    "VQOutput",
+    "VectorQuantizer",
     "InputNorms",
     "NMSparseLinear",
     "SparseLinear24",
