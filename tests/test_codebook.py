@@ -75,6 +75,19 @@ def test_lookup_near_ties_far_from_origin(d, crowd):
     assert (naive != ref_idx).any() or crowd == 2
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_lookup_near_ties_low_precision(dtype):
+    """bf16 / fp16 codes on a coarse grid far from the origin (the AVX-512 bf16 path ranks with VDPBF16PS):
+    many exact ties and near-ties, still the exact winner with the lowest index."""
+    gen = torch.Generator().manual_seed(5)
+    d = 48
+    c = (64 + 0.25 * torch.randint(-3, 4, (300, d), generator=gen)).to(dtype)
+    z = (64 + 0.25 * torch.randint(-3, 4, (70, d), generator=gen) + 0.125).to(dtype)
+    idx, _, dist = sparseops.codebook_lookup(z, c, return_dist=True)
+    ref_idx, _, ref_dist = codebook_lookup_ref(z, c)
+    assert torch.equal(idx, ref_idx) and torch.equal(dist, ref_dist)
+
+
 @pytest.mark.parametrize("metric", ["l2", "cosine"])
 def test_lookup_exact_ties_pick_lowest_index(metric):
     c = torch.randn(37, 12)

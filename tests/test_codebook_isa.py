@@ -3,7 +3,7 @@ for bit: each variant ranks the expanded distance in its own way (different tile
 winner is always re-checked exactly in float64 by the same code, so the results must agree. The
 variants run in subprocesses with SPARSEOPS_CPU_ISA=avx2 / baseline; this process runs the default one.
 Cases: random, near-ties far from the origin (the re-check and the overflow re-scan), duplicate codes,
-cosine with zero vectors, fp16/bf16, D from 1 to 1024, K not a multiple of any tile width, K >> N."""
+cosine with zero vectors, fp16/bf16 (AVX-512: the VDPBF16PS path), bf16 grid ties, D from 1 to 1024, K not a multiple of any tile width, K >> N."""
 from __future__ import annotations
 
 import os
@@ -31,6 +31,8 @@ def build_cases() -> dict[str, tuple]:
         c = torch.cat([center + 1e-2 * torch.randn(crowd, 24, generator=gen), torch.randn(30, 24, generator=gen)])
         z = center + 1e-2 * torch.randn(17, 24, generator=gen)
         cases[f"near-ties crowd={crowd}"] = (z, c, "l2")
+    c = (64 + 0.25 * torch.randint(-3, 4, (200, 40), generator=gen)).bfloat16()
+    cases["bf16 grid ties"] = ((64 + 0.25 * torch.randint(-3, 4, (50, 40), generator=gen)).bfloat16(), c, "l2")
     c = torch.randn(20, 5, generator=gen)
     cases["duplicates"] = (torch.randn(40, 5, generator=gen), torch.cat([c, c, c]), "l2")
     cases["cosine zeros"] = (torch.cat([torch.zeros(2, 6), torch.randn(9, 6, generator=gen)]),

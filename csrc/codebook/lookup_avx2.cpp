@@ -18,6 +18,12 @@ struct V256 {
   static F fma(F a, F b, F c) { return _mm256_fmadd_ps(a, b, c); }
   static uint32_t lt(F a, F b) { return static_cast<uint32_t>(_mm256_movemask_ps(_mm256_cmp_ps(a, b, _CMP_LT_OQ))); }
   static void store(float* p, F v) { _mm256_storeu_ps(p, v); }
+  using E = float;
+  using P = F;
+  static constexpr int kPair = 1;
+  static P load_panel(const float* p) { return load(p); }
+  static F bcast_z(const float* p) { return bcast(p); }
+  static F dot(F acc, F b, P p) { return fma(b, p, acc); }
 };
 
 #include "codebook/lookup_tile.h"

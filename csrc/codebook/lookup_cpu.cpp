@@ -23,6 +23,7 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 #include "codebook/lookup_checks.h"
@@ -52,6 +53,12 @@ struct VPortable {
     return static_cast<uint32_t>((m[0] & 1) | ((m[1] & 1) << 1) | ((m[2] & 1) << 2) | ((m[3] & 1) << 3));
   }
   static void store(float* p, F v) { std::memcpy(p, &v, sizeof v); }
+  using E = float;
+  using P = F;
+  static constexpr int kPair = 1;
+  static P load_panel(const float* p) { return load(p); }
+  static F bcast_z(const float* p) { return bcast(p); }
+  static F dot(F acc, F b, P p) { return fma(b, p, acc); }
 };
 
 #include "codebook/lookup_tile.h"
@@ -167,7 +174,9 @@ struct Lookup {
           zinv[i] = 1.0 / std::max(std::sqrt(s64), kEps);
           zz = 1.0;  // normalised; the normalisation's own rounding is covered by the extra 4 terms below
         }
-        const double bound = 4.0 * static_cast<double>(D + 8) * kUnit * (3.0 * maxc2 + zz) * 1.0625 + 1e-30;
+        // + what flushing denormal inputs / partial sums to 0 (VDPBF16PS) can change, twice.
+        const double flush = 0x1p-122 * (std::sqrt(static_cast<double>(D)) * (std::sqrt(maxc2) + std::sqrt(zz)) + D);
+        const double bound = 4.0 * static_cast<double>(D + 8) * kUnit * (3.0 * maxc2 + zz) * 1.0625 + flush;
         margin[i] = static_cast<float>(std::min(bound, 3.0e38));
       }
     });
@@ -180,36 +189,49 @@ struct Lookup {
     return cosine ? v * static_cast<float>(cinv[k]) : v;
   }
 
-  // Rows [r0, r1) as -2 z (cosine: -2 z / |z|) into zs [rows_pad][D], zero rows after r1.
-  void pack_rows(int64_t r0, int64_t r1, int64_t rows_pad, float* zs) const {
-    for (int64_t i = r0; i < r1; ++i) {
-      const T* zr = z + i * D;
-      float* out = zs + (i - r0) * D;
-      const float scale = cosine ? static_cast<float>(-2.0 * zinv[i]) : -2.0f;
-      if (cosine) {
-        const float inv = static_cast<float>(zinv[i]);
-        for (int64_t d = 0; d < D; ++d) out[d] = -2.0f * (static_cast<float>(zr[d]) * inv);
-      } else {
-        for (int64_t d = 0; d < D; ++d) out[d] = scale * static_cast<float>(zr[d]);
-      }
+  // The packed element for value v: fp32, or the bits of bf16(v) (exact here: v is a bf16 input or -2x one).
+  template <typename E>
+  static E elem(float v) {
+    if constexpr (std::is_same_v<E, float>) {
+      return v;
+    } else {
+      return c10::BFloat16(v).x;
     }
-    std::fill(zs + (r1 - r0) * D, zs + rows_pad * D, 0.0f);
   }
 
-  // Codes [k0, k1) into panel [ntiles][D][nr] and cnb [ntiles * nr]; padding codes: zeros and +inf.
-  void pack_codes(int64_t k0, int64_t k1, int nr, float* panel, float* cnb) const {
+  // Rows [r0, r1) as -2 z (cosine: -2 z / |z|) into zs [rows_pad][steps * kPair] (dims past D and rows
+  // past r1: zeros).
+  template <typename E, int kPair>
+  void pack_rows(int64_t r0, int64_t r1, int64_t rows_pad, int64_t steps, E* zs) const {
+    const int64_t width = steps * kPair;
+    for (int64_t i = r0; i < r1; ++i) {
+      const T* zr = z + i * D;
+      E* out = zs + (i - r0) * width;
+      if (cosine) {
+        const float inv = static_cast<float>(zinv[i]);
+        for (int64_t d = 0; d < D; ++d) out[d] = elem<E>(-2.0f * (static_cast<float>(zr[d]) * inv));
+      } else {
+        for (int64_t d = 0; d < D; ++d) out[d] = elem<E>(-2.0f * static_cast<float>(zr[d]));
+      }
+      std::fill(out + D, out + width, E(0));
+    }
+    std::fill(zs + (r1 - r0) * width, zs + rows_pad * width, E(0));
+  }
+
+  // Codes [k0, k1) into panel [ntiles][steps][nr][kPair] and cnb [ntiles * nr]; padding codes: zeros and
+  // +inf, padding dims zeros.
+  template <typename E, int kPair>
+  void pack_codes(int64_t k0, int64_t k1, int64_t nr, int64_t steps, E* panel, float* cnb) const {
     const int64_t ntiles = (k1 - k0 + nr - 1) / nr;
+    const int64_t width = steps * kPair;
     for (int64_t t = 0; t < ntiles; ++t) {
-      float* p = panel + t * D * nr;
-      for (int j = 0; j < nr; ++j) {
+      E* p = panel + t * width * nr;
+      for (int64_t j = 0; j < nr; ++j) {
         const int64_t k = k0 + t * nr + j;
-        if (k < k1) {
-          for (int64_t d = 0; d < D; ++d) p[d * nr + j] = code_value(k, d);
-          cnb[t * nr + j] = cn[k];
-        } else {
-          for (int64_t d = 0; d < D; ++d) p[d * nr + j] = 0.0f;
-          cnb[t * nr + j] = std::numeric_limits<float>::infinity();
+        for (int64_t d = 0; d < width; ++d) {
+          p[((d / kPair) * nr + j) * kPair + d % kPair] = (k < k1 && d < D) ? elem<E>(code_value(k, d)) : E(0);
         }
+        cnb[t * nr + j] = k < k1 ? cn[k] : std::numeric_limits<float>::infinity();
       }
     }
   }
@@ -257,35 +279,63 @@ struct Lookup {
         r.count = r.overflow = 0;
       }
     });
-    std::vector<float> panel(static_cast<size_t>(sb_codes * D)), cnb(static_cast<size_t>(sb_codes));
+#if SPARSEOPS_X86_KERNELS
+    if constexpr (std::is_same_v<T, c10::BFloat16>) {
+      if (isa == ScanIsa::kAvx512 && !cosine) {  // bf16 pair dots: twice the fp32 FMA rate
+        scan_all<uint16_t, 2>(nr, mc, nqb, sb_codes, kc_tiles, splits, n_pad, cands, cpu::scan_avx512_bf16);
+        finish(cands, splits, n_pad, out_idx, out_dist);
+        return;
+      }
+    }
+#endif
+    scan_all<float, 1>(nr, mc, nqb, sb_codes, kc_tiles, splits, n_pad, cands,
+                       [isa](const float* zs, int64_t rows, int64_t steps, const float* panel, const float* cn,
+                             int64_t ntiles, int32_t k0, RowCands* rc) {
+                         run_scan(isa, zs, rows, steps, panel, cn, ntiles, k0, rc);
+                       });
+    finish(cands, splits, n_pad, out_idx, out_dist);
+  }
+
+  // Step 2 over all superblocks, with packed elements E (kPair dims per step) and the scan function.
+  template <typename E, int kPair, typename Scan>
+  void scan_all(int64_t nr, int64_t mc, int64_t nqb, int64_t sb_codes, int64_t kc_tiles, int64_t splits,
+                int64_t n_pad, std::vector<RowCands>& cands, Scan scan) const {
+    const int64_t threads = std::max<int64_t>(1, at::get_num_threads());
+    const int64_t steps = (D + kPair - 1) / kPair, width = steps * kPair;
+    std::vector<E> panel(static_cast<size_t>(sb_codes * width));
+    std::vector<float> cnb(static_cast<size_t>(sb_codes));
     for (int64_t sb0 = 0; sb0 < K; sb0 += sb_codes) {
       const int64_t sb1 = std::min(K, sb0 + sb_codes);
       const int64_t tiles = (sb1 - sb0 + nr - 1) / nr;
-      at::parallel_for(0, tiles, std::max<int64_t>(1, 16384 / (D * nr)), [&](int64_t t0, int64_t t1) {
-        pack_codes(sb0 + t0 * nr, std::min(sb1, sb0 + t1 * nr), static_cast<int>(nr), panel.data() + t0 * nr * D,
-                   cnb.data() + t0 * nr);
+      at::parallel_for(0, tiles, std::max<int64_t>(1, 16384 / (width * nr)), [&](int64_t t0, int64_t t1) {
+        pack_codes<E, kPair>(sb0 + t0 * nr, std::min(sb1, sb0 + t1 * nr), nr, steps, panel.data() + t0 * nr * width,
+                             cnb.data() + t0 * nr);
       });
       // Dynamic scheduling: threads take (query block, split) tasks from a counter, so a thread slowed by
       // another process on the machine does not hold the others up.
       std::atomic<int64_t> next{0};
       at::parallel_for(0, threads, 1, [&](int64_t, int64_t) {
-        std::vector<float> zs(static_cast<size_t>(mc * D));
+        std::vector<E> zs(static_cast<size_t>(mc * width));
         for (int64_t task = next++; task < nqb * splits; task = next++) {
           const int64_t qb = task / splits, s = task % splits;
           const int64_t r0 = qb * mc, r1 = std::min(N, r0 + mc);
           const int64_t rows_pad = round_up(r1 - r0, cpu::kRowPad);
-          pack_rows(r0, r1, rows_pad, zs.data());
+          pack_rows<E, kPair>(r0, r1, rows_pad, steps, zs.data());
           RowCands* rc = cands.data() + s * n_pad + r0;
           const int64_t st0 = tiles * s / splits, st1 = tiles * (s + 1) / splits;  // this split's tiles
           for (int64_t t = st0; t < st1; t += kc_tiles) {
             const int64_t te = std::min(st1, t + kc_tiles);
-            run_scan(isa, zs.data(), rows_pad, D, panel.data() + t * nr * D, cnb.data() + t * nr, te - t,
-                     static_cast<int32_t>(sb0 + t * nr), rc);
+            scan(zs.data(), rows_pad, steps, panel.data() + t * nr * width, cnb.data() + t * nr, te - t,
+                 static_cast<int32_t>(sb0 + t * nr), rc);
           }
         }
       });
     }
+  }
 
+  // Step 3: the exact re-check of every row's candidates.
+  void finish(const std::vector<RowCands>& cands, int64_t splits, int64_t n_pad, int64_t* out_idx,
+              float* out_dist) const {
     at::parallel_for(0, N, 64, [&](int64_t b, int64_t e) {
       for (int64_t i = b; i < e; ++i) {
         int64_t best_k = -1;

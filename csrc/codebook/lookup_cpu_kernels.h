@@ -38,6 +38,10 @@ constexpr int kRowPad = 8;
 // (+inf for padding codes); rc: [rows] (this block's rows, this code split).
 void scan_avx512(const float* zs, int64_t rows, int64_t D, const float* panel, const float* cn, int64_t ntiles,
                  int32_t k0, RowCands* rc);
+// bf16 l2 variant (AVX-512 BF16): zs [rows][steps][2] = bf16(-2 z) with D padded to 2 * steps by zeros;
+// panel [ntiles][steps][32][2] bf16 codes.
+void scan_avx512_bf16(const uint16_t* zs, int64_t rows, int64_t steps, const uint16_t* panel, const float* cn,
+                      int64_t ntiles, int32_t k0, RowCands* rc);
 void scan_avx2(const float* zs, int64_t rows, int64_t D, const float* panel, const float* cn, int64_t ntiles,
                int32_t k0, RowCands* rc);
 

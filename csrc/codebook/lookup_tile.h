@@ -4,8 +4,10 @@
 // can never be picked by the linker for another file (the ODR hazard of shared inline helpers).
 // Include <cstdint> and the kernels header before the anonymous namespace.
 //
-// V provides: F (vector of kW floats), load(p), bcast(p), fma(a, b, c) = a*b + c, lt(a, b) -> lane bitmask
-// of a < b, store(p, v).
+// V provides: E (the packed element: float, or uint16_t for bf16 pairs), kPair (dims per step: 1, or 2 for
+// a bf16 pair dot), F (vector of kW floats), P/B (a panel vector / a broadcast z step), load_panel(p),
+// bcast_z(p), dot(acc, b, p) = acc + sum over the step's dims of z * c, lt(a, b) -> lane bitmask of a < b,
+// load(p) / store(p, v) for floats.
 //
 // Tile: MR query rows x NV vectors of codes, accumulators initialised with |c|^2 by the first
 // d-step's FMA. The argmin is fused: each tile only compares its MR x NV accumulators with the rows'
@@ -39,45 +41,51 @@ inline void offer(RowCands& r, float e, int32_t k) {
   ++r.count;
 }
 
+// zs: [rows][steps * kPair] elements; panel: [ntiles][steps][NR][kPair] elements.
 template <class V, int MR, int NV>
-void scan_tiles(const float* __restrict__ zs, int64_t rows, int64_t D, const float* __restrict__ panel,
-                const float* __restrict__ cn, int64_t ntiles, int32_t k0, RowCands* __restrict__ rc) {
+void scan_tiles(const typename V::E* __restrict__ zs, int64_t rows, int64_t steps,
+                const typename V::E* __restrict__ panel, const float* __restrict__ cn, int64_t ntiles, int32_t k0,
+                RowCands* __restrict__ rc) {
   using F = typename V::F;
+  using P = typename V::P;
   constexpr int W = V::kW;
   constexpr int NR = W * NV;
+  constexpr int K2 = V::kPair;
+  const int64_t D = steps;  // the loops below count steps
   static_assert(NR <= 32, "hit masks are 32-bit");
   for (int64_t i0 = 0; i0 < rows; i0 += MR) {
-    const float* z = zs + i0 * D;
+    const typename V::E* z = zs + i0 * D * K2;
     RowCands* r = rc + i0;
     F thr[MR];
 #pragma GCC unroll 16
     for (int m = 0; m < MR; ++m) thr[m] = V::bcast(&r[m].thr);
     for (int64_t t = 0; t < ntiles; ++t) {
-      const float* p = panel + t * D * NR;
+      const typename V::E* p = panel + t * D * NR * K2;
       F acc[MR][NV];
       {
-        F c[NV], pv[NV];
+        F c[NV];
+        P pv[NV];
 #pragma GCC unroll 16
         for (int v = 0; v < NV; ++v) {
           c[v] = V::load(cn + t * NR + v * W);
-          pv[v] = V::load(p + v * W);
+          pv[v] = V::load_panel(p + v * W * K2);
         }
 #pragma GCC unroll 16
         for (int m = 0; m < MR; ++m) {
-          const F b = V::bcast(z + m * D);
+          const auto b = V::bcast_z(z + m * D * K2);
 #pragma GCC unroll 16
-          for (int v = 0; v < NV; ++v) acc[m][v] = V::fma(b, pv[v], c[v]);
+          for (int v = 0; v < NV; ++v) acc[m][v] = V::dot(c[v], b, pv[v]);
         }
       }
       for (int64_t d = 1; d < D; ++d) {
-        F pv[NV];
+        P pv[NV];
 #pragma GCC unroll 16
-        for (int v = 0; v < NV; ++v) pv[v] = V::load(p + d * NR + v * W);
+        for (int v = 0; v < NV; ++v) pv[v] = V::load_panel(p + (d * NR + v * W) * K2);
 #pragma GCC unroll 16
         for (int m = 0; m < MR; ++m) {
-          const F b = V::bcast(z + m * D + d);
+          const auto b = V::bcast_z(z + (m * D + d) * K2);
 #pragma GCC unroll 16
-          for (int v = 0; v < NV; ++v) acc[m][v] = V::fma(b, pv[v], acc[m][v]);
+          for (int v = 0; v < NV; ++v) acc[m][v] = V::dot(acc[m][v], b, pv[v]);
         }
       }
       uint32_t any = 0;
