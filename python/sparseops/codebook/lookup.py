@@ -40,7 +40,7 @@ __all__ = ["codebook_lookup"]
 
 
 def codebook_lookup(
-    z: Tensor, codebook: Tensor, *, metric: str = "l2", return_dist: bool = False
+    z: Tensor, codebook: Tensor, *, metric: str = "l2", return_dist: bool = False, process_group=None
 ) -> Union[tuple[Tensor, Tensor], tuple[Tensor, Tensor, Tensor]]:
     """Nearest code of every vector of ``z``: the fused, tiled distance + argmin of vector quantisation.
 
@@ -50,6 +50,10 @@ def codebook_lookup(
         metric: ``"l2"`` (squared Euclidean) or ``"cosine"`` (``1 - cos``; a zero vector has cosine 0 to
             everything, so a zero ``z`` row picks code 0).
         return_dist: also return the distance to the chosen code.
+        process_group: a ``torch.distributed`` group over which ``codebook`` is sharded by rows, contiguous
+            in rank order (this rank's shard); the indices are then global and the winning vectors come
+            from whichever rank owns them (:mod:`sparseops.codebook.sharded`). Every rank passes its own
+            ``z`` with the same number of vectors and the same D.
 
     Returns:
         ``(indices, quantized)`` or ``(indices, quantized, dist)``: ``indices`` int64 ``[...]`` (the nearest
@@ -76,7 +80,12 @@ def codebook_lookup(
         raise ValueError(f"codebook_lookup: expected z.size(-1) == codebook.size(1) (got {z.shape[-1]} vs "
                          f"{codebook.shape[-1]})")
     lead = z.shape[:-1]
-    quantized, indices, dist = _ops.codebook_lookup(z.reshape(-1, z.shape[-1]), codebook, metric)
+    if process_group is not None:
+        from .sharded import sharded_codebook_lookup
+
+        quantized, indices, dist = sharded_codebook_lookup(z.reshape(-1, z.shape[-1]), codebook, metric, process_group)
+    else:
+        quantized, indices, dist = _ops.codebook_lookup(z.reshape(-1, z.shape[-1]), codebook, metric)
     indices = indices.reshape(lead)
     quantized = quantized.reshape(*lead, codebook.shape[-1])
     if return_dist:
