@@ -103,7 +103,7 @@ def test_lookup_exact_ties_pick_lowest_index(metric):
 
 def test_lookup_cosine_zero_vectors():
     c = torch.cat([torch.zeros(1, 8), torch.randn(20, 8)])
-    z = torch.cat([torch.zeros(1, 8), torch.randn(10, 8)])
+    z = torch.cat([torch.zeros(1, 8), torch.randn(10, 8), 1e-14 * torch.randn(2, 8)])  # tiny: x / max(|x|, 1e-12)
     idx, _, dist = sparseops.codebook_lookup(z, c, metric="cosine", return_dist=True)
     ref_idx, _, ref_dist = codebook_lookup_ref(z, c, "cosine")
     assert idx[0].item() == 0 and dist[0].item() == 1.0

@@ -51,13 +51,34 @@ def test_dead_code_revival(ema):
     vq = VectorQuantizer(4, 8, ema=ema, decay=0.5, dead_code_threshold=0.6)
     with torch.no_grad():
         vq.embed[4:] = 1000.0  # far away: never chosen, so their usage decays below the threshold
+        if ema:
+            vq.embed_sum[4:] = 1000.0 * vq.cluster_size[4:, None]
     z = torch.randn(64, 4)
     vq.train()
     vq(z)  # usage of the far codes: 1 -> 0.5 < 0.6
-    far = (vq.embed.abs() > 100).any(1)
-    assert not far.any()
-    revived = vq.embed[4:]
-    assert all((z == row).all(1).any() for row in revived)  # re-seeded from the batch
+    assert (vq.embed[4:] > 100).all()  # not yet revived
+    vq(z)  # re-seeded from this batch at the start of the forward
+    assert (vq.embed.abs() < 100).all()
+    lo, hi = z.min(0).values, z.max(0).values
+    assert ((vq.embed[4:] >= lo) & (vq.embed[4:] <= hi)).all()  # batch rows (EMA: averages of them)
+    assert (vq.usage[4:] > 0.6).all() or ema
+
+
+@pytest.mark.parametrize("ema", [False, True])
+def test_revival_with_projector_or_ema_trains(ema):
+    """Revival runs before the lookup: it never modifies a tensor that autograd saved (the projector's input)."""
+    vq = VectorQuantizer(4, 8, ema=ema, decay=0.5, dead_code_threshold=0.6,
+                         projector=None if ema else nn.Linear(4, 4))
+    with torch.no_grad():
+        vq.embed[4:] = 1000.0
+        if ema:
+            vq.embed_sum[4:] = 1000.0 * vq.cluster_size[4:, None]
+    params = [p for p in vq.parameters() if p.requires_grad]
+    for _ in range(3):
+        out = vq(torch.randn(64, 4))
+        if params:
+            out.loss.backward()
+    assert (vq.embed.abs() < 100).all()
 
 
 def test_projector_gets_gradients():

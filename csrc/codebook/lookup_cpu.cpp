@@ -126,6 +126,7 @@ struct Lookup {
   std::vector<float> cn;        // per code: |c|^2 (l2) or 1 (cosine: ranks by -2 zhat.chat alone)
   std::vector<double> cinv;     // cosine: 1 / max(|c|, eps)
   std::vector<double> zinv;     // cosine: 1 / max(|z|, eps)
+  std::vector<uint8_t> zero_row;  // cosine: z_i == 0 (cos is 0 for every code: all tie, code 0 wins)
   std::vector<float> margin;    // per row: bound on twice the fp32 error of the expanded distance
   float maxc2 = 0.0f;
 
@@ -156,7 +157,10 @@ struct Lookup {
     maxc2 = cosine ? 1.0f : *std::max_element(cn.begin(), cn.end());
 
     margin.resize(N);
-    if (cosine) zinv.resize(N);
+    if (cosine) {
+      zinv.resize(N);
+      zero_row.assign(N, 0);
+    }
     at::parallel_for(0, N, 256, [&](int64_t b, int64_t e) {
       for (int64_t i = b; i < e; ++i) {
         const T* zr = z + i * D;
@@ -172,6 +176,7 @@ struct Lookup {
         double zz = s;
         if (cosine) {
           zinv[i] = 1.0 / std::max(std::sqrt(s64), kEps);
+          zero_row[i] = s64 == 0.0;
           zz = 1.0;  // normalised; the normalisation's own rounding is covered by the extra 4 terms below
         }
         // + what flushing denormal inputs / partial sums to 0 (VDPBF16PS) can change, twice.
@@ -353,7 +358,7 @@ struct Lookup {
           overflow |= r.overflow != 0;
           for (int32_t j = 0; j < r.count; ++j) consider(r.idx[j]);
         }
-        if (cosine && zinv[i] >= 1.0 / kEps) {  // z_i = 0: cos is 0 for every code, all tie
+        if (cosine && zero_row[i]) {  // cos is 0 for every code: all tie (saves the exact re-scan)
           best_k = 0;
           best = 1.0;
         } else if (overflow || best_k < 0) {

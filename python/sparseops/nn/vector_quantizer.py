@@ -33,9 +33,9 @@ class VectorQuantizer(nn.Module):
             (:func:`sparseops.codebook_ema_update_`, in training mode) instead of by gradient; the codebook
             is then a buffer. Not combinable with ``projector``.
         decay, eps: EMA decay (also of the usage statistics) and Laplace smoothing.
-        dead_code_threshold: in training mode, codes whose usage EMA (expected assignments per batch)
-            falls below this value are re-seeded with random inputs of the current batch (0: off). No host
-            sync: a masked ``torch.where`` over the codebook.
+        dead_code_threshold: in training mode, codes whose usage EMA (expected assignments per batch, over
+            the previous batches) is below this value are re-seeded with random inputs of the current batch
+            at the start of the forward (0: off). No host sync: a masked ``torch.where`` over the codebook.
         projector: optional module mapping the raw codebook ``[K, D]`` to the one used for the lookup
             (e.g. ``nn.Linear(D, D)``): every code then moves with the projector's gradient, which keeps
             all codes in use (FVQ's VQBridge idea). Revived codes are seeded in the raw space.
@@ -81,6 +81,9 @@ class VectorQuantizer(nn.Module):
         if z.shape[-1] != self.dim:
             raise ValueError(f"VectorQuantizer: expected z.size(-1) == dim={self.dim} (got {z.shape[-1]})")
         flat = z.reshape(-1, self.dim)
+        if self.training and self.dead_code_threshold > 0 and flat.shape[0] > 0:
+            # Before the lookup, so that no tensor autograd saved (e.g. the projector's input) changes.
+            self._revive(flat.detach())
         codebook = self.codebook()
         indices, q = codebook_lookup(flat.detach().to(codebook.dtype), codebook, metric=self.metric)
         q = q.to(z.dtype)
@@ -98,8 +101,6 @@ class VectorQuantizer(nn.Module):
         if self.ema:
             codebook_ema_update_(self.embed, self.cluster_size, self.embed_sum, flat.to(self.embed.dtype), indices,
                                  decay=self.decay, eps=self.eps)
-        if self.dead_code_threshold > 0 and flat.shape[0] > 0:
-            self._revive(flat)
 
     @torch.no_grad()
     def _revive(self, flat: Tensor) -> None:
