@@ -99,7 +99,7 @@ def run(config: dict, queue) -> None:
         import sparseops
 
         q, idx = [], []
-        for chunk in data.split(16384):
+        for chunk in data.split(2048):  # vector-quantize-pytorch forms chunk x K distances
             qc, ic = quantise(chunk)
             q.append(qc)
             idx.append(ic)

@@ -21,6 +21,8 @@ echo "[setup] installing build, test and bench dependencies"
   pytest matplotlib
 # Benchmark peers (optional: a case whose peer does not import reports it as skipped).
 "$PY" -m pip install -q faiss-cpu || echo "[setup] faiss-cpu not installed: the codebook bench skips its faiss peer"
+# examples/vq_sample_images.py compares against vector-quantize-pytorch on scikit-learn's sample images.
+"$PY" -m pip install -q scikit-learn vector-quantize-pytorch || echo "[setup] vector-quantize-pytorch not installed (examples only)"
 # CUTLASS C++ headers only: its Python dependencies are not needed.
 "$PY" -m pip install -q --no-deps "nvidia-cutlass==4.2.0.0"
 

@@ -10,8 +10,9 @@
 All report GFLOP/s with flops = 2 N K D (the distance matmul; the argmin is not counted).
 
 Peak extra memory (analytic, besides inputs and outputs; the harness measures time only), at
-N=2048, K=262144: sparseops ~1 MiB per 262144 codes (|c|^2) + 80 B per row + per thread <= 512 x D fp32
-of packed rows and 192 KiB of packed codes (about 3 MiB in all at D=256); torch_chunked N x 16384 fp32
+N=2048, K=262144: sparseops 1 MiB of |c|^2, 80 B per row of candidate state, one packed superblock of
+codes (min(K x D, 4 Mi) fp32: 8 MiB at D=8, 16 MiB at D=64 and 256) and per thread <= 256 x D fp32 of
+packed rows: <= 18 MiB at every D; torch_chunked N x 16384 fp32
 per temporary (128 MiB each, two alive: ~256 MiB); torch_dense N x K fp32 twice (4 GiB: not run there);
 faiss a 4096 x 1024 fp32 tile per thread (16 MiB each).
 """
