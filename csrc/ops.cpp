@@ -61,6 +61,23 @@ TORCH_LIBRARY(sparseops, m) {
   // mean-pooled q-block and k-block (ties to the lower index); indices ascending, unused entries 0.
   m.def("topk_block_mask(Tensor q, Tensor k, int block_q, int block_k, int topk, bool causal=False, int sink_blocks=0, int local_blocks=1) -> (Tensor, Tensor)");
 
+  // ---- codebook: vector quantisation ------------------------------------------------------------
+  // Nearest code of every row of z [N, D] in codebook [K, D] (same float dtype): (quantized =
+  // codebook[indices] [N, D], indices int64 [N], dist fp32 [N]) (quantized first: the differentiable
+  // output leads, as autograd tests sum the outputs in order); metric "l2" (dist = squared L2) or "cosine"
+  // (dist = 1 - cos); ties to the lowest index; never materialises N x K; NaN/Inf inputs are an error.
+  m.def("codebook_lookup(Tensor z, Tensor codebook, str metric=\"l2\") -> (Tensor, Tensor, Tensor)");
+  // Gradient of quantized = codebook[indices] w.r.t. the codebook: grad_codebook [num_codes, D] (grad's
+  // dtype), row k = sum of grad_quantized rows i with indices[i] == k; deterministic (fixed summation
+  // order, fp32); indices out of [0, num_codes) raise.
+  m.def("codebook_grad(Tensor grad_quantized, Tensor indices, int num_codes) -> Tensor");
+  // Exact int64 histogram [num_codes] of indices (any shape); out-of-range indices raise.
+  m.def("codebook_usage(Tensor indices, int num_codes) -> Tensor");
+  // EMA codebook update, in place: cluster_size = decay cluster_size + (1 - decay) counts, embed_sum =
+  // decay embed_sum + (1 - decay) (sum of z rows per code), codebook = embed_sum / smoothed cluster_size
+  // with Laplace smoothing (cs + eps) / (n + K eps) n, n = sum(cs). Deterministic.
+  m.def("codebook_ema_update_(Tensor(a!) codebook, Tensor(b!) cluster_size, Tensor(c!) embed_sum, Tensor z, Tensor indices, float decay, float eps) -> ()");
+
   // ---- ot: entropic optimal transport (log domain; conventions in csrc/ot/ot_math.h) -------------
   // P_ij = a_i b_j exp((f_i + g_j - C_ij) / eps). a [B, n], b [B, m] >= 0; C [B, n, m] or a shared [n, m]
   // (+inf = forbidden pair); float32 / float64. rho = None: balanced (sum a == sum b; b is rescaled to a's

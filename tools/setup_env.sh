@@ -30,6 +30,11 @@ echo "[setup] installing build, test and bench dependencies"
 "$PY" -m pip install "${PIP_PROGRESS[@]}" --disable-pip-version-check -q pot geomloss
 # Integrations tested against: transformers (attn_implementation="sparseops").
 "$PY" -m pip install "${PIP_PROGRESS[@]}" --disable-pip-version-check -q "transformers>=5.0"
+"$PY" -m pip install "${PIP_PROGRESS[@]}" --disable-pip-version-check -q faiss-cpu \
+  || echo "[setup] faiss-cpu not installed: the codebook bench skips its faiss peer"
+# examples/vq_sample_images.py compares against vector-quantize-pytorch on scikit-learn's sample images.
+"$PY" -m pip install "${PIP_PROGRESS[@]}" --disable-pip-version-check -q scikit-learn vector-quantize-pytorch \
+  || echo "[setup] vector-quantize-pytorch not installed (examples only)"
 
 # CUTLASS C++ headers only. Installed outside site-packages, so the environment stays consistent (the
 # nvidia-cutlass wheel's Python dependencies, which pip would check on every later install, are not

@@ -18,6 +18,8 @@ from .sparse24 import (
 from .attention import (BlockMask, block_mask_from_dense, block_mask_from_flex, block_sparse_attention,
                         causal_block_mask, full_block_mask, register_transformers, sliding_window_block_mask,
                         topk_block_mask)
+from .codebook import (codebook_ema_update_, codebook_grad, codebook_lookup, codebook_perplexity,
+                       codebook_usage, codebook_utilisation, vq_ste)
 from . import nn  # noqa: F401
 from . import ot  # noqa: F401  (entropic optimal transport: sparseops.ot.sinkhorn, ...)
 
@@ -32,6 +34,13 @@ __all__ = [
     "full_block_mask",
     "sliding_window_block_mask",
     "topk_block_mask",
+    "codebook_ema_update_",
+    "codebook_grad",
+    "codebook_lookup",
+    "codebook_perplexity",
+    "codebook_usage",
+    "codebook_utilisation",
+    "vq_ste",
     "GradientFlowSchedule",
     "Sparse24",
     "build_info",

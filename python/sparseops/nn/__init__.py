@@ -9,9 +9,12 @@ from .sparse_linear import (
     set_gradient_flow_step,
     sparsify_,
 )
+from .vector_quantizer import VQOutput, VectorQuantizer
 
 __all__ = [
     "BlockSparseAttention",
+    "VQOutput",
+    "VectorQuantizer",
     "InputNorms",
     "NMSparseLinear",
     "SparseLinear24",

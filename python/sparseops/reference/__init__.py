@@ -12,3 +12,7 @@ __all__ += ["block_sparse_attention_ref", "token_mask_ref", "topk_block_mask_ref
 from .ot import ot_dual_ref, ot_newton_cg_ref, ot_plan_ref, ot_sparse_plan_ref, sinkhorn_log_ref
 
 __all__ += ["ot_dual_ref", "ot_newton_cg_ref", "ot_plan_ref", "ot_sparse_plan_ref", "sinkhorn_log_ref"]
+
+from .codebook import codebook_ema_update_ref, codebook_grad_ref, codebook_lookup_ref, codebook_usage_ref
+
+__all__ += ["codebook_ema_update_ref", "codebook_grad_ref", "codebook_lookup_ref", "codebook_usage_ref"]

@@ -1,0 +1,134 @@
+// codebook_lookup / codebook_grad / codebook_usage / codebook_ema_update_ on CUDA: checks, guards,
+// workspaces, launches. Syncs: codebook_lookup reads back one flag (the NaN/Inf check); the other ops
+// read back the first out-of-range index position (the index check) -- data-dependent errors need it.
+#include <ATen/cuda/CUDAContext.h>
+#include <torch/library.h>
+
+#include <string_view>
+
+#include "codebook/codebook_launch.h"
+#include "codebook/lookup_checks.h"
+#include "codebook/stats_checks.h"
+#include "common/cuda_glue.h"
+
+namespace sparseops::codebook {
+namespace {
+
+// Norms of the rows of t (fp32 [rows]); raises when a row has NaN/Inf (l2 also: a squared norm beyond
+// fp32), naming the first such row as the CPU kernel does.
+at::Tensor checked_row_norms(const at::Tensor& t, bool squared_must_fit, bool is_z) {
+  at::Tensor norms = at::linalg_vector_norm(t, 2, {1}, false, at::kFloat);
+  at::Tensor bad = squared_must_fit ? at::isfinite(norms * norms).logical_not() : at::isfinite(norms).logical_not();
+  if (bad.any().item<bool>()) {
+    const int64_t row = bad.nonzero().select(1, 0)[0].item<int64_t>();
+    if (is_z) {
+      TORCH_CHECK(false, "codebook_lookup: expected finite z values (got NaN or Inf, or a squared norm beyond float32, "
+                  "in row ", row, " of z flattened to [N, D])");
+    }
+    TORCH_CHECK(false, "codebook_lookup: expected finite codebook values (got NaN or Inf, or a squared norm beyond "
+                "float32, in codebook row ", row, ")");
+  }
+  return norms;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> codebook_lookup_cuda(const at::Tensor& z, const at::Tensor& codebook,
+                                                                     c10::string_view metric) {
+  const bool cosine = check_codebook_lookup_inputs(z, codebook, std::string_view(metric.data(), metric.size()));
+  check_device_type("codebook_lookup", "z", z, at::kCUDA);
+  const c10::cuda::OptionalCUDAGuard guard(z.device());
+  const at::Tensor zc = z.contiguous(), cb = codebook.contiguous();
+  const int64_t N = zc.size(0), K = cb.size(0), D = cb.size(1);
+  const at::Tensor cnorm = checked_row_norms(cb, !cosine, false);
+  at::Tensor indices = at::empty({N}, zc.options().dtype(at::kLong));
+  at::Tensor dist = at::empty({N}, zc.options().dtype(at::kFloat));
+  if (N == 0) return {cb.index_select(0, indices), indices, dist};
+  const at::Tensor znorm = checked_row_norms(zc, !cosine, true);
+  at::Tensor zin = zc, cin = cb;
+  if (cosine) {  // fp32 normalised copies: x / max(|x|, 1e-12), as torch.nn.functional.normalize
+    zin = zc.to(at::kFloat) / znorm.clamp_min(1e-12).unsqueeze(1);
+    cin = cb.to(at::kFloat) / cnorm.clamp_min(1e-12).unsqueeze(1);
+  }
+  const int splits = lookup_splits(N, K, at::cuda::getCurrentDeviceProperties()->multiProcessorCount);
+  at::Tensor part_dist, part_idx;
+  if (splits > 1) {
+    part_dist = at::empty({splits, N}, dist.options());
+    part_idx = at::empty({splits, N}, indices.options());
+  }
+  LookupParams p{zin.const_data_ptr(), cin.const_data_ptr(), indices.mutable_data_ptr<int64_t>(),
+                 dist.mutable_data_ptr<float>(), splits > 1 ? part_dist.mutable_data_ptr<float>() : nullptr,
+                 splits > 1 ? part_idx.mutable_data_ptr<int64_t>() : nullptr, N, K, D, splits, cosine,
+                 to_device_dtype("codebook_lookup", zc.scalar_type())};
+  SPARSEOPS_CUDA_CHECK(launch_codebook_lookup(p, current_stream()));
+  return {cb.index_select(0, indices), indices, dist};
+}
+
+// Exact counts of idx (flattened) with the range check (reads back one int64: a sync).
+at::Tensor checked_counts(const char* op, const at::Tensor& idx, int64_t num_codes) {
+  at::Tensor counts = at::zeros({num_codes}, idx.options());
+  at::Tensor slot = make_first_index_slot(idx);
+  SPARSEOPS_CUDA_CHECK(launch_codebook_histogram(idx.const_data_ptr<int64_t>(), idx.numel(), num_codes,
+                                                 counts.mutable_data_ptr<int64_t>(), slot_ptr(slot), current_stream()));
+  const int64_t pos = read_slot(slot);
+  if (pos >= 0) TORCH_CHECK(false, index_error(op, num_codes, idx.reshape(-1)[pos].item<int64_t>(), pos));
+  return counts;
+}
+
+// Rows ordered by code (a stable sort: ascending rows within a code) and each code's [start, end).
+std::pair<at::Tensor, at::Tensor> bucket_rows(const at::Tensor& idx, const at::Tensor& counts) {
+  at::Tensor order = std::get<1>(at::sort(idx, /*stable=*/true, /*dim=*/0, /*descending=*/false));
+  at::Tensor offsets = at::zeros({counts.size(0) + 1}, counts.options());
+  offsets.slice(0, 1).copy_(counts.cumsum(0));
+  return {order, offsets};
+}
+
+at::Tensor codebook_usage_cuda(const at::Tensor& indices, int64_t num_codes) {
+  check_codebook_usage_inputs(indices, num_codes);
+  check_device_type("codebook_usage", "indices", indices, at::kCUDA);
+  const c10::cuda::OptionalCUDAGuard guard(indices.device());
+  return checked_counts("codebook_usage", indices.contiguous(), num_codes);
+}
+
+at::Tensor codebook_grad_cuda(const at::Tensor& grad_quantized, const at::Tensor& indices, int64_t num_codes) {
+  check_codebook_grad_inputs(grad_quantized, indices, num_codes);
+  check_device_type("codebook_grad", "grad_quantized", grad_quantized, at::kCUDA);
+  const c10::cuda::OptionalCUDAGuard guard(grad_quantized.device());
+  const at::Tensor g = grad_quantized.contiguous(), idx = indices.contiguous();
+  const auto [order, offsets] = bucket_rows(idx, checked_counts("codebook_grad", idx, num_codes));
+  at::Tensor out = at::empty({num_codes, g.size(1)}, g.options());
+  SegmentSumParams p{g.const_data_ptr(), order.const_data_ptr<int64_t>(), offsets.const_data_ptr<int64_t>(),
+                     num_codes, g.size(1), to_device_dtype("codebook_grad", g.scalar_type()),
+                     out.mutable_data_ptr(), nullptr, nullptr, 0.0f};
+  SPARSEOPS_CUDA_CHECK(launch_codebook_segment_sum(p, current_stream()));
+  return out;
+}
+
+void codebook_ema_update_cuda(at::Tensor& codebook, at::Tensor& cluster_size, at::Tensor& embed_sum,
+                              const at::Tensor& z, const at::Tensor& indices, double decay, double eps) {
+  check_codebook_ema_update_inputs(codebook, cluster_size, embed_sum, z, indices, decay, eps);
+  check_device_type("codebook_ema_update_", "codebook", codebook, at::kCUDA);
+  const c10::cuda::OptionalCUDAGuard guard(codebook.device());
+  const at::Tensor zc = z.contiguous(), idx = indices.contiguous();
+  const int64_t K = codebook.size(0), D = codebook.size(1);
+  const auto [order, offsets] = bucket_rows(idx, checked_counts("codebook_ema_update_", idx, K));
+  SegmentSumParams p{zc.const_data_ptr(), order.const_data_ptr<int64_t>(), offsets.const_data_ptr<int64_t>(), K, D,
+                     to_device_dtype("codebook_ema_update_", zc.scalar_type()), nullptr,
+                     embed_sum.mutable_data_ptr<float>(), cluster_size.mutable_data_ptr<float>(),
+                     static_cast<float>(decay)};
+  SPARSEOPS_CUDA_CHECK(launch_codebook_segment_sum(p, current_stream()));
+  const at::Tensor total = cluster_size.sum(at::kDouble);  // a fixed-order reduction: deterministic
+  SPARSEOPS_CUDA_CHECK(launch_codebook_ema_normalise(
+      codebook.mutable_data_ptr(), to_device_dtype("codebook_ema_update_", codebook.scalar_type()),
+      embed_sum.const_data_ptr<float>(), cluster_size.const_data_ptr<float>(), total.const_data_ptr<double>(), K, D,
+      eps, current_stream()));
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(sparseops, CUDA, m) {
+  m.impl("codebook_lookup", &codebook_lookup_cuda);
+  m.impl("codebook_grad", &codebook_grad_cuda);
+  m.impl("codebook_usage", &codebook_usage_cuda);
+  m.impl("codebook_ema_update_", &codebook_ema_update_cuda);
+}
+
+}  // namespace sparseops::codebook

@@ -1,0 +1,57 @@
+#pragma once
+// Launchers of the codebook CUDA kernels: plain params, no torch types, so that the .cu files compile
+// without torch headers. Each returns the launch's cudaError_t.
+#include <cuda_runtime_api.h>
+
+#include <cstdint>
+
+#include "common/device_dtype.h"
+
+namespace sparseops::codebook {
+
+// Nearest code per row, fp32 tiles. l2: direct form sum((z - c)^2); cosine (z, codebook already
+// normalised, fp32): 1 - z.c. Each (row block, code split) keeps per-thread running minima (ties to the
+// lower index), reduced in shared memory; splits > 1 writes partials merged by a second kernel.
+struct LookupParams {
+  const void* z;          // [N, D] dtype (cosine: fp32)
+  const void* codebook;   // [K, D] dtype (cosine: fp32)
+  int64_t* indices;       // [N]
+  float* dist;            // [N]
+  float* part_dist;       // [splits, N] fp32 workspace (splits > 1)
+  int64_t* part_idx;      // [splits, N]
+  int64_t N, K, D;
+  int splits;
+  bool cosine;
+  DType dtype;            // of z and codebook
+};
+int lookup_splits(int64_t N, int64_t K, int sm_count);  // how many code splits to use
+cudaError_t launch_codebook_lookup(const LookupParams& p, cudaStream_t stream);
+
+// Histogram of indices [n] into counts [num_codes] (int64, atomics: exact); the first out-of-range
+// position is atomicMin'ed into bad_pos (initialised to INT64_MAX by the caller).
+cudaError_t launch_codebook_histogram(const int64_t* indices, int64_t n, int64_t num_codes, int64_t* counts,
+                                      unsigned long long* bad_pos, cudaStream_t stream);
+
+// Segmented sum in a fixed order: for code k, out[k, :] = sum over j in [offsets[k], offsets[k+1]) of
+// x[order[j], :] in fp32, order from a stable sort of the indices (so ascending rows).
+//   grad:  writes out (dtype) directly.
+//   ema:   embed_sum[k, :] = decay embed_sum + (1 - decay) sum; cluster_size[k] likewise with the count.
+struct SegmentSumParams {
+  const void* x;            // [N, D] dtype
+  const int64_t* order;     // [N]
+  const int64_t* offsets;   // [K + 1]
+  int64_t K, D;
+  DType dtype;
+  void* out;                // grad: [K, D] dtype
+  float* embed_sum;         // ema: [K, D] fp32 (then out is unused)
+  float* cluster_size;      // ema: [K] fp32
+  float decay;
+};
+cudaError_t launch_codebook_segment_sum(const SegmentSumParams& p, cudaStream_t stream);
+
+// codebook[k, :] = embed_sum[k, :] / ((cluster_size[k] + eps) * n / (n + K eps)), n = *total (device).
+cudaError_t launch_codebook_ema_normalise(void* codebook, DType dtype, const float* embed_sum,
+                                          const float* cluster_size, const double* total, int64_t K, int64_t D,
+                                          double eps, cudaStream_t stream);
+
+}  // namespace sparseops::codebook

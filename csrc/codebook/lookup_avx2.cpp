@@ -1,0 +1,39 @@
+// codebook_lookup's scan, AVX2 + FMA (compiled with -mavx2 -mfma; lookup_cpu.cpp calls it when the CPU
+// has AVX2 but not the AVX-512 set): tiles of 4 query rows x 16 codes (8 accumulators + 4 thresholds in
+// the 16 ymm registers). No torch headers (see lookup_cpu_kernels.h).
+#include <immintrin.h>
+
+#include <cstdint>
+
+#include "codebook/lookup_cpu_kernels.h"
+
+namespace sparseops::codebook::cpu {
+namespace {
+
+struct V256 {
+  using F = __m256;
+  static constexpr int kW = 8;
+  static F load(const float* p) { return _mm256_loadu_ps(p); }
+  static F bcast(const float* p) { return _mm256_broadcast_ss(p); }
+  static F fma(F a, F b, F c) { return _mm256_fmadd_ps(a, b, c); }
+  static uint32_t lt(F a, F b) { return static_cast<uint32_t>(_mm256_movemask_ps(_mm256_cmp_ps(a, b, _CMP_LT_OQ))); }
+  static void store(float* p, F v) { _mm256_storeu_ps(p, v); }
+  using E = float;
+  using P = F;
+  static constexpr int kPair = 1;
+  static P load_panel(const float* p) { return load(p); }
+  static F bcast_z(const float* p) { return bcast(p); }
+  static F dot(F acc, F b, P p) { return fma(b, p, acc); }
+};
+
+#include "codebook/lookup_tile.h"
+
+}  // namespace
+
+void scan_avx2(const float* zs, int64_t rows, int64_t D, const float* panel, const float* cn, int64_t ntiles,
+               int32_t k0, RowCands* rc) {
+  static_assert(V256::kW * 2 == kNrAvx2);
+  scan_tiles<V256, 4, 2>(zs, rows, D, panel, cn, ntiles, k0, rc);
+}
+
+}  // namespace sparseops::codebook::cpu

@@ -1,0 +1,395 @@
+// codebook_lookup on CPU: the nearest code of every query row, ties to the lowest index, without ever
+// materialising the N x K distance matrix.
+//
+// 1. Once per call: |c_k|^2 in fp32 (cosine: the inverse norms, in float64), max_k |c_k|^2, and |z_i|^2;
+//    a NaN/Inf (or a squared norm overflowing fp32, l2) is an error naming the row.
+// 2. The codes in superblocks of <= 16 MiB fp32, each packed once (in parallel) into [tile][D][NR] panels
+//    shared by all threads. Per superblock, tasks = (block of <= 256 query rows) x (code split; more than
+//    one only when there are too few query blocks to keep every thread busy), taken by the threads from
+//    an atomic counter. A task packs its rows as -2 z (fp32; cosine: normalised) and runs the ISA scan
+//    (lookup_tile.h: register tile + fused candidate test) over its codes in L2-sized blocks
+//    (KC x D fp32 <= 192 KiB).
+// 3. Per row, the candidates of every split are re-checked exactly: float64 (z - c)^2 (cosine: 1 - cos),
+//    the smallest wins, ties to the lowest index. A row whose candidates overflowed is re-scanned over
+//    all K codes exactly.
+// Extra memory: O(N + K) -- |c|^2 and the inverse norms (K floats/doubles), |z|^2 (N floats), the
+// candidate records (N x splits x 80 B) -- plus one packed code superblock (<= 16 MiB, less when the
+// codebook is smaller) and per thread one packed query block (<= 256 x D fp32); and the outputs.
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <type_traits>
+#include <vector>
+
+#include "codebook/lookup_checks.h"
+#include "codebook/lookup_cpu_kernels.h"
+#include "common/cpu_features.h"
+#include "common/dispatch.h"
+
+// ---- the portable scan: the same tile as the ISA files, on 4-wide GCC/Clang vector extensions -------
+namespace sparseops::codebook::cpu {
+namespace {
+
+struct VPortable {
+  using F = float __attribute__((vector_size(16)));
+  static constexpr int kW = 4;
+  static F load(const float* p) {
+    F v;
+    std::memcpy(&v, p, sizeof v);
+    return v;
+  }
+  static F bcast(const float* p) {
+    const float x = *p;
+    return F{x, x, x, x};
+  }
+  static F fma(F a, F b, F c) { return a * b + c; }
+  static uint32_t lt(F a, F b) {
+    const auto m = a < b;
+    return static_cast<uint32_t>((m[0] & 1) | ((m[1] & 1) << 1) | ((m[2] & 1) << 2) | ((m[3] & 1) << 3));
+  }
+  static void store(float* p, F v) { std::memcpy(p, &v, sizeof v); }
+  using E = float;
+  using P = F;
+  static constexpr int kPair = 1;
+  static P load_panel(const float* p) { return load(p); }
+  static F bcast_z(const float* p) { return bcast(p); }
+  static F dot(F acc, F b, P p) { return fma(b, p, acc); }
+};
+
+#include "codebook/lookup_tile.h"
+
+}  // namespace
+
+void scan_portable(const float* zs, int64_t rows, int64_t D, const float* panel, const float* cn, int64_t ntiles,
+                   int32_t k0, RowCands* rc) {
+  static_assert(VPortable::kW * 2 == kNrPortable);
+  scan_tiles<VPortable, 4, 2>(zs, rows, D, panel, cn, ntiles, k0, rc);
+}
+
+}  // namespace sparseops::codebook::cpu
+
+namespace sparseops::codebook {
+namespace {
+
+using cpu::RowCands;
+
+enum class ScanIsa { kPortable, kAvx2, kAvx512 };
+
+ScanIsa scan_isa() {
+#if SPARSEOPS_X86_KERNELS
+  if (cpu_use_avx512()) return ScanIsa::kAvx512;
+  if (cpu_use_avx2()) return ScanIsa::kAvx2;
+#endif
+  return ScanIsa::kPortable;
+}
+
+int scan_nr(ScanIsa isa) {
+  switch (isa) {
+    case ScanIsa::kAvx512: return cpu::kNrAvx512;
+    case ScanIsa::kAvx2: return cpu::kNrAvx2;
+    default: return cpu::kNrPortable;
+  }
+}
+
+void run_scan(ScanIsa isa, const float* zs, int64_t rows, int64_t D, const float* panel, const float* cn,
+              int64_t ntiles, int32_t k0, RowCands* rc) {
+#if SPARSEOPS_X86_KERNELS
+  if (isa == ScanIsa::kAvx512) return cpu::scan_avx512(zs, rows, D, panel, cn, ntiles, k0, rc);
+  if (isa == ScanIsa::kAvx2) return cpu::scan_avx2(zs, rows, D, panel, cn, ntiles, k0, rc);
+#endif
+  cpu::scan_portable(zs, rows, D, panel, cn, ntiles, k0, rc);
+}
+
+constexpr double kEps = 1e-12;          // cosine: x / max(|x|, eps), as torch.nn.functional.normalize
+constexpr double kUnit = 0x1p-24;       // fp32 unit roundoff
+
+int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
+
+// Records the smallest bad row index (several threads may find one).
+void note_bad(std::atomic<int64_t>& slot, int64_t i) {
+  int64_t cur = slot.load();
+  while (i < cur && !slot.compare_exchange_weak(cur, i)) {
+  }
+}
+
+template <typename T>
+struct Lookup {
+  const T* z;
+  const T* cb;
+  int64_t N, K, D;
+  bool cosine;
+  std::vector<float> cn;        // per code: |c|^2 (l2) or 1 (cosine: ranks by -2 zhat.chat alone)
+  std::vector<double> cinv;     // cosine: 1 / max(|c|, eps)
+  std::vector<double> zinv;     // cosine: 1 / max(|z|, eps)
+  std::vector<uint8_t> zero_row;  // cosine: z_i == 0 (cos is 0 for every code: all tie, code 0 wins)
+  std::vector<float> margin;    // per row: bound on twice the fp32 error of the expanded distance
+  float maxc2 = 0.0f;
+
+  void prepare() {
+    cn.assign(K, 1.0f);
+    if (cosine) cinv.resize(K);
+    std::atomic<int64_t> bad{std::numeric_limits<int64_t>::max()};
+    at::parallel_for(0, K, 256, [&](int64_t b, int64_t e) {
+      for (int64_t k = b; k < e; ++k) {
+        const T* c = cb + k * D;
+        float s = 0.0f;
+        double s64 = 0.0;
+        for (int64_t d = 0; d < D; ++d) {
+          const float v = static_cast<float>(c[d]);
+          s += v * v;
+          s64 += static_cast<double>(v) * v;
+        }
+        if (!std::isfinite(s64) || (!cosine && !std::isfinite(s))) note_bad(bad, k);
+        if (cosine) {
+          cinv[k] = 1.0 / std::max(std::sqrt(s64), kEps);
+        } else {
+          cn[k] = s;
+        }
+      }
+    });
+    TORCH_CHECK(bad.load() == std::numeric_limits<int64_t>::max(), "codebook_lookup: expected finite codebook values "
+                "(got NaN or Inf, or a squared norm beyond float32, in codebook row ", bad.load(), ")");
+    maxc2 = cosine ? 1.0f : *std::max_element(cn.begin(), cn.end());
+
+    margin.resize(N);
+    if (cosine) {
+      zinv.resize(N);
+      zero_row.assign(N, 0);
+    }
+    at::parallel_for(0, N, 256, [&](int64_t b, int64_t e) {
+      for (int64_t i = b; i < e; ++i) {
+        const T* zr = z + i * D;
+        float s = 0.0f;
+        double s64 = 0.0;
+        for (int64_t d = 0; d < D; ++d) {
+          const float v = static_cast<float>(zr[d]);
+          s += v * v;
+          s64 += static_cast<double>(v) * v;
+        }
+        if (!std::isfinite(s64) || (!cosine && !std::isfinite(s))) note_bad(bad, i);
+        // |e~ - e| <= gamma_D (3 |c|^2 + |z|^2) for the candidate and for the best: 2x, with slack.
+        double zz = s;
+        if (cosine) {
+          zinv[i] = 1.0 / std::max(std::sqrt(s64), kEps);
+          zero_row[i] = s64 == 0.0;
+          zz = 1.0;  // normalised; the normalisation's own rounding is covered by the extra 4 terms below
+        }
+        // + what flushing denormal inputs / partial sums to 0 (VDPBF16PS) can change, twice.
+        const double flush = 0x1p-122 * (std::sqrt(static_cast<double>(D)) * (std::sqrt(maxc2) + std::sqrt(zz)) + D);
+        const double bound = 4.0 * static_cast<double>(D + 8) * kUnit * (3.0 * maxc2 + zz) * 1.0625 + flush;
+        margin[i] = static_cast<float>(std::min(bound, 3.0e38));
+      }
+    });
+    TORCH_CHECK(bad.load() == std::numeric_limits<int64_t>::max(), "codebook_lookup: expected finite z values "
+                "(got NaN or Inf, or a squared norm beyond float32, in row ", bad.load(), " of z flattened to [N, D])");
+  }
+
+  float code_value(int64_t k, int64_t d) const {
+    const float v = static_cast<float>(cb[k * D + d]);
+    return cosine ? v * static_cast<float>(cinv[k]) : v;
+  }
+
+  // The packed element for value v: fp32, or the bits of bf16(v) (exact here: v is a bf16 input or -2x one).
+  template <typename E>
+  static E elem(float v) {
+    if constexpr (std::is_same_v<E, float>) {
+      return v;
+    } else {
+      return c10::BFloat16(v).x;
+    }
+  }
+
+  // Rows [r0, r1) as -2 z (cosine: -2 z / |z|) into zs [rows_pad][steps * kPair] (dims past D and rows
+  // past r1: zeros).
+  template <typename E, int kPair>
+  void pack_rows(int64_t r0, int64_t r1, int64_t rows_pad, int64_t steps, E* zs) const {
+    const int64_t width = steps * kPair;
+    for (int64_t i = r0; i < r1; ++i) {
+      const T* zr = z + i * D;
+      E* out = zs + (i - r0) * width;
+      if (cosine) {
+        const float inv = static_cast<float>(zinv[i]);
+        for (int64_t d = 0; d < D; ++d) out[d] = elem<E>(-2.0f * (static_cast<float>(zr[d]) * inv));
+      } else {
+        for (int64_t d = 0; d < D; ++d) out[d] = elem<E>(-2.0f * static_cast<float>(zr[d]));
+      }
+      std::fill(out + D, out + width, E(0));
+    }
+    std::fill(zs + (r1 - r0) * width, zs + rows_pad * width, E(0));
+  }
+
+  // Codes [k0, k1) into panel [ntiles][steps][nr][kPair] and cnb [ntiles * nr]; padding codes: zeros and
+  // +inf, padding dims zeros.
+  template <typename E, int kPair>
+  void pack_codes(int64_t k0, int64_t k1, int64_t nr, int64_t steps, E* panel, float* cnb) const {
+    const int64_t ntiles = (k1 - k0 + nr - 1) / nr;
+    const int64_t width = steps * kPair;
+    for (int64_t t = 0; t < ntiles; ++t) {
+      E* p = panel + t * width * nr;
+      for (int64_t j = 0; j < nr; ++j) {
+        const int64_t k = k0 + t * nr + j;
+        for (int64_t d = 0; d < width; ++d) {
+          p[((d / kPair) * nr + j) * kPair + d % kPair] = (k < k1 && d < D) ? elem<E>(code_value(k, d)) : E(0);
+        }
+        cnb[t * nr + j] = k < k1 ? cn[k] : std::numeric_limits<float>::infinity();
+      }
+    }
+  }
+
+  // float64 distance of row i to code k: (z - c)^2, or 1 - cos(z, c).
+  double exact(int64_t i, int64_t k) const {
+    const T* zr = z + i * D;
+    const T* c = cb + k * D;
+    double s = 0.0;
+    if (cosine) {
+      for (int64_t d = 0; d < D; ++d) s += static_cast<double>(static_cast<float>(zr[d])) * static_cast<float>(c[d]);
+      return 1.0 - s * zinv[i] * cinv[k];
+    }
+    for (int64_t d = 0; d < D; ++d) {
+      const double t = static_cast<double>(static_cast<float>(zr[d])) - static_cast<float>(c[d]);
+      s += t * t;
+    }
+    return s;
+  }
+
+  void run(int64_t* out_idx, float* out_dist) {
+    prepare();
+    const ScanIsa isa = scan_isa();
+    const int64_t nr = scan_nr(isa);
+    const int64_t threads = std::max<int64_t>(1, at::get_num_threads());
+    // Query blocks of <= 256 rows, at least ~4 tasks per thread; with too few blocks, each superblock's
+    // codes are split too (every split keeps its own candidates; the re-check merges them).
+    const int64_t mc = std::clamp<int64_t>(round_up((N + 4 * threads - 1) / (4 * threads), cpu::kRowPad),
+                                           cpu::kRowPad, 256);
+    const int64_t nqb = (N + mc - 1) / mc;
+    // Codes per superblock: packed once, shared by all threads (<= 16 MiB); per L2 block: <= 192 KiB.
+    const int64_t sb_codes = std::min(round_up(K, nr), std::max(nr, (int64_t{1} << 22) / D / nr * nr));
+    const int64_t sb_tiles = sb_codes / nr;
+    const int64_t kc_tiles = std::clamp<int64_t>(49152 / D / nr, 1, 4096 / nr);
+    int64_t splits = 1;
+    if (nqb < 4 * threads) splits = std::clamp<int64_t>((4 * threads + nqb - 1) / nqb, 1, std::max<int64_t>(1, sb_tiles / 8));
+    const int64_t n_pad = round_up(N, cpu::kRowPad);
+    std::vector<RowCands> cands(static_cast<size_t>(splits * n_pad));
+    at::parallel_for(0, splits * n_pad, 4096, [&](int64_t b, int64_t e) {
+      for (int64_t j = b; j < e; ++j) {
+        RowCands& r = cands[j];
+        const int64_t i = j % n_pad;
+        r.thr = r.best = std::numeric_limits<float>::infinity();
+        r.margin = i < N ? margin[i] : 0.0f;
+        r.count = r.overflow = 0;
+      }
+    });
+#if SPARSEOPS_X86_KERNELS
+    if constexpr (std::is_same_v<T, c10::BFloat16>) {
+      if (isa == ScanIsa::kAvx512 && !cosine) {  // bf16 pair dots: twice the fp32 FMA rate
+        scan_all<uint16_t, 2>(nr, mc, nqb, sb_codes, kc_tiles, splits, n_pad, cands, cpu::scan_avx512_bf16);
+        finish(cands, splits, n_pad, out_idx, out_dist);
+        return;
+      }
+    }
+#endif
+    scan_all<float, 1>(nr, mc, nqb, sb_codes, kc_tiles, splits, n_pad, cands,
+                       [isa](const float* zs, int64_t rows, int64_t steps, const float* panel, const float* cn,
+                             int64_t ntiles, int32_t k0, RowCands* rc) {
+                         run_scan(isa, zs, rows, steps, panel, cn, ntiles, k0, rc);
+                       });
+    finish(cands, splits, n_pad, out_idx, out_dist);
+  }
+
+  // Step 2 over all superblocks, with packed elements E (kPair dims per step) and the scan function.
+  template <typename E, int kPair, typename Scan>
+  void scan_all(int64_t nr, int64_t mc, int64_t nqb, int64_t sb_codes, int64_t kc_tiles, int64_t splits,
+                int64_t n_pad, std::vector<RowCands>& cands, Scan scan) const {
+    const int64_t threads = std::max<int64_t>(1, at::get_num_threads());
+    const int64_t steps = (D + kPair - 1) / kPair, width = steps * kPair;
+    std::vector<E> panel(static_cast<size_t>(sb_codes * width));
+    std::vector<float> cnb(static_cast<size_t>(sb_codes));
+    for (int64_t sb0 = 0; sb0 < K; sb0 += sb_codes) {
+      const int64_t sb1 = std::min(K, sb0 + sb_codes);
+      const int64_t tiles = (sb1 - sb0 + nr - 1) / nr;
+      at::parallel_for(0, tiles, std::max<int64_t>(1, 16384 / (width * nr)), [&](int64_t t0, int64_t t1) {
+        pack_codes<E, kPair>(sb0 + t0 * nr, std::min(sb1, sb0 + t1 * nr), nr, steps, panel.data() + t0 * nr * width,
+                             cnb.data() + t0 * nr);
+      });
+      // Dynamic scheduling: threads take (query block, split) tasks from a counter, so a thread slowed by
+      // another process on the machine does not hold the others up.
+      std::atomic<int64_t> next{0};
+      at::parallel_for(0, threads, 1, [&](int64_t, int64_t) {
+        std::vector<E> zs(static_cast<size_t>(mc * width));
+        for (int64_t task = next++; task < nqb * splits; task = next++) {
+          const int64_t qb = task / splits, s = task % splits;
+          const int64_t r0 = qb * mc, r1 = std::min(N, r0 + mc);
+          const int64_t rows_pad = round_up(r1 - r0, cpu::kRowPad);
+          pack_rows<E, kPair>(r0, r1, rows_pad, steps, zs.data());
+          RowCands* rc = cands.data() + s * n_pad + r0;
+          const int64_t st0 = tiles * s / splits, st1 = tiles * (s + 1) / splits;  // this split's tiles
+          for (int64_t t = st0; t < st1; t += kc_tiles) {
+            const int64_t te = std::min(st1, t + kc_tiles);
+            scan(zs.data(), rows_pad, steps, panel.data() + t * nr * width, cnb.data() + t * nr, te - t,
+                 static_cast<int32_t>(sb0 + t * nr), rc);
+          }
+        }
+      });
+    }
+  }
+
+  // Step 3: the exact re-check of every row's candidates.
+  void finish(const std::vector<RowCands>& cands, int64_t splits, int64_t n_pad, int64_t* out_idx,
+              float* out_dist) const {
+    at::parallel_for(0, N, 64, [&](int64_t b, int64_t e) {
+      for (int64_t i = b; i < e; ++i) {
+        int64_t best_k = -1;
+        double best = std::numeric_limits<double>::infinity();
+        bool overflow = false;
+        auto consider = [&](int64_t k) {
+          const double d = exact(i, k);
+          if (d < best || (d == best && k < best_k)) {
+            best = d;
+            best_k = k;
+          }
+        };
+        for (int64_t s = 0; s < splits; ++s) {
+          const RowCands& r = cands[s * n_pad + i];
+          overflow |= r.overflow != 0;
+          for (int32_t j = 0; j < r.count; ++j) consider(r.idx[j]);
+        }
+        if (cosine && zero_row[i]) {  // cos is 0 for every code: all tie (saves the exact re-scan)
+          best_k = 0;
+          best = 1.0;
+        } else if (overflow || best_k < 0) {
+          for (int64_t k = 0; k < K; ++k) consider(k);
+        }
+        out_idx[i] = best_k;
+        out_dist[i] = static_cast<float>(best);
+      }
+    });
+  }
+};
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> codebook_lookup_cpu(const at::Tensor& z, const at::Tensor& codebook,
+                                                                    c10::string_view metric) {
+  const bool cosine = check_codebook_lookup_inputs(z, codebook, std::string_view(metric.data(), metric.size()));
+  check_device_type("codebook_lookup", "z", z, at::kCPU);
+  const at::Tensor zc = z.contiguous(), cb = codebook.contiguous();
+  const int64_t N = zc.size(0), K = cb.size(0), D = cb.size(1);
+  at::Tensor indices = at::empty({N}, zc.options().dtype(at::kLong));
+  at::Tensor dist = at::empty({N}, zc.options().dtype(at::kFloat));
+  if (N > 0) {
+    SPARSEOPS_DISPATCH_FLOAT_HALF_BF16(zc.scalar_type(), "codebook_lookup", [&] {
+      Lookup<scalar_t> job{zc.const_data_ptr<scalar_t>(), cb.const_data_ptr<scalar_t>(), N, K, D, cosine};
+      job.run(indices.mutable_data_ptr<int64_t>(), dist.mutable_data_ptr<float>());
+    });
+  }
+  return {cb.index_select(0, indices), indices, dist};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(sparseops, CPU, m) { m.impl("codebook_lookup", &codebook_lookup_cpu); }
+
+}  // namespace sparseops::codebook

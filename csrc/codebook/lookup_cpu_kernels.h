@@ -1,0 +1,48 @@
+#pragma once
+// The CPU scan kernels of codebook_lookup: plain pointers and sizes, no torch types, so that the ISA
+// variants (lookup_avx512.cpp, lookup_avx2.cpp) compile without torch headers. lookup_cpu.cpp packs the
+// inputs, calls one variant per (query block, code block) and re-checks the candidates exactly.
+//
+// What a scan computes: for every query row i of a packed block and every code k of a packed panel, the
+// expanded distance  e(i, k) = |c_k|^2 + sum_d (-2 z_id) c_kd  (fp32, |z_i|^2 left out: it is the same
+// for the whole row) -- and, fused into the same register tile, keeps the codes whose e is below the
+// row's threshold  thr_i = min_e_i + margin_i  as candidates (RowCands). margin_i bounds twice the fp32
+// rounding error of e, so the exact winner is always among the candidates; the glue then picks it by an
+// exact float64 (z - c)^2 over the candidates.
+#include <cstdint>
+
+namespace sparseops::codebook::cpu {
+
+// Candidate slots per (row, code split). A row whose candidates overflow (more than kCap codes within
+// the error bound of its best: duplicate codes, degenerate data) is flagged and re-scanned exactly.
+constexpr int kCap = 8;
+
+struct RowCands {
+  float thr;       // a code is offered when e < thr (+inf until the first code; -inf once overflowed)
+  float best;      // smallest e seen
+  float margin;    // the row's error bound
+  int32_t count;   // valid entries in idx/val
+  int32_t overflow;
+  int32_t idx[kCap];
+  float val[kCap];
+};
+
+// Codes per register tile (panel width) and the row padding every variant accepts.
+constexpr int kNrAvx512 = 32;
+constexpr int kNrAvx2 = 16;
+constexpr int kNrPortable = 8;
+constexpr int kRowPad = 8;
+
+// zs: [rows][D] fp32 = -2 z (rows a multiple of kRowPad; padded rows are zeros with their own RowCands);
+// panel: [ntiles][D][NR] fp32, codes k0 + t*NR + j (padding codes are zeros); cn: [ntiles*NR] fp32 |c|^2
+// (+inf for padding codes); rc: [rows] (this block's rows, this code split).
+void scan_avx512(const float* zs, int64_t rows, int64_t D, const float* panel, const float* cn, int64_t ntiles,
+                 int32_t k0, RowCands* rc);
+// bf16 l2 variant (AVX-512 BF16): zs [rows][steps][2] = bf16(-2 z) with D padded to 2 * steps by zeros;
+// panel [ntiles][steps][32][2] bf16 codes.
+void scan_avx512_bf16(const uint16_t* zs, int64_t rows, int64_t steps, const uint16_t* panel, const float* cn,
+                      int64_t ntiles, int32_t k0, RowCands* rc);
+void scan_avx2(const float* zs, int64_t rows, int64_t D, const float* panel, const float* cn, int64_t ntiles,
+               int32_t k0, RowCands* rc);
+
+}  // namespace sparseops::codebook::cpu

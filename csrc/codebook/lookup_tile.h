@@ -1,0 +1,118 @@
+// The register-tiled scan of codebook_lookup (see lookup_cpu_kernels.h), written once against a small
+// vector interface V and included *inside an anonymous namespace* by each ISA file (lookup_avx512.cpp,
+// lookup_avx2.cpp, lookup_cpu.cpp): every copy gets internal linkage, so a copy compiled with -mavx512*
+// can never be picked by the linker for another file (the ODR hazard of shared inline helpers).
+// Include <cstdint> and the kernels header before the anonymous namespace.
+//
+// V provides: E (the packed element: float, or uint16_t for bf16 pairs), kPair (dims per step: 1, or 2 for
+// a bf16 pair dot), F (vector of kW floats), P/B (a panel vector / a broadcast z step), load_panel(p),
+// bcast_z(p), dot(acc, b, p) = acc + sum over the step's dims of z * c, lt(a, b) -> lane bitmask of a < b,
+// load(p) / store(p, v) for floats.
+//
+// Tile: MR query rows x NV vectors of codes, accumulators initialised with |c|^2 by the first
+// d-step's FMA. The argmin is fused: each tile only compares its MR x NV accumulators with the rows'
+// thresholds (one compare per vector) and branches to offer() in the rare case a lane beats one; the
+// thresholds live in registers.
+
+// Offers code k with expanded distance e to a row: keeps it when e < thr, tightens thr to best + margin
+// and drops the entries that no longer pass it; flags overflow when all kCap slots are taken.
+inline void offer(RowCands& r, float e, int32_t k) {
+  if (!(e < r.thr)) return;
+  if (e < r.best) {
+    r.best = e;
+    r.thr = e + r.margin;
+    int32_t kept = 0;
+    for (int32_t j = 0; j < r.count; ++j) {
+      if (r.val[j] < r.thr) {
+        r.idx[kept] = r.idx[j];
+        r.val[kept] = r.val[j];
+        ++kept;
+      }
+    }
+    r.count = kept;
+  }
+  if (r.count == kCap) {  // too many codes within the error bound: the glue re-scans this row exactly
+    r.overflow = 1;
+    r.thr = -__builtin_inff();
+    return;
+  }
+  r.idx[r.count] = k;
+  r.val[r.count] = e;
+  ++r.count;
+}
+
+// zs: [rows][steps * kPair] elements; panel: [ntiles][steps][NR][kPair] elements.
+template <class V, int MR, int NV>
+void scan_tiles(const typename V::E* __restrict__ zs, int64_t rows, int64_t steps,
+                const typename V::E* __restrict__ panel, const float* __restrict__ cn, int64_t ntiles, int32_t k0,
+                RowCands* __restrict__ rc) {
+  using F = typename V::F;
+  using P = typename V::P;
+  constexpr int W = V::kW;
+  constexpr int NR = W * NV;
+  constexpr int K2 = V::kPair;
+  const int64_t D = steps;  // the loops below count steps
+  static_assert(NR <= 32, "hit masks are 32-bit");
+  for (int64_t i0 = 0; i0 < rows; i0 += MR) {
+    const typename V::E* z = zs + i0 * D * K2;
+    RowCands* r = rc + i0;
+    F thr[MR];
+#pragma GCC unroll 16
+    for (int m = 0; m < MR; ++m) thr[m] = V::bcast(&r[m].thr);
+    for (int64_t t = 0; t < ntiles; ++t) {
+      const typename V::E* p = panel + t * D * NR * K2;
+      F acc[MR][NV];
+      {
+        F c[NV];
+        P pv[NV];
+#pragma GCC unroll 16
+        for (int v = 0; v < NV; ++v) {
+          c[v] = V::load(cn + t * NR + v * W);
+          pv[v] = V::load_panel(p + v * W * K2);
+        }
+#pragma GCC unroll 16
+        for (int m = 0; m < MR; ++m) {
+          const auto b = V::bcast_z(z + m * D * K2);
+#pragma GCC unroll 16
+          for (int v = 0; v < NV; ++v) acc[m][v] = V::dot(c[v], b, pv[v]);
+        }
+      }
+      for (int64_t d = 1; d < D; ++d) {
+        P pv[NV];
+#pragma GCC unroll 16
+        for (int v = 0; v < NV; ++v) pv[v] = V::load_panel(p + (d * NR + v * W) * K2);
+#pragma GCC unroll 16
+        for (int m = 0; m < MR; ++m) {
+          const auto b = V::bcast_z(z + (m * D + d) * K2);
+#pragma GCC unroll 16
+          for (int v = 0; v < NV; ++v) acc[m][v] = V::dot(acc[m][v], b, pv[v]);
+        }
+      }
+      uint32_t any = 0;
+#pragma GCC unroll 16
+      for (int m = 0; m < MR; ++m) {
+#pragma GCC unroll 16
+        for (int v = 0; v < NV; ++v) any |= V::lt(acc[m][v], thr[m]);
+      }
+      if (__builtin_expect(any != 0, 0)) {
+        // Rare: hand the lanes that beat a threshold to offer(), in increasing code order per row.
+        alignas(64) float e[NR];
+#pragma GCC unroll 16
+        for (int m = 0; m < MR; ++m) {
+          uint32_t hit = 0;
+#pragma GCC unroll 16
+          for (int v = 0; v < NV; ++v) hit |= V::lt(acc[m][v], thr[m]) << (v * W);
+          if (hit == 0) continue;
+#pragma GCC unroll 16
+          for (int v = 0; v < NV; ++v) V::store(e + v * W, acc[m][v]);
+          while (hit != 0) {
+            const int lane = __builtin_ctz(hit);
+            hit &= hit - 1;
+            offer(r[m], e[lane], k0 + static_cast<int32_t>(t * NR + lane));
+          }
+          thr[m] = V::bcast(&r[m].thr);
+        }
+      }
+    }
+  }
+}
