@@ -47,6 +47,12 @@ def main() -> None:
     out.sum().backward()
     check(q.grad is not None, "attention: block_sparse_attention forward + backward")
 
+    # codebook: the fused lookup finds the same nearest codes as a dense distance matrix.
+    z, book = torch.randn(50, 16), torch.randn(300, 16)
+    indices, quantized = sparseops.codebook_lookup(z, book)[:2]
+    check(torch.equal(indices, torch.cdist(z, book).argmin(1)) and torch.equal(quantized, book[indices]),
+          "codebook: codebook_lookup")
+
     # ot: balanced Sinkhorn meets both marginals.
     a = torch.full((1, 20), 1 / 20, dtype=torch.float64)
     b = torch.full((1, 30), 1 / 30, dtype=torch.float64)
