@@ -6,7 +6,9 @@ Each configuration trains for ``--steps`` Adam/EMA steps on random batches of ``
 seed and batches everywhere), then quantises the *whole* patch set once and reports the reconstruction
 MSE and the exact utilisation (codes used at least once over all patches, from ``codebook_usage``),
 the mean time per training step, and the peak RSS growth of the process during training (each
-configuration runs in its own process).
+configuration runs in its own process). Dead codes: usage EMA (assignments per batch; decay 0.9, also
+the EMA codebook decay, so that 100 steps see codes die) below 0.05 in both libraries
+(vector-quantize-pytorch's ``threshold_ema_dead_code``).
 
     pip install scikit-learn vector-quantize-pytorch
     python examples/vq_sample_images.py [--codes 4096 65536] [--steps 100] [--batch 1024]
@@ -47,7 +49,7 @@ def run(config: dict, queue) -> None:
         import sparseops
         from sparseops.nn import VectorQuantizer
 
-        vq = VectorQuantizer(48, k, ema=config["ema"], dead_code_threshold=config["revive"],
+        vq = VectorQuantizer(48, k, ema=config["ema"], decay=0.9, dead_code_threshold=config["revive"],
                              projector=torch.nn.Linear(48, 48) if config["projector"] else None)
         with torch.no_grad():  # the same init for every configuration: random patches
             vq.embed.copy_(data[torch.randint(0, data.shape[0], (k,))])
@@ -66,7 +68,7 @@ def run(config: dict, queue) -> None:
     else:
         from vector_quantize_pytorch import VectorQuantize
 
-        vq = VectorQuantize(dim=48, codebook_size=k, decay=0.99, commitment_weight=0.25,
+        vq = VectorQuantize(dim=48, codebook_size=k, decay=0.9, commitment_weight=0.25,
                             threshold_ema_dead_code=config["revive"])
         with torch.no_grad():
             init = data[torch.randint(0, data.shape[0], (k,))]
@@ -119,11 +121,11 @@ def main() -> None:
     args = p.parse_args()
     modes = [
         ("sparseops EMA", dict(impl="sparseops", ema=True, revive=0.0, projector=False)),
-        ("sparseops EMA + dead-code revival", dict(impl="sparseops", ema=True, revive=0.01, projector=False)),
+        ("sparseops EMA + dead-code revival", dict(impl="sparseops", ema=True, revive=0.05, projector=False)),
         ("sparseops grad + projector", dict(impl="sparseops", ema=False, revive=0.0, projector=True)),
-        ("sparseops grad + projector + revival", dict(impl="sparseops", ema=False, revive=0.01, projector=True)),
+        ("sparseops grad + projector + revival", dict(impl="sparseops", ema=False, revive=0.05, projector=True)),
         ("vector-quantize-pytorch EMA", dict(impl="vqp", ema=True, revive=0.0, projector=False)),
-        ("vector-quantize-pytorch EMA + dead codes", dict(impl="vqp", ema=True, revive=2.0, projector=False)),
+        ("vector-quantize-pytorch EMA + dead codes", dict(impl="vqp", ema=True, revive=0.05, projector=False)),
     ]
     ctx = mp.get_context("spawn")
     print(f"{'K':>6}  {'configuration':42} {'MSE':>9} {'util':>7} {'ms/step':>8} {'peak RSS +MiB':>13}")
