@@ -85,6 +85,24 @@ def test_state_dict_round_trip():
     assert torch.equal(fresh.to_dense(), sl.to_dense())
 
 
+@pytest.mark.parametrize("name, cols, code", [("meta", 20, 0x00), ("meta", 20, 0xF), ("meta_t", 12, 0x6)])
+def test_load_state_dict_refuses_corrupt_meta(name, cols, code):
+    """A corrupt code (first kept index not below the second) is a load error naming the key and place,
+    and leaves the module unchanged; the padding nibble after an odd group count is not data."""
+    layer = SparseLinear24.from_dense(nn.Linear(20, 12), method="transposable")
+    sd = {k: v.clone() for k, v in layer.state_dict().items()}
+    sd[name][2, 1] = (sd[name][2, 1] & 0xF0) | code  # group 2 of row 2
+    fresh = SparseLinear24(20, 12)
+    before = fresh.to_dense()
+    with pytest.raises(RuntimeError, match=rf"{name}: invalid 2:4 metadata code {code:#x} at row 2, group 2"):
+        fresh.load_state_dict(sd)
+    assert torch.equal(fresh.to_dense(), before)
+    sd = {k: v.clone() for k, v in layer.state_dict().items()}
+    sd["meta"][:, -1] |= 0xF0  # in_features=20: 5 groups, the last byte's high nibble is padding
+    fresh.load_state_dict(sd)
+    assert torch.equal(fresh.to_dense(), layer.to_dense())
+
+
 def test_fresh_module_is_2_4_and_dtype_moves():
     sl = SparseLinear24(16, 8)
     w = sl.to_dense()

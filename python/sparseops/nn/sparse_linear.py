@@ -21,6 +21,7 @@ from ..sparse24 import (
     sparse24_linear,
     transposable_mask_24,
 )
+from ..sparse24.formats import first_invalid_packed_meta
 
 __all__ = [
     "InputNorms",
@@ -148,6 +149,25 @@ def _checked_layout(layout: str) -> str:
     return layout
 
 
+def _check_loaded_meta(state_dict, prefix: str, name: str, cols: int, error_msgs: list) -> None:
+    """Adds an error for ``prefix + name`` in ``state_dict`` if it holds an invalid 2:4 code, so that
+    ``load_state_dict`` refuses corrupt metadata instead of a later forward computing with it."""
+    meta = state_dict.get(prefix + name)
+    if not isinstance(meta, Tensor) or meta.dtype != torch.uint8 or meta.dim() != 2 or meta.is_meta:
+        return  # missing or of the wrong type/shape: load_state_dict's own checks report it
+    where = first_invalid_packed_meta(meta, cols)
+    if where is not None:
+        row, group = where
+        error_msgs.append(f"{prefix}{name}: invalid 2:4 metadata code {int(_nibble(meta, row, group)):#x} at row {row}, "
+                          f"group {group} (each 4-bit code must name two distinct kept indices, the first below "
+                          f"the second); the checkpoint is corrupt or not in the packed layout")
+
+
+def _nibble(meta: Tensor, row: int, group: int) -> int:
+    byte = int(meta[row, group // 2])
+    return (byte >> 4) if group % 2 else (byte & 0xF)
+
+
 class SparseLinear24(nn.Module):
     """``y = x @ W.T + bias`` with a 2:4-sparse ``W [out_features, in_features]`` stored compressed.
 
@@ -166,6 +186,8 @@ class SparseLinear24(nn.Module):
     ``w24_t``, so the backward's ``grad_x`` (training the bias or the layers before this one) runs on
     the 2:4 kernel instead of a dense ``W``. ``W`` itself is a buffer (no gradient). Loading a state dict
     without them drops them (the loaded ``W`` need not be transposable); one with them creates them.
+    ``load_state_dict`` refuses metadata with an invalid code (naming the key, row and group) and then
+    leaves the layer unchanged; the check reads each code once (a few bytes per group of 4 weights).
 
     Forward: ``sparseops.sparse24_linear(x, W, bias, activation=activation, backend=backend,
     w24_t=W^T or None)`` with ``x [*, in_features]`` of the layer's dtype and device. Works under
@@ -227,8 +249,14 @@ class SparseLinear24(nn.Module):
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                               error_msgs):
-        # values_t/meta_t are optional: make the module's set match the state dict's before loading.
         vt, mt = state_dict.get(prefix + "values_t"), state_dict.get(prefix + "meta_t")
+        n_errors = len(error_msgs)
+        _check_loaded_meta(state_dict, prefix, "meta", self.in_features, error_msgs)
+        if mt is not None:
+            _check_loaded_meta(state_dict, prefix, "meta_t", self.out_features, error_msgs)
+        if len(error_msgs) > n_errors:
+            return  # load_state_dict raises; copying nothing leaves this layer as it was
+        # values_t/meta_t are optional: make the module's set match the state dict's before loading.
         if vt is None or mt is None:
             self.values_t = self.meta_t = None
         elif isinstance(vt, Tensor) and isinstance(mt, Tensor):

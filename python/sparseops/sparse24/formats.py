@@ -209,6 +209,22 @@ def _kept_indices_packed(meta: Tensor, groups: int) -> Tensor:
     return torch.stack((nibbles & 3, (nibbles >> 2) & 3), dim=-1)
 
 
+def first_invalid_packed_meta(meta: Tensor, cols: int) -> Optional[tuple[int, int]]:
+    """``(row, group)`` of the first invalid 4-bit code in packed 2:4 metadata of a ``[rows, cols]``
+    matrix, or None when every code is valid (the padding nibble after an odd group count is not read).
+
+    For checking metadata that arrives from outside (a state dict, a file) once, where it is cheap;
+    the ops check it themselves too. Extra memory: a few bytes per group, on ``meta``'s device.
+    """
+    groups = cols // 4
+    nibbles = torch.stack((meta & 0xF, meta >> 4), dim=-1).reshape(meta.shape[0], -1)[:, :groups]
+    bad = (nibbles & 3) >= (nibbles >> 2)  # a valid code's first kept index is below its second
+    if not bool(bad.any()):
+        return None
+    flat = int(bad.reshape(-1).nonzero()[0])
+    return flat // groups, flat % groups
+
+
 def _decompress_24_setup(ctx, inputs, output) -> None:
     _, meta, layout = inputs
     ctx.save_for_backward(meta)
