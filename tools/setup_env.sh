@@ -32,6 +32,8 @@ echo "[setup] installing build, test and bench dependencies"
 "$PY" -m pip install "${PIP_PROGRESS[@]}" --disable-pip-version-check -q "transformers>=5.0"
 "$PY" -m pip install "${PIP_PROGRESS[@]}" --disable-pip-version-check -q faiss-cpu \
   || echo "[setup] faiss-cpu not installed: the codebook bench skips its faiss peer"
+# The 2:4 bench's numpy/OpenBLAS dense peer runs on torch's thread count through threadpoolctl.
+"$PY" -m pip install "${PIP_PROGRESS[@]}" --disable-pip-version-check -q threadpoolctl
 # examples/vq_sample_images.py compares against vector-quantize-pytorch on scikit-learn's sample images.
 "$PY" -m pip install "${PIP_PROGRESS[@]}" --disable-pip-version-check -q scikit-learn vector-quantize-pytorch \
   || echo "[setup] vector-quantize-pytorch not installed (examples only)"

@@ -46,7 +46,7 @@ class Case:
         baseline: name of the primary peer in ``impls``; the table's speedup is measured against it
             (ratios against every other impl are reported too).
         bytes: minimal bytes moved by one call (each input read once, each output written once), for
-            memory-bound jobs: reported as GB/s and as a fraction of the copy bandwidth.
+            memory-bound jobs: reported as GB/s and as a fraction of the read bandwidth.
         flops: floating-point operations of one call, for compute-bound jobs: reported as GFLOP/s
             (TFLOP/s on GPU) and as a fraction of the dense-matmul peak. Give exactly one of the two.
     """

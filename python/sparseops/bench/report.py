@@ -70,7 +70,7 @@ def format_table(results: list[dict[str, Any]], device: str) -> str:
         out += [line(row) for row in block]
     out.append("* primary baseline; speedup = its time / this impl's time (>1: faster); % limit = throughput / machine limit")
     if any((r.get("pct_of_limit") or 0) > 100 for r in results):
-        out.append("% limit above 100: that case's data stays in the caches between calls; the copy reference's does not")
+        out.append("% limit above 100: that case's data stays in the caches between calls; the read reference's does not")
     return "\n".join(out)
 
 
