@@ -22,6 +22,7 @@
 #include <type_traits>
 
 #include "sparse24/linear24_cpu.h"
+#include "sparse24/packed_meta_check.h"
 
 namespace sparseops::sparse24 {
 namespace {
@@ -101,15 +102,19 @@ constexpr int64_t kPrefetchRows = 4;
 
 // z rows m0..m0+MR-1 (ldz apart) at columns [nb0, nb1) += (or, for k0 == 0, = bias +) the piece
 // [k0, k0 + kl) of W's rows times x's rows (fp32, ldx apart, zero beyond K up to a multiple of 8).
+// Returns false when a meta code of the piece is invalid (linear24_cpu.cpp reports it): each row's
+// piece of meta (<= 96 bytes) is tested as it is first read, so the check needs no pass of its own.
 template <class T, int MR, int kSets = MR <= 2 ? 4 : MR <= 4 ? 2 : 1>
-void block_piece(const T* vp, const uint8_t* mp, int64_t K, int64_t k0, int64_t kl, const float* x, int64_t ldx,
+bool block_piece(const T* vp, const uint8_t* mp, int64_t K, int64_t k0, int64_t kl, const float* x, int64_t ldx,
                  const float* bias, int64_t nb0, int64_t nb1, int64_t n_end, float* z, int64_t ldz) {
   const int64_t half = K / 2, meta_cols = (K / 4 + 1) / 2;
   const int64_t chunks = kl / 8, tail = (kl % 8) / 4;  // kl % 4 == 0; a last odd group only at K's end
   const int64_t b0 = k0 / 8;
+  bool ok = true;
   for (int64_t n = nb0; n < nb1; ++n) {
     const T* v = vp + n * half + k0 / 2;
     const uint8_t* m = mp + n * meta_cols + b0;
+    ok &= packed_meta_bytes_valid(m, chunks) && (tail == 0 || (m[chunks] & 3) < ((m[chunks] >> 2) & 3));
     const int64_t pn = n + kPrefetchRows < n_end ? n + kPrefetchRows : -1;
     const char* pv = pn >= 0 ? reinterpret_cast<const char*>(vp + pn * half + k0 / 2) : nullptr;
     // kSets accumulator sets, chunks alternating between them: with few x rows one set alone would be a
@@ -146,12 +151,14 @@ void block_piece(const T* vp, const uint8_t* mp, int64_t K, int64_t k0, int64_t 
       out = k0 == 0 ? s + (bias != nullptr ? bias[n] : 0.0f) : out + s;
     }
   }
+  return ok;
 }
 
 template <class T>
-void rows(const void* values, const uint8_t* meta, int64_t K, const float* x, int64_t ldx, int64_t M,
+bool rows(const void* values, const uint8_t* meta, int64_t K, const float* x, int64_t ldx, int64_t M,
           const float* bias, int64_t n0, int64_t n1, float* z, int64_t ldz) {
   const T* vp = static_cast<const T*>(values);
+  bool ok = true;
   for (int64_t nb0 = n0; nb0 < n1; nb0 += kRowBlock) {
     const int64_t nb1 = nb0 + kRowBlock < n1 ? nb0 + kRowBlock : n1;
     for (int64_t k0 = 0; k0 < K; k0 += kPieceCols) {
@@ -161,7 +168,7 @@ void rows(const void* values, const uint8_t* meta, int64_t K, const float* x, in
         float* zm = z + m0 * ldz;
         switch (M - m0 < kPanelRows ? M - m0 : kPanelRows) {
 #define SPARSEOPS_PIECE(R) \
-  case R: block_piece<T, R>(vp, meta, K, k0, kl, xm, ldx, bias, nb0, nb1, n1, zm, ldz); break;
+  case R: ok &= block_piece<T, R>(vp, meta, K, k0, kl, xm, ldx, bias, nb0, nb1, n1, zm, ldz); break;
           SPARSEOPS_PIECE(1) SPARSEOPS_PIECE(2) SPARSEOPS_PIECE(3) SPARSEOPS_PIECE(4)
           SPARSEOPS_PIECE(5) SPARSEOPS_PIECE(6) SPARSEOPS_PIECE(7) SPARSEOPS_PIECE(8)
 #undef SPARSEOPS_PIECE
@@ -170,6 +177,7 @@ void rows(const void* values, const uint8_t* meta, int64_t K, const float* x, in
       }
     }
   }
+  return ok;
 }
 
 }  // namespace
@@ -190,13 +198,14 @@ bool packed_meta_bytes_valid_avx2(const uint8_t* p, int64_t bytes) {
   return ok;
 }
 
-void linear24_rows_avx2(ElemType type, const void* values, const uint8_t* meta, int64_t K, const float* x,
+bool linear24_rows_avx2(ElemType type, const void* values, const uint8_t* meta, int64_t K, const float* x,
                         int64_t ldx, int64_t M, const float* bias, int64_t n0, int64_t n1, float* z, int64_t ldz) {
   switch (type) {
-    case ElemType::kFloat: rows<float>(values, meta, K, x, ldx, M, bias, n0, n1, z, ldz); break;
-    case ElemType::kHalf: rows<uint16_t>(values, meta, K, x, ldx, M, bias, n0, n1, z, ldz); break;
-    case ElemType::kBFloat16: rows<Bf16Bits>(values, meta, K, x, ldx, M, bias, n0, n1, z, ldz); break;
+    case ElemType::kFloat: return rows<float>(values, meta, K, x, ldx, M, bias, n0, n1, z, ldz);
+    case ElemType::kHalf: return rows<uint16_t>(values, meta, K, x, ldx, M, bias, n0, n1, z, ldz);
+    case ElemType::kBFloat16: return rows<Bf16Bits>(values, meta, K, x, ldx, M, bias, n0, n1, z, ldz);
   }
+  return false;
 }
 
 }  // namespace sparseops::sparse24

@@ -25,14 +25,16 @@
 #include <cstring>
 
 #include "sparse24/linear24_cpu.h"
+#include "sparse24/packed_meta_check.h"
 
 namespace sparseops::sparse24 {
 namespace {
 
 // ---- the two schemes -------------------------------------------------------------------------------
-// A scheme D gives, per step of D::kChunk columns (D::kGroups groups of 4): D::index (the permute
-// indices, from the step's meta bytes), D::load_w (the kept values), D::load_x (half a chunk of one x
-// row) and D::madd (acc += kept values * x gathered by the indices).
+// A scheme D gives, per step of D::kChunk columns (D::kGroups groups of 4): D::meta_word (the step's
+// meta bytes as one little-endian word; D::kCodeBits: bit 2 of each of its nibbles, for
+// invalid_code_bits), D::index (the permute indices from that word), D::load_w (the kept values),
+// D::load_x (half a chunk of one x row) and D::madd (acc += kept values * x gathered by the indices).
 
 // fp32 / fp16 values: 8 groups per step (32 columns, 16 kept values, 4 meta bytes).
 // Lane 2g+s: 4g + bits [4g+2s, 4g+2s+1] of meta4 = 4 * (l / 2) + ((meta4 >> 2l) & 3).
@@ -50,17 +52,10 @@ struct PermScheme {
   using X = float;
   using W = __m512;
   using XV = __m512;
+  using Word = uint32_t;
   static constexpr int64_t kChunk = 32, kGroups = 8;
-  static __m512i index(const uint8_t* meta) {
-    uint32_t meta4;
-    std::memcpy(&meta4, meta, 4);
-    return perm_index(meta4);
-  }
-  static __m512i index_tail(const uint8_t* meta, int64_t groups) {
-    uint32_t meta4 = 0;
-    for (int64_t b = 0; b < (groups + 1) / 2; ++b) meta4 |= static_cast<uint32_t>(meta[b]) << (8 * b);
-    return perm_index(meta4);
-  }
+  static constexpr uint64_t kCodeBits = 0x44444444u;
+  static __m512i index(Word meta4) { return perm_index(meta4); }
   static W load_w(const T* v, int64_t groups = kGroups) {
     const __mmask16 k = static_cast<__mmask16>((1u << (2 * groups)) - 1);
     if constexpr (sizeof(T) == 4) {
@@ -109,17 +104,10 @@ struct PairScheme {
   using X = uint16_t;
   using W = __m512i;
   using XV = __m512i;
+  using Word = uint64_t;
   static constexpr int64_t kChunk = 64, kGroups = 16;
-  static __m512i index(const uint8_t* meta) {
-    uint64_t meta8;
-    std::memcpy(&meta8, meta, 8);
-    return pair_index(meta8);
-  }
-  static __m512i index_tail(const uint8_t* meta, int64_t groups) {
-    uint64_t meta8 = 0;
-    for (int64_t b = 0; b < (groups + 1) / 2; ++b) meta8 |= static_cast<uint64_t>(meta[b]) << (8 * b);
-    return pair_index(meta8);
-  }
+  static constexpr uint64_t kCodeBits = 0x4444444444444444ull;
+  static __m512i index(Word meta8) { return pair_index(meta8); }
   static W load_w(const T* v, int64_t groups = kGroups) {
     return _mm512_maskz_loadu_epi16(static_cast<__mmask32>((1ull << (2 * groups)) - 1), v);
   }
@@ -182,10 +170,32 @@ struct PrefetchPair {
   const uint8_t* m;
 };
 
+// The permute indices and kept values of a W row's step of `groups` groups (kGroups, or fewer for a
+// row's last step, whose bytes past them are not read). The step's invalid codes (linear24_cpu.cpp
+// reports them) are ORed into bad: a few scalar instructions beside the vector work, so the check costs
+// no extra pass over the metadata. An invalid code still indexes within its own group: nothing is read
+// out of bounds before the call is refused.
+template <class D, bool kFull>
+__attribute__((always_inline)) inline void load_step(const typename D::T* v, const uint8_t* meta, int64_t groups,
+                                                     typename D::W& w, __m512i& idx, uint64_t& bad) {
+  typename D::Word word = 0;
+  uint64_t code_bits = D::kCodeBits;
+  if constexpr (kFull) {
+    std::memcpy(&word, meta, sizeof(word));
+  } else {
+    for (int64_t b = 0; b < (groups + 1) / 2; ++b) word |= static_cast<typename D::Word>(meta[b]) << (8 * b);
+    code_bits &= (uint64_t{1} << (4 * groups)) - 1;  // not the padding nibble after an odd group count
+  }
+  bad |= invalid_code_bits(word) & code_bits;
+  idx = D::index(word);
+  w = kFull ? D::load_w(v) : D::load_w(v, groups);
+}
+
 // sums[j * MR + r] = <W row j piece, x row r piece>: W rows at v + j * vs (values) and meta + j * ms,
-// K columns (K % 4 == 0); x in the panel layout (linear24_cpu.h), chunks ldc apart.
+// K columns (K % 4 == 0); x in the panel layout (linear24_cpu.h), chunks ldc apart. Returns the bits of
+// the invalid codes among the rows' meta (0: all valid).
 template <class D, int WR, int MR>
-void block_dot(const typename D::T* v, int64_t vs, const uint8_t* meta, int64_t ms, int64_t K,
+uint64_t block_dot(const typename D::T* v, int64_t vs, const uint8_t* meta, int64_t ms, int64_t K,
                const typename D::X* x, int64_t ldc, float* sums, PrefetchPair<typename D::T> pf) {
   constexpr int kSets = WR * MR <= 8 ? 2 : 1;
   constexpr int64_t kValues = 2 * D::kGroups, kMetaBytes = D::kGroups / 2;
@@ -201,6 +211,7 @@ void block_dot(const typename D::T* v, int64_t vs, const uint8_t* meta, int64_t 
   }
   typename D::W w[WR];
   __m512i idx[WR];
+  uint64_t bad = 0;
   int64_t c = 0;
   for (; c + kSets <= steps; c += kSets) {
 #pragma GCC unroll 2
@@ -214,8 +225,8 @@ void block_dot(const typename D::T* v, int64_t vs, const uint8_t* meta, int64_t 
       }
 #pragma GCC unroll 2
       for (int j = 0; j < WR; ++j) {
-        idx[j] = D::index(meta + j * ms + kMetaBytes * (c + s));
-        w[j] = D::load_w(v + j * vs + kValues * (c + s));
+        load_step<D, true>(v + j * vs + kValues * (c + s), meta + j * ms + kMetaBytes * (c + s), D::kGroups, w[j],
+                           idx[j], bad);
       }
       block_step<D, WR, MR>(acc[s], w, idx, x + (c + s) * ldc);
     }
@@ -223,16 +234,14 @@ void block_dot(const typename D::T* v, int64_t vs, const uint8_t* meta, int64_t 
   for (; c < steps; ++c) {
 #pragma GCC unroll 2
     for (int j = 0; j < WR; ++j) {
-      idx[j] = D::index(meta + j * ms + kMetaBytes * c);
-      w[j] = D::load_w(v + j * vs + kValues * c);
+      load_step<D, true>(v + j * vs + kValues * c, meta + j * ms + kMetaBytes * c, D::kGroups, w[j], idx[j], bad);
     }
     block_step<D, WR, MR>(acc[0], w, idx, x + c * ldc);
   }
   if (rem > 0) {  // the last 1..kGroups-1 groups: masked W loads (the panel's x is zero beyond K)
 #pragma GCC unroll 2
     for (int j = 0; j < WR; ++j) {
-      idx[j] = D::index_tail(meta + j * ms + kMetaBytes * steps, rem);
-      w[j] = D::load_w(v + j * vs + kValues * steps, rem);
+      load_step<D, false>(v + j * vs + kValues * steps, meta + j * ms + kMetaBytes * steps, rem, w[j], idx[j], bad);
     }
     block_step<D, WR, MR>(acc[0], w, idx, x + steps * ldc);
   }
@@ -249,6 +258,7 @@ void block_dot(const typename D::T* v, int64_t vs, const uint8_t* meta, int64_t 
       }
     }
   }
+  return bad;
 }
 
 // ---- row loops ------------------------------------------------------------------------------------
@@ -285,10 +295,11 @@ PrefetchPair<T> prefetch_target(const T* vp, const uint8_t* mp, int64_t half, in
 }
 
 template <class D, int MR>
-void block_piece(const typename D::T* vp, const uint8_t* mp, int64_t half, int64_t meta_cols, int64_t k0, int64_t kl,
+uint64_t block_piece(const typename D::T* vp, const uint8_t* mp, int64_t half, int64_t meta_cols, int64_t k0, int64_t kl,
                  int64_t next_k0, const typename D::X* x, int64_t ldc, const float* bias, int64_t nb0, int64_t nb1,
                  int64_t n_end, float* z, int64_t ldz) {
   float sums[2 * MR];
+  uint64_t bad = 0;
   const typename D::X* xk = x + k0 / D::kChunk * ldc;
   for (int64_t n = nb0; n < nb1; n += 2) {
     const int64_t wr = nb1 - n < 2 ? 1 : 2;
@@ -296,9 +307,9 @@ void block_piece(const typename D::T* vp, const uint8_t* mp, int64_t half, int64
     const typename D::T* v = vp + n * half + k0 / 2;
     const uint8_t* m = mp + n * meta_cols + k0 / 8;
     if (wr == 2) {
-      block_dot<D, 2, MR>(v, half, m, meta_cols, kl, xk, ldc, sums, pf);
+      bad |= block_dot<D, 2, MR>(v, half, m, meta_cols, kl, xk, ldc, sums, pf);
     } else {
-      block_dot<D, 1, MR>(v, half, m, meta_cols, kl, xk, ldc, sums, pf);
+      bad |= block_dot<D, 1, MR>(v, half, m, meta_cols, kl, xk, ldc, sums, pf);
     }
     for (int64_t j = 0; j < wr; ++j) {
       if (k0 == 0) {
@@ -309,10 +320,11 @@ void block_piece(const typename D::T* vp, const uint8_t* mp, int64_t half, int64
       }
     }
   }
+  return bad;
 }
 
 template <class D>
-void rows(const void* values, const uint8_t* meta, int64_t K, const void* xv, int64_t M, const float* bias,
+bool rows(const void* values, const uint8_t* meta, int64_t K, const void* xv, int64_t M, const float* bias,
           int64_t n0, int64_t n1, float* z, int64_t ldz) {
   using T = typename D::T;
   using X = typename D::X;
@@ -323,6 +335,7 @@ void rows(const void* values, const uint8_t* meta, int64_t K, const void* xv, in
   // K piece: whole steps (so whole meta bytes), at least 256 columns.
   int64_t piece = static_cast<int64_t>(kPieceBytes / (sizeof(X) * mr_max)) / D::kChunk * D::kChunk;
   piece = piece < 256 ? 256 : piece;
+  uint64_t bad = 0;
   for (int64_t nb0 = n0; nb0 < n1; nb0 += kRowBlock) {
     const int64_t nb1 = nb0 + kRowBlock < n1 ? nb0 + kRowBlock : n1;
     for (int64_t k0 = 0; k0 < K; k0 += piece) {
@@ -334,7 +347,7 @@ void rows(const void* values, const uint8_t* meta, int64_t K, const void* xv, in
         switch (mb) {
 #define SPARSEOPS_PIECE(R) \
   case R:                                                                                                     \
-    block_piece<D, R>(vp, meta, half, meta_cols, k0, kl, next_k0, xm, ldc, bias, nb0, nb1, n1, zm, ldz);     \
+    bad |= block_piece<D, R>(vp, meta, half, meta_cols, k0, kl, next_k0, xm, ldc, bias, nb0, nb1, n1, zm, ldz); \
     break;
           SPARSEOPS_PIECE(1) SPARSEOPS_PIECE(2) SPARSEOPS_PIECE(3) SPARSEOPS_PIECE(4)
           SPARSEOPS_PIECE(5) SPARSEOPS_PIECE(6) SPARSEOPS_PIECE(7) SPARSEOPS_PIECE(8)
@@ -344,6 +357,7 @@ void rows(const void* values, const uint8_t* meta, int64_t K, const void* xv, in
       }
     }
   }
+  return bad == 0;
 }
 
 // ---- decompression of W row blocks (the large-M path's dense tiles) --------------------------------
@@ -444,13 +458,14 @@ void decompress_16bit(const uint16_t* vp, const uint8_t* mp, int64_t K, int64_t 
 
 }  // namespace
 
-void linear24_rows_avx512(ElemType type, const void* values, const uint8_t* meta, int64_t K, const void* x,
+bool linear24_rows_avx512(ElemType type, const void* values, const uint8_t* meta, int64_t K, const void* x,
                           int64_t M, const float* bias, int64_t n0, int64_t n1, float* z, int64_t ldz) {
   switch (type) {
-    case ElemType::kFloat: rows<PermScheme<float>>(values, meta, K, x, M, bias, n0, n1, z, ldz); break;
-    case ElemType::kHalf: rows<PermScheme<uint16_t>>(values, meta, K, x, M, bias, n0, n1, z, ldz); break;
-    case ElemType::kBFloat16: rows<PairScheme>(values, meta, K, x, M, bias, n0, n1, z, ldz); break;
+    case ElemType::kFloat: return rows<PermScheme<float>>(values, meta, K, x, M, bias, n0, n1, z, ldz);
+    case ElemType::kHalf: return rows<PermScheme<uint16_t>>(values, meta, K, x, M, bias, n0, n1, z, ldz);
+    case ElemType::kBFloat16: return rows<PairScheme>(values, meta, K, x, M, bias, n0, n1, z, ldz);
   }
+  return false;
 }
 
 bool packed_meta_bytes_valid_avx512(const uint8_t* p, int64_t bytes) {

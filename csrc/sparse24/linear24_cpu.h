@@ -31,14 +31,17 @@ void linear24_rows_baseline(ElemType type, const void* values, const uint8_t* me
 // (4 KiB pages) ran at a quarter of the L1 load rate (not so with 2 MiB pages). A group's K piece is
 // contiguous too: with all M rows interleaved, the 8 rows of a pass would occupy every other 1 KiB
 // (M = 16), i.e. half of the L1 sets.
+// The AVX-512 and AVX2 kernels test every meta code they read and return false when one is invalid
+// (first kept index not below the second): z is then garbage and the caller raises. An invalid code
+// still indexes within its group, so nothing outside W's and x's rows is read.
 constexpr int64_t kPanelRows = 8;
 constexpr int64_t avx512_x_chunk(ElemType type) { return type == ElemType::kBFloat16 ? 64 : 32; }
-void linear24_rows_avx512(ElemType type, const void* values, const uint8_t* meta, int64_t K, const void* x, int64_t M,
+bool linear24_rows_avx512(ElemType type, const void* values, const uint8_t* meta, int64_t K, const void* x, int64_t M,
                           const float* bias, int64_t n0, int64_t n1, float* z, int64_t ldz);
 
 // The AVX2 kernel (x86 CPUs without AVX-512): the same z from x in the portable kernel's layout, fp32
 // rows ldx apart, which must also be zero from K up to the next multiple of 8.
-void linear24_rows_avx2(ElemType type, const void* values, const uint8_t* meta, int64_t K, const float* x,
+bool linear24_rows_avx2(ElemType type, const void* values, const uint8_t* meta, int64_t K, const float* x,
                         int64_t ldx, int64_t M, const float* bias, int64_t n0, int64_t n1, float* z, int64_t ldz);
 
 // Metadata check: true when each of the `bytes` bytes at p holds two valid 2:4 codes (low nibble's
