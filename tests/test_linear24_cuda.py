@@ -39,10 +39,10 @@ def _reference(x, w_dense, bias, activation):
     return L.apply_activation(y, activation)
 
 
-def _inputs(m, n, k, dtype, with_bias):
-    w = _weight(n, k, dtype)
-    x = torch.randn(m, k, device="cuda", dtype=dtype)
-    bias = torch.randn(n, device="cuda", dtype=dtype) if with_bias else None
+def _inputs(m, n, k, dtype, with_bias, device="cuda"):
+    w = _weight(n, k, dtype, device)
+    x = torch.randn(m, k, device=device, dtype=dtype)
+    bias = torch.randn(n, device=device, dtype=dtype) if with_bias else None
     return x, w, bias
 
 
@@ -419,6 +419,40 @@ def test_packed_nonfinite_x_at_a_pruned_position_never_enters_the_product(m, dty
     assert torch.equal(torch.isnan(y), torch.isnan(ref)) and torch.equal(torch.isinf(y), torch.isinf(ref))
     finite = torch.isfinite(ref)
     _assert_close(y[finite], ref[finite].float(), dtype)
+
+
+@pytest.mark.parametrize("act", ["none", "gelu"])
+def test_structural_rows_of_the_dense_fallback_needs_no_gpu(act):
+    """The "cutlass_dense" fallback's fix-up, on CPU tensors: rows of x with inf/NaN come out as the
+    sparse kernels compute them (pruned weights absent), the other rows as the dense product gave them."""
+    from sparseops.reference import sparse24_linear_ref
+
+    x, w, bias = _inputs(5, 64, 96, torch.bfloat16, True, device="cpu")
+    x[1, 3], x[3, 50] = float("inf"), float("nan")
+    packed = compress_24(w, prune=True)
+    s = compress_24(decompress_24(packed), layout="cutlass")
+    dense = _ops.decompress_24(s.values, s.meta, "cutlass")
+    y = L.structural_rows(x, L.apply_activation(F.linear(x, dense, bias), act), s, dense, bias, act)
+    ref = L.apply_activation(sparse24_linear_ref(x, packed.values, packed.meta, bias), act)
+    assert torch.equal(torch.isnan(y), torch.isnan(ref)) and torch.equal(torch.isinf(y), torch.isinf(ref))
+    finite = torch.isfinite(ref)
+    _assert_close(y[finite], ref[finite].float(), torch.bfloat16)
+
+
+@cuda
+def test_dense_fallback_nonfinite_x_at_a_pruned_position_never_enters_the_product():
+    from sparseops.reference import sparse24_linear_ref
+
+    x, w, bias = _inputs(20, 64, 96, torch.bfloat16, True)  # K % 64 != 0: "cutlass_dense"
+    x[2, 5] = float("inf")
+    packed = compress_24(w, prune=True)
+    s = compress_24(decompress_24(packed), layout="cutlass")
+    assert L.cuda_backend_choice(20, s, x.device) == "cutlass_dense"
+    y = L.cuda_sparse24_linear(x, s, bias, "none")
+    ref = sparse24_linear_ref(x.cpu(), packed.values.cpu(), packed.meta.cpu(), bias.cpu()).to(y.device)
+    assert torch.equal(torch.isnan(y), torch.isnan(ref)) and torch.equal(torch.isinf(y), torch.isinf(ref))
+    finite = torch.isfinite(ref)
+    _assert_close(y[finite], ref[finite].float(), torch.bfloat16)
 
 
 def test_backend_choice_packed_needs_no_gpu():

@@ -82,8 +82,9 @@ def sparse24_linear(
     ``0 * inf = NaN``; at a kept position inf/NaN propagate as usual. Every CPU path follows this (the
     AVX2 kernel and the tiles multiply by explicit zeros, so rows of ``x`` holding inf/NaN are recomputed
     by a gather kernel: one extra pass over ``x``); on CUDA the GEMV, the "packed" M > 16 path (with the
-    same row fix-up), CUTLASS and cuSPARSELt (sparse tensor cores multiply kept values only) do too, not
-    the ``"cutlass_dense"`` fallback (pre-sm80 GPUs or K % 64 != 0), which multiplies densely.
+    same row fix-up), CUTLASS and cuSPARSELt (sparse tensor cores multiply kept values only) do too, and
+    the ``"cutlass_dense"`` fallback (pre-sm80 GPUs or K % 64 != 0) recomputes such rows after its dense
+    product (a device sync per call).
 
     Metadata: on the CPU every call checks the metadata rows it multiplies (right after the small-M
     kernel read them, or before a tile is decompressed) and raises ``RuntimeError`` naming the row and

@@ -165,13 +165,35 @@ def cuda_sparse24_linear(
         return _ops.sparse24_linear_cutlass(x2d, w24.values, w24.meta, bias, activation)
     if choice == "cutlass_dense":
         w = _ops.decompress_24(w24.values, w24.meta, "cutlass")
-        return apply_activation(F.linear(x2d, w, bias), activation)
+        y = apply_activation(F.linear(x2d, w, bias), activation)
+        return structural_rows(x2d, y, w24, w, bias, activation)
     n, k = w24.shape
     if scale is None and out_dtype is None:
         return _ops.sparse24_linear_cusparselt(x2d, w24.values, n, k, bias, activation)
     return _ops.sparse24_linear_cusparselt(
         x2d, w24.values, n, k, bias, activation, -1, False, scale=scale, out_dtype=out_dtype
     )
+
+
+def structural_rows(x2d: Tensor, y: Tensor, w24: Sparse24, w: Tensor, bias: Optional[Tensor], activation: str) -> Tensor:
+    """``y`` with its rows where ``x2d`` holds an inf/NaN recomputed with the pruned weights absent, as the
+    sparse kernels compute them (a dense product gives ``0 * inf = NaN`` at pruned positions).
+
+    ``w``: W decompressed from ``w24``. For the dense fallback only: one pass over ``x`` to find such rows
+    (a device sync), then per such row an ``N x K`` fp32 temporary.
+    """
+    bad_rows = (~torch.isfinite(x2d)).any(dim=1).nonzero().flatten().tolist()
+    if not bad_rows:
+        return y
+    kept = _ops.decompress_24(torch.ones_like(w24.values), w24.meta, w24.layout) != 0
+    wf = w.float()
+    y = y.clone()
+    for r in bad_rows:
+        z = torch.where(kept, wf * x2d[r].float(), 0.0).sum(dim=1)
+        if bias is not None:
+            z = z + bias.float()
+        y[r] = apply_activation(z.to(y.dtype), activation)
+    return y
 
 
 def _check_quant_args(
