@@ -181,6 +181,10 @@ def case_dcp(rank, device, ckpt_dir):
         set_model_state_dict(fresh, state)
     except RuntimeError as exc:
         out["corrupt_error"] = str(exc)
+    try:  # the CPU kernels check the metadata they read on every call; CUDA trusts it
+        fresh(x)
+    except RuntimeError as exc:
+        out["forward_error_after_refusal"] = str(exc)
     # (b) Loading into copies of the state dict keeps the refused layer unchanged (the other modules load:
     # load_state_dict is not atomic across modules).
     fresh = dcp_model(seed=1, device=device)

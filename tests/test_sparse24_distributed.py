@@ -21,6 +21,7 @@ import pytest
 import torch
 import torch.distributed as dist
 
+import sparseops
 from sparseops import nm_mask
 from sparseops.nn import SparseLinear24
 
@@ -33,8 +34,8 @@ def _why_unavailable() -> str | None:
     if not dist.is_available():
         return "torch.distributed is not available in this torch build"
     if DEVICE == "cuda":
-        if not dist.is_nccl_available() or torch.cuda.device_count() < 2:
-            return "SPARSEOPS_DIST_DEVICE=cuda needs NCCL and 2 GPUs"
+        if not (sparseops.cuda_compiled() and dist.is_nccl_available() and torch.cuda.device_count() >= 2):
+            return "SPARSEOPS_DIST_DEVICE=cuda needs a CUDA build of sparseops, NCCL and 2 GPUs"
     elif not dist.is_gloo_available():
         return "torch.distributed has no gloo backend in this torch build"
     return None
@@ -160,6 +161,9 @@ def test_dcp_refuses_corrupt_meta(results):
         # ...but dcp.load had already written the corrupt codes into the model's own buffers (the state
         # dict from get_model_state_dict aliases them): the layer is not left unchanged on this path.
         assert int(res["aliased_meta_after_dcp_load"][1, 0]) == 0xFF
+        if DEVICE == "cpu":  # where the forward would read them, the CPU kernels refuse them
+            assert ("sparse24_linear: meta holds an invalid 2:4 code at row 1, group 0"
+                    in res["forward_error_after_refusal"])
         # Loading into copies keeps the refused layer unchanged; the other layers load (load_state_dict
         # is not atomic across modules).
         assert want in res["corrupt_error_copies"]

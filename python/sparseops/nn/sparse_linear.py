@@ -190,6 +190,16 @@ class SparseLinear24(nn.Module):
     ``load_state_dict`` refuses metadata with an invalid code (naming the key, row and group) and then
     leaves the layer unchanged; the check reads each code once (a few bytes per group of 4 weights).
 
+    Distributed: ``W`` (and ``W^T``) are buffers, so DDP broadcasts rank 0's at construction and only the
+    bias gradient is averaged. ``torch.distributed.checkpoint``: ``set_model_state_dict`` runs
+    ``load_state_dict``, hence the same metadata check; but ``dcp.load`` first writes the checkpoint into
+    the tensors of the state dict it is given, and those of ``get_model_state_dict(model)`` are this
+    layer's own buffers, so when the check refuses, the layer already holds the corrupt codes (the CPU
+    forward then raises on them; CUDA trusts them). Load into copies
+    (``{k: v.clone() for k, v in get_model_state_dict(model).items()}``) to keep the layer unchanged. The
+    model loaded into decides which keys are read: build it like the saved one (``values_t``/``meta_t``
+    are read only into a layer that has them, e.g. from the same ``sparsify_`` method).
+
     Forward: ``sparseops.sparse24_linear(x, W, bias, activation=activation, backend=backend,
     w24_t=W^T or None)`` with ``x [*, in_features]`` of the layer's dtype and device. Works under
     ``torch.compile``.
