@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import sys
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Optional, Union
 
@@ -188,6 +189,16 @@ class SparseLinear24(nn.Module):
     without them drops them (the loaded ``W`` need not be transposable); one with them creates them.
     ``load_state_dict`` refuses metadata with an invalid code (naming the key, row and group) and then
     leaves the layer unchanged; the check reads each code once (a few bytes per group of 4 weights).
+
+    Distributed: ``W`` (and ``W^T``) are buffers, so DDP broadcasts rank 0's at construction and only the
+    bias gradient is averaged. ``torch.distributed.checkpoint``: ``set_model_state_dict`` runs
+    ``load_state_dict``, hence the same metadata check; but ``dcp.load`` first writes the checkpoint into
+    the tensors of the state dict it is given, and those of ``get_model_state_dict(model)`` are this
+    layer's own buffers, so when the check refuses, the layer already holds the corrupt codes (the CPU
+    forward then raises on them; CUDA trusts them). Load into copies
+    (``{k: v.clone() for k, v in get_model_state_dict(model).items()}``) to keep the layer unchanged. The
+    model loaded into decides which keys are read: build it like the saved one (``values_t``/``meta_t``
+    are read only into a layer that has them, e.g. from the same ``sparsify_`` method).
 
     Forward: ``sparseops.sparse24_linear(x, W, bias, activation=activation, backend=backend,
     w24_t=W^T or None)`` with ``x [*, in_features]`` of the layer's dtype and device. Works under
@@ -459,6 +470,35 @@ def sparsify_(model: nn.Module, filter_fn: Optional[Callable[[nn.Module, str], b
 # NMSparseLinear
 
 
+def _dtensor_class() -> Optional[type]:
+    # Only look for DTensor once something imported it: importing torch.distributed.tensor here would
+    # add ~0.7 s to `import sparseops`, and no tensor can be a DTensor before that import.
+    return getattr(sys.modules.get("torch.distributed.tensor"), "DTensor", None)
+
+
+def _full_tensor(t: Tensor) -> Tensor:
+    """``t`` itself, or the whole tensor of a DTensor ``t`` (a collective: every rank must call it)."""
+    dtensor = _dtensor_class()
+    return t.full_tensor() if dtensor is not None and isinstance(t, dtensor) else t
+
+
+def _on_local_shard(w: Tensor, fn: Callable[[Tensor], Tensor], where: str) -> Tensor:
+    """``fn(w)`` for a plain tensor. For a DTensor ``w`` (a parameter sharded by FSDP2 ``fully_shard`` or
+    tensor parallelism), ``fn`` of the local shard, rewrapped with ``w``'s mesh and placements: the
+    sparseops ops have no DTensor sharding rule, and ``fn`` (an N:M mask along the last dim) is exact on
+    each shard as long as no placement splits the last dim."""
+    dtensor = _dtensor_class()
+    if dtensor is None or not isinstance(w, dtensor):
+        return fn(w)
+    last = w.dim() - 1
+    for p in w.placements:
+        if p.is_partial() or (p.is_shard() and p.dim % w.dim() == last):
+            raise ValueError(f"{where}: expected a DTensor weight whose last dim (the N:M groups) is not split "
+                             f"(Replicate or Shard(d) with d != {last}) (got placements {tuple(w.placements)})")
+    return dtensor.from_local(fn(w.to_local()), w.device_mesh, w.placements, run_check=False, shape=w.shape,
+                              stride=w.stride())
+
+
 class NMSparseLinear(nn.Module):
     """Linear layer trained N:M sparse from scratch (or fine-tuned) with SR-STE.
 
@@ -473,6 +513,13 @@ class NMSparseLinear(nn.Module):
     The value lives in a float32 buffer updated in place, so ``torch.compile`` does not recompile.
 
     Extra memory (training): the masked weight and a bool mask per step, on top of the dense weight.
+
+    Distributed: under DDP it trains like any module (``step``/``pruned_grad_scale`` are buffers, broadcast
+    with the others). Under FSDP2 ``fully_shard`` the forward sees the all-gathered weight; outside the
+    forward ``weight`` is a DTensor, and :meth:`mask` / :meth:`sparse_weight` work shard by shard and
+    return DTensors placed like ``weight`` (any placement that does not split the last dim; else a
+    ValueError), while :meth:`to_inference` gathers the full weight (a collective: call it on every rank).
+    ``tests/test_sparse24_distributed.py`` checks all of this against a single process.
     """
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, *, n: int = 2, m: int = 4,
@@ -518,12 +565,15 @@ class NMSparseLinear(nn.Module):
 
     def sparse_weight(self) -> Tensor:
         """The N:M-masked weight the forward uses (differentiable with the SR-STE gradient)."""
-        return nm_srste(self.weight, self.n, self.m, decay=self.decay, pruned_grad_scale=self.pruned_grad_scale)
+        return _on_local_shard(self.weight, lambda w: nm_srste(w, self.n, self.m, decay=self.decay,
+                                                                 pruned_grad_scale=self.pruned_grad_scale),
+                               "NMSparseLinear.sparse_weight")
 
     @torch.no_grad()
     def mask(self) -> Tensor:
         """The current bool N:M mask of ``weight``."""
-        return torch.ops.sparseops.nm_srste(self.weight, self.n, self.m, 0.0, None)[1]
+        return _on_local_shard(self.weight, lambda w: torch.ops.sparseops.nm_srste(w, self.n, self.m, 0.0, None)[1],
+                               "NMSparseLinear.mask")
 
     def forward(self, x: Tensor) -> Tensor:
         return F.linear(x, self.sparse_weight(), self.bias)
@@ -547,12 +597,13 @@ class NMSparseLinear(nn.Module):
         """The trained layer as a :class:`SparseLinear24` computing the same function (2:4 only)."""
         if (self.n, self.m) != (2, 4):
             raise ValueError(f"NMSparseLinear.to_inference: SparseLinear24 stores 2:4 weights (this layer is {self.n}:{self.m})")
-        out = SparseLinear24(self.in_features, self.out_features, self.bias is not None, dtype=self.weight.dtype,
-                             device=self.weight.device, backend=backend)
+        weight = _full_tensor(self.weight.detach())  # FSDP2/TP: the whole weight on every rank
+        out = SparseLinear24(self.in_features, self.out_features, self.bias is not None, dtype=weight.dtype,
+                             device=weight.device, backend=backend)
         out.layout = _checked_layout(layout)
-        out._set_weight(self.weight.detach(), self.mask())
+        out._set_weight(weight, torch.ops.sparseops.nm_srste(weight, self.n, self.m, 0.0, None)[1])
         if self.bias is not None:
-            out.bias.copy_(self.bias)
+            out.bias.copy_(_full_tensor(self.bias.detach()))
         return out
 
     def extra_repr(self) -> str:
