@@ -97,7 +97,10 @@ inline float hsum(__m256 v) {
 }
 
 constexpr int64_t kRowBlock = 64;
-constexpr int64_t kPieceCols = 768;  // 8 x rows x 768 fp32 = 24 KiB of x in L1 per pass
+// K pieces: the x rows of a pass (up to 8) take ~24 KiB of L1, so 768 columns at 8 rows and whole rows
+// of K <= 6144 at M = 1. Fewer, longer pieces keep W's read sequential: at M = 1 a fixed 768 columns made
+// it 64 streams a row apart, which the hardware prefetchers follow poorly.
+constexpr int64_t kPieceBytes = 24 * 1024;
 constexpr int64_t kPrefetchRows = 4;
 
 // z rows m0..m0+MR-1 (ldz apart) at columns [nb0, nb1) += (or, for k0 == 0, = bias +) the piece
@@ -158,11 +161,13 @@ template <class T>
 bool rows(const void* values, const uint8_t* meta, int64_t K, const float* x, int64_t ldx, int64_t M,
           const float* bias, int64_t n0, int64_t n1, float* z, int64_t ldz) {
   const T* vp = static_cast<const T*>(values);
+  const int64_t mr_max = M < kPanelRows ? M : kPanelRows;
+  const int64_t piece = kPieceBytes / (static_cast<int64_t>(sizeof(float)) * mr_max) / 8 * 8;  // whole meta bytes
   bool ok = true;
   for (int64_t nb0 = n0; nb0 < n1; nb0 += kRowBlock) {
     const int64_t nb1 = nb0 + kRowBlock < n1 ? nb0 + kRowBlock : n1;
-    for (int64_t k0 = 0; k0 < K; k0 += kPieceCols) {
-      const int64_t kl = K - k0 < kPieceCols ? K - k0 : kPieceCols;
+    for (int64_t k0 = 0; k0 < K; k0 += piece) {
+      const int64_t kl = K - k0 < piece ? K - k0 : piece;
       for (int64_t m0 = 0; m0 < M; m0 += kPanelRows) {
         const float* xm = x + m0 * ldx;
         float* zm = z + m0 * ldz;
