@@ -163,7 +163,7 @@ inline __m512 reduce16(const __m512 (&a)[16]) {
 }
 
 // The W row pair (values v, meta m, rows vs / ms apart as in block_dot) whose piece block_dot prefetches
-// into L1 as it goes, one step of each row per step it computes; v == nullptr: none.
+// into L2 as it goes, one step of each row per step it computes; v == nullptr: none.
 template <class T>
 struct PrefetchPair {
   const T* v;
@@ -219,8 +219,8 @@ uint64_t block_dot(const typename D::T* v, int64_t vs, const uint8_t* meta, int6
       if (pf.v != nullptr) {
 #pragma GCC unroll 2
         for (int j = 0; j < 2; ++j) {
-          _mm_prefetch(reinterpret_cast<const char*>(pf.v + j * vs + kValues * (c + s)), _MM_HINT_T0);
-          _mm_prefetch(reinterpret_cast<const char*>(pf.m + j * ms + kMetaBytes * (c + s)), _MM_HINT_T0);
+          _mm_prefetch(reinterpret_cast<const char*>(pf.v + j * vs + kValues * (c + s)), _MM_HINT_T1);
+          _mm_prefetch(reinterpret_cast<const char*>(pf.m + j * ms + kMetaBytes * (c + s)), _MM_HINT_T1);
         }
       }
 #pragma GCC unroll 2
@@ -274,6 +274,9 @@ constexpr int64_t kPieceBytes = 24 * 1024;
 // this thread's order of work (pairs, then pieces, then row blocks), spread over the computation of the
 // current pair: at M = 8 that took bf16 11008x4096 from ~1.5 to ~1.15 ms (2 threads), where prefetching
 // the next pair in one burst before computing left DRAM latency exposed. 2-4 pairs measured alike.
+// Into L2, not L1: at M = 1 three fp32 pairs of K = 4096 are 48 KiB, an L1's worth, and prefetching
+// them into L1 evicted the pair in use (fp32 4096x4096 M=1, one thread, 5 alternating runs each: 1.8-5.7
+// ms with L2 against 6.5-7.2 ms with L1; at M = 8 within noise); the L1 prefetcher takes it from L2.
 constexpr int64_t kPrefetchPairs = 3;
 
 // The pair kPrefetchPairs after the one at row n of piece [k0, k0 + kl) of block [nb0, nb1); next_k0: the
