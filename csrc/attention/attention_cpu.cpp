@@ -34,6 +34,7 @@
 
 #include "attention/attention_checks.h"
 #include "attention/attention_microkernels.h"
+#include "attention/attention_tile.h"
 #include "common/cpu_features.h"
 #include "common/dispatch.h"
 
@@ -57,9 +58,7 @@ struct MaskView {
   const int32_t* num;
   const int32_t* idx;
   int64_t mask_b, mask_h, nq, width;
-  int64_t row(int64_t b, int64_t h, int64_t qb) const {
-    return ((mask_b == 1 ? 0 : b) * mask_h + (mask_h == 1 ? 0 : h)) * nq + qb;
-  }
+  int64_t row(int64_t b, int64_t h, int64_t qb) const { return mask_row(b, h, qb, mask_b, mask_h, nq); }
 };
 
 // Rows r of a work item's head set: head h0 + r / mq, token i0 + r % mq.
@@ -283,14 +282,9 @@ struct Forward {
   }
 
   void finish_row(const float* acc, float m, float l, T* o, float* lse_out) const {
-    if (l == 0.0f) {  // attended to nothing
-      for (int64_t x = 0; x < d.D; ++x) o[x] = T(0);
-      *lse_out = kNegInf;
-      return;
-    }
-    const float inv = 1.0f / l;
-    for (int64_t x = 0; x < d.D; ++x) o[x] = static_cast<T>(acc[x] * inv);
-    *lse_out = m + std::log(l);
+    const RowResult res = finish_softmax_row(m, l);  // l == 0 (attended to nothing): zeros, lse -inf
+    for (int64_t x = 0; x < d.D; ++x) o[x] = res.inv_l == 0.0f ? T(0) : static_cast<T>(acc[x] * res.inv_l);
+    *lse_out = res.lse;
   }
 
   // nsplit > 1: combine the splits of one item with their (m, l).
@@ -304,7 +298,7 @@ struct Forward {
       float mmax = kNegInf;
       for (int64_t sp = 0; sp < nsplit; ++sp) {
         const float m = p0[sp * part_stride() + rows * Dp + r];
-        mmax = std::isnan(m) || m > mmax ? m : mmax;
+        mmax = nan_max(mmax, m);
         if (std::isnan(mmax)) break;
       }
       float l = 0.0f;
@@ -314,7 +308,7 @@ struct Forward {
           const float* p = p0 + sp * part_stride();
           const float ls = p[rows * Dp + rows + r];
           if (ls == 0.0f) continue;
-          const float w = std::exp(p[rows * Dp + r] - mmax);
+          const float w = softmax_rescale(p[rows * Dp + r], mmax);  // this split's weight
           l += ls * w;
           for (int64_t x = 0; x < d.D; ++x) acc[x] += p[r * Dp + x] * w;
         }
@@ -345,7 +339,8 @@ std::tuple<at::Tensor, at::Tensor> block_sparse_attention_cpu(const at::Tensor& 
                                                               int64_t window_right, std::optional<double> scale) {
   constexpr const char* op = "block_sparse_attention";
   const AttnDims d = check_block_sparse_attention_inputs(op, q, k, v, kv_num_blocks, kv_indices, block_q, block_k,
-                                                         causal, window_left, window_right, scale);
+                                                         causal, window_left, window_right, scale,
+                                                         /*check_mask_contents=*/true);
   check_device_type(op, "q", q, at::kCPU);
   const at::Tensor qc = q.contiguous(), kc = k.contiguous(), vc = v.contiguous();
   const at::Tensor num = kv_num_blocks.contiguous(), idx = kv_indices.contiguous();
@@ -487,7 +482,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> block_sparse_attention_backward_c
     const std::optional<at::Tensor>& grad_lse) {
   constexpr const char* op = "block_sparse_attention_backward";
   const AttnDims d = check_block_sparse_attention_inputs(op, q, k, v, kv_num_blocks, kv_indices, block_q, block_k,
-                                                         causal, window_left, window_right, scale);
+                                                         causal, window_left, window_right, scale,
+                                                         /*check_mask_contents=*/true);
   check_backward_extra(op, d, q, grad_out, out, lse, grad_lse);
   check_device_type(op, "q", q, at::kCPU);
   const at::Tensor qc = q.contiguous(), kc = k.contiguous(), vc = v.contiguous(), gc = grad_out.contiguous();
