@@ -158,9 +158,10 @@ def test_bad_mask_reads_nothing_out_of_bounds(dtype):
 
 def test_bad_mask_error_on_request(monkeypatch):
     q, k, v, num, idx, _ = _bad_mask_case(torch.float32)
+    full = _random_mask(1, 1, 32, 40, 16, 16, 1.0)
     monkeypatch.setenv("SPARSEOPS_CHECK_MASK", "1")
     with pytest.raises(RuntimeError, match=r"block_sparse_attention: expected every kv_num_blocks entry in \[0, "):
-        ops.block_sparse_attention(q, k, v, num, idx, 16, 16, False, -1, -1, None)
+        ops.block_sparse_attention(q, k, v, num, full.kv_indices, 16, 16, False, -1, -1, None)
     good = num.clone()
     good[0, 0, 1] = 3
     with pytest.raises(RuntimeError, match=r"block_sparse_attention: expected kv_indices entries .* in \[0, 3\)"):
