@@ -19,11 +19,6 @@ namespace {
 AttnParams make_params(const AttnDims& d, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                        const at::Tensor& num, const at::Tensor& idx, const char* op) {
   TORCH_CHECK(d.Hq <= 65535 && d.B <= 65535, op, ": expected B and Hq <= 65535 on CUDA (got ", d.B, ", ", d.Hq, ")");
-  const int64_t smem = attention_bwd_smem_bytes(d.D);
-  int optin = 0;
-  C10_CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, q.device().index()));
-  TORCH_CHECK(smem <= optin, op, ": head dim ", d.D, " needs ", smem, " bytes of shared memory, this GPU allows ",
-              optin);
   AttnParams p{};
   p.q = q.const_data_ptr();
   p.k = k.const_data_ptr();
@@ -56,6 +51,16 @@ bool use_tensor_cores(const AttnParams& p, bool backward, const at::Tensor& q) {
   return tc_supported(p, backward) && at::cuda::getDeviceProperties(q.device().index())->major >= 8;
 }
 
+// The CUDA-core kernels' shared memory grows with D (fp32 tiles); the tensor-core ones fit every sm80+
+// GPU (static_asserts in attention_tc.cuh).
+void check_cuda_core_smem(const char* op, const AttnParams& p, bool backward, const at::Tensor& q) {
+  const int64_t smem = backward ? attention_bwd_smem_bytes(p.D) : attention_fwd_smem_bytes(p.D);
+  int optin = 0;
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, q.device().index()));
+  TORCH_CHECK(smem <= optin, op, ": head dim ", p.D, " needs ", smem, " bytes of shared memory, this GPU allows ",
+              optin);
+}
+
 // Opt-in full check of the mask's contents on CUDA (a device-to-host copy and sync per call).
 bool mask_check_requested() {
   const char* env = std::getenv("SPARSEOPS_CHECK_MASK");
@@ -80,10 +85,12 @@ std::tuple<at::Tensor, at::Tensor> block_sparse_attention_cuda(const at::Tensor&
   AttnParams p = make_params(d, qc, kc, vc, num, idx, op);
   p.out = out.mutable_data_ptr();
   p.lse = lse.mutable_data_ptr<float>();
-  if (use_tensor_cores(p, false, qc))
+  if (use_tensor_cores(p, false, qc)) {
     SPARSEOPS_CUDA_CHECK(launch_block_sparse_attention_tc(p, false, current_stream()));
-  else
+  } else {
+    check_cuda_core_smem(op, p, false, qc);
     SPARSEOPS_CUDA_CHECK(launch_block_sparse_attention_fwd(p, current_stream()));
+  }
   return {out, lse};
 }
 
@@ -114,10 +121,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> block_sparse_attention_backward_c
   p.dq = dq.mutable_data_ptr();
   p.dk_acc = dk_acc.mutable_data_ptr<float>();
   p.dv_acc = dv_acc.mutable_data_ptr<float>();
-  if (use_tensor_cores(p, true, qc))
+  if (use_tensor_cores(p, true, qc)) {
     SPARSEOPS_CUDA_CHECK(launch_block_sparse_attention_tc(p, true, current_stream()));
-  else
+  } else {
+    check_cuda_core_smem(op, p, true, qc);
     SPARSEOPS_CUDA_CHECK(launch_block_sparse_attention_bwd(p, current_stream()));
+  }
   return {dq, dk_acc.to(kc.scalar_type()), dv_acc.to(vc.scalar_type())};
 }
 

@@ -53,6 +53,12 @@ constexpr int bwd_smem_bytes() {
   return ((2 * S::kM + 2 * S::kN) * S::kLd + 2 * S::kM * S::kLdP) * static_cast<int>(sizeof(T));  // Q dO K V, P dS
 }
 
+// The opt-in shared-memory limit of the smallest sm80+ parts (sm86/sm89: 99 KiB): the tensor-core
+// kernels fit every GPU they run on, so the glue checks none of their sizes at run time.
+constexpr int kMinSm80SmemOptin = 99 * 1024;
+static_assert(fwd_smem_bytes<__half, 256>() <= kMinSm80SmemOptin, "forward tiles must fit every sm80+ GPU");
+static_assert(bwd_smem_bytes<__half, 128>() <= kMinSm80SmemOptin, "backward tiles must fit every sm80+ GPU");
+
 // Where a thread block's rows lie: q-block qb, rows [row_lo, row_hi) of the sequence (up to kM).
 struct TileCoords {
   int64_t qb, b, h, hkv, row_lo, row_hi, mrow;
