@@ -1,8 +1,8 @@
 #pragma once
 // check_inputs() for block_sparse_attention, its backward and topk_block_mask, shared by the CPU and
-// CUDA glue. The mask's contents (counts and indices) are validated here too, on a CPU copy when the
-// mask lives on the GPU (one small device-to-host copy and sync): the kernels then read no index that
-// was not checked, whoever called the op.
+// CUDA glue. The mask's contents (counts and indices) are validated here when check_mask_contents:
+// always on CPU (the CPU kernels rely on it), on CUDA only on request (SPARSEOPS_CHECK_MASK=1; a
+// device-to-host copy and sync), since the CUDA kernels clamp counts and skip bad indices themselves.
 #include <ATen/ATen.h>
 
 #include <cstdint>
@@ -107,7 +107,7 @@ inline AttnDims check_block_sparse_attention_inputs(const char* op, const at::Te
                                                     const at::Tensor& v, const at::Tensor& kv_num_blocks,
                                                     const at::Tensor& kv_indices, int64_t block_q, int64_t block_k,
                                                     bool causal, int64_t window_left, int64_t window_right,
-                                                    std::optional<double> scale) {
+                                                    std::optional<double> scale, bool check_mask_contents) {
   AttnDims d = check_qkv(op, q, k, v);
   check_same_device(op, "kv_num_blocks", kv_num_blocks, "q", q);
   check_same_device(op, "kv_indices", kv_indices, "q", q);
@@ -123,9 +123,11 @@ inline AttnDims check_block_sparse_attention_inputs(const char* op, const at::Te
   const double s = scale.has_value() ? *scale : 1.0 / std::sqrt(static_cast<double>(d.D));
   TORCH_CHECK(std::isfinite(s), op, ": expected a finite scale (got ", s, ")");
   d.scale = static_cast<float>(s);
-  const at::Tensor num_cpu = kv_num_blocks.to(at::kCPU).contiguous();
-  const at::Tensor idx_cpu = kv_indices.to(at::kCPU).contiguous();
-  check_mask_values(op, num_cpu, idx_cpu, d.nkv, d.width);
+  if (check_mask_contents) {
+    const at::Tensor num_cpu = kv_num_blocks.to(at::kCPU).contiguous();
+    const at::Tensor idx_cpu = kv_indices.to(at::kCPU).contiguous();
+    check_mask_values(op, num_cpu, idx_cpu, d.nkv, d.width);
+  }
   return d;
 }
 

@@ -20,12 +20,16 @@
 // Extra memory: fp32 copies of q, dO (row-major and block-transposed) and k, v (the same): 4 x (q's + k's
 // + v's) element counts in floats, plus the fp32 dq rows (fused) and delta [B, Hq, Sq].
 //
+// Both hand their work items to the threads one at a time from a shared counter (ItemQueue), heavy
+// ones first, not in fixed ranges: ragged per-row block counts and a busy machine stay balanced.
+//
 // topk_block_mask: mean-pooled q-blocks scored against mean-pooled k-blocks (float64 sums), per
 // (b, query head, q-block) the forced blocks (sinks, local) then the top-k others; O(nq nkv D) work.
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstring>
 #include <cmath>
 #include <limits>
@@ -34,6 +38,7 @@
 
 #include "attention/attention_checks.h"
 #include "attention/attention_microkernels.h"
+#include "attention/attention_tile.h"
 #include "common/cpu_features.h"
 #include "common/dispatch.h"
 
@@ -52,14 +57,43 @@ cpu::MicroKernels pick_kernels() {
   return cpu::microkernels_portable();
 }
 
+// Work items handed out one at a time from a shared counter instead of at::parallel_for's fixed
+// contiguous ranges: items differ in cost (ragged per-row block counts; causal masks make late q-blocks
+// and early KV blocks the heavy ones), and on a loaded machine a thread that loses its time slice
+// leaves its share to the others instead of holding everyone up at the end. heavy_last: hand out the
+// items in descending index order (so that the heavy ones go first).
+class ItemQueue {
+ public:
+  ItemQueue(int64_t total, bool heavy_last) : total_(total), heavy_last_(heavy_last) {}
+  bool next(int64_t& item) {
+    const int64_t n = next_.fetch_add(1, std::memory_order_relaxed);
+    item = heavy_last_ ? total_ - 1 - n : n;
+    return n < total_;
+  }
+
+ private:
+  std::atomic<int64_t> next_{0};
+  const int64_t total_;
+  const bool heavy_last_;
+};
+
+// body(queue) once per worker thread (each sets up its scratch once, then pulls items until none is
+// left); at most one worker per item.
+template <typename Body>
+void parallel_pull(int64_t total, bool heavy_last, const Body& body) {
+  ItemQueue queue(total, heavy_last);
+  const int64_t workers = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), total));
+  at::parallel_for(0, workers, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t w = begin; w < end; ++w) body(queue);
+  });
+}
+
 // The validated mask (CPU, contiguous), broadcast over B and H.
 struct MaskView {
   const int32_t* num;
   const int32_t* idx;
   int64_t mask_b, mask_h, nq, width;
-  int64_t row(int64_t b, int64_t h, int64_t qb) const {
-    return ((mask_b == 1 ? 0 : b) * mask_h + (mask_h == 1 ? 0 : h)) * nq + qb;
-  }
+  int64_t row(int64_t b, int64_t h, int64_t qb) const { return mask_row(b, h, qb, mask_b, mask_h, nq); }
 };
 
 // Rows r of a work item's head set: head h0 + r / mq, token i0 + r % mq.
@@ -283,14 +317,9 @@ struct Forward {
   }
 
   void finish_row(const float* acc, float m, float l, T* o, float* lse_out) const {
-    if (l == 0.0f) {  // attended to nothing
-      for (int64_t x = 0; x < d.D; ++x) o[x] = T(0);
-      *lse_out = kNegInf;
-      return;
-    }
-    const float inv = 1.0f / l;
-    for (int64_t x = 0; x < d.D; ++x) o[x] = static_cast<T>(acc[x] * inv);
-    *lse_out = m + std::log(l);
+    const RowResult res = finish_softmax_row(m, l);  // l == 0 (attended to nothing): zeros, lse -inf
+    for (int64_t x = 0; x < d.D; ++x) o[x] = res.inv_l == 0.0f ? T(0) : static_cast<T>(acc[x] * res.inv_l);
+    *lse_out = res.lse;
   }
 
   // nsplit > 1: combine the splits of one item with their (m, l).
@@ -304,7 +333,7 @@ struct Forward {
       float mmax = kNegInf;
       for (int64_t sp = 0; sp < nsplit; ++sp) {
         const float m = p0[sp * part_stride() + rows * Dp + r];
-        mmax = std::isnan(m) || m > mmax ? m : mmax;
+        mmax = nan_max(mmax, m);
         if (std::isnan(mmax)) break;
       }
       float l = 0.0f;
@@ -314,7 +343,7 @@ struct Forward {
           const float* p = p0 + sp * part_stride();
           const float ls = p[rows * Dp + rows + r];
           if (ls == 0.0f) continue;
-          const float w = std::exp(p[rows * Dp + r] - mmax);
+          const float w = softmax_rescale(p[rows * Dp + r], mmax);  // this split's weight
           l += ls * w;
           for (int64_t x = 0; x < d.D; ++x) acc[x] += p[r * Dp + x] * w;
         }
@@ -345,7 +374,8 @@ std::tuple<at::Tensor, at::Tensor> block_sparse_attention_cpu(const at::Tensor& 
                                                               int64_t window_right, std::optional<double> scale) {
   constexpr const char* op = "block_sparse_attention";
   const AttnDims d = check_block_sparse_attention_inputs(op, q, k, v, kv_num_blocks, kv_indices, block_q, block_k,
-                                                         causal, window_left, window_right, scale);
+                                                         causal, window_left, window_right, scale,
+                                                         /*check_mask_contents=*/true);
   check_device_type(op, "q", q, at::kCPU);
   const at::Tensor qc = q.contiguous(), kc = k.contiguous(), vc = v.contiguous();
   const at::Tensor num = kv_num_blocks.contiguous(), idx = kv_indices.contiguous();
@@ -411,9 +441,9 @@ std::tuple<at::Tensor, at::Tensor> block_sparse_attention_cpu(const at::Tensor& 
       f.ktb = reinterpret_cast<const uint32_t*>(ktb.const_data_ptr<int32_t>());
       f.vpb = reinterpret_cast<const uint32_t*>(vpb.const_data_ptr<int32_t>());
     }
-    at::parallel_for(0, items * nsplit, 1, [&](int64_t begin, int64_t end) {
+    parallel_pull(items * nsplit, /*heavy_last=*/true, [&](ItemQueue& queue) {
       FwdScratch s(d, Dp, per_task_kv, bf16);
-      for (int64_t t = begin; t < end; ++t) f.run(t / nsplit, t % nsplit, s);
+      for (int64_t t; queue.next(t);) f.run(t / nsplit, t % nsplit, s);
     });
     if (nsplit > 1) {
       at::parallel_for(0, items, 1, [&](int64_t begin, int64_t end) {
@@ -487,7 +517,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> block_sparse_attention_backward_c
     const std::optional<at::Tensor>& grad_lse) {
   constexpr const char* op = "block_sparse_attention_backward";
   const AttnDims d = check_block_sparse_attention_inputs(op, q, k, v, kv_num_blocks, kv_indices, block_q, block_k,
-                                                         causal, window_left, window_right, scale);
+                                                         causal, window_left, window_right, scale,
+                                                         /*check_mask_contents=*/true);
   check_backward_extra(op, d, q, grad_out, out, lse, grad_lse);
   check_device_type(op, "q", q, at::kCPU);
   const at::Tensor qc = q.contiguous(), kc = k.contiguous(), vc = v.contiguous(), gc = grad_out.contiguous();
@@ -562,9 +593,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> block_sparse_attention_backward_c
     const HeadSets sets = head_sets(d);
 
     // Pass 1 (two-pass mode): dq per (b, kv head, q-block).
-    if (!fused) at::parallel_for(0, d.B * d.Hkv * d.nq, 1, [&](int64_t begin, int64_t end) {
+    if (!fused) parallel_pull(d.B * d.Hkv * d.nq, /*heavy_last=*/true, [&](ItemQueue& queue) {
       std::vector<float> acc(d.block_q * Dp), S(kRowChunk * bkP), dP(kRowChunk * bkP);
-      for (int64_t item = begin; item < end; ++item) {
+      for (int64_t item; queue.next(item);) {
         const int64_t qb = item % d.nq, bh = item / d.nq, hkv = bh % d.Hkv, b = bh / d.Hkv;
         const int64_t i0 = qb * d.block_q, mq = std::min(d.block_q, d.Sq - i0);
         for (int64_t set = 0; set < sets.count; ++set) {
@@ -659,9 +690,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> block_sparse_attention_backward_c
       // One item per (b, kv head): it owns its heads' dq rows, so dS^T K is added without races and
       // the dq pass (S, dP recomputed once more) is skipped.
       float* dqa = dq_acc.mutable_data_ptr<float>();
-      at::parallel_for(0, d.B * d.Hkv, 1, [&](int64_t begin, int64_t end) {
+      parallel_pull(d.B * d.Hkv, /*heavy_last=*/false, [&](ItemQueue& queue) {
         KvScratch w = kv_scratch();
-        for (int64_t bh = begin; bh < end; ++bh) {
+        for (int64_t bh; queue.next(bh);) {
           for (int64_t kb = 0; kb < d.nkv; ++kb) kv_block(bh * d.nkv + kb, w, dqa);
           const int64_t b = bh / d.Hkv, hkv = bh % d.Hkv;
           for (int64_t r = (b * d.Hq + hkv * G) * d.Sq; r < (b * d.Hq + hkv * G + G) * d.Sq; ++r)
@@ -670,9 +701,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> block_sparse_attention_backward_c
       });
     } else {
       // Pass 2: dk, dv per (b, kv head, kv-block).
-      at::parallel_for(0, d.B * d.Hkv * d.nkv, 1, [&](int64_t begin, int64_t end) {
+      parallel_pull(d.B * d.Hkv * d.nkv, /*heavy_last=*/false, [&](ItemQueue& queue) {
         KvScratch w = kv_scratch();
-        for (int64_t blk = begin; blk < end; ++blk) kv_block(blk, w, nullptr);
+        for (int64_t blk; queue.next(blk);) kv_block(blk, w, nullptr);
       });
     }
   });

@@ -1,7 +1,13 @@
-// block_sparse_attention (forward, backward) and topk_block_mask on CUDA: checks (the mask's contents
-// are validated on a host copy: one small device-to-host copy and sync per call), guard, stream,
-// launch. Kernels in attention_kernel.cu.
+// block_sparse_attention (forward, backward) and topk_block_mask on CUDA: checks, guard, stream,
+// launch. The mask's contents are not copied to the host (no sync per call): the kernels clamp each
+// row's count and skip out-of-range block indices as they read them (attention_tile.h), so a bad mask
+// never reads out of bounds; SPARSEOPS_CHECK_MASK=1 turns on the full host-side check with its error
+// messages (one device-to-host copy and sync per call). Kernels: attention_tc.cuh (tensor cores, sm80+,
+// fp16/bf16), else attention_kernel.cu (CUDA cores).
+#include <ATen/cuda/CUDAContext.h>
 #include <torch/library.h>
+
+#include <cstdlib>
 
 #include "attention/attention_checks.h"
 #include "attention/attention_launch.h"
@@ -13,11 +19,6 @@ namespace {
 AttnParams make_params(const AttnDims& d, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                        const at::Tensor& num, const at::Tensor& idx, const char* op) {
   TORCH_CHECK(d.Hq <= 65535 && d.B <= 65535, op, ": expected B and Hq <= 65535 on CUDA (got ", d.B, ", ", d.Hq, ")");
-  const int64_t smem = attention_bwd_smem_bytes(d.D);
-  int optin = 0;
-  C10_CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, q.device().index()));
-  TORCH_CHECK(smem <= optin, op, ": head dim ", d.D, " needs ", smem, " bytes of shared memory, this GPU allows ",
-              optin);
   AttnParams p{};
   p.q = q.const_data_ptr();
   p.k = k.const_data_ptr();
@@ -43,6 +44,29 @@ AttnParams make_params(const AttnDims& d, const at::Tensor& q, const at::Tensor&
   return p;
 }
 
+// The tensor-core kernels when they take these inputs on this device; SPARSEOPS_ATTENTION_CUDA_CORES=1
+// forces the CUDA-core kernels (to compare the two).
+bool use_tensor_cores(const AttnParams& p, bool backward, const at::Tensor& q) {
+  if (std::getenv("SPARSEOPS_ATTENTION_CUDA_CORES") != nullptr) return false;
+  return tc_supported(p, backward) && at::cuda::getDeviceProperties(q.device().index())->major >= 8;
+}
+
+// The CUDA-core kernels' shared memory grows with D (fp32 tiles); the tensor-core ones fit every sm80+
+// GPU (static_asserts in attention_tc.cuh).
+void check_cuda_core_smem(const char* op, const AttnParams& p, bool backward, const at::Tensor& q) {
+  const int64_t smem = backward ? attention_bwd_smem_bytes(p.D) : attention_fwd_smem_bytes(p.D);
+  int optin = 0;
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, q.device().index()));
+  TORCH_CHECK(smem <= optin, op, ": head dim ", p.D, " needs ", smem, " bytes of shared memory, this GPU allows ",
+              optin);
+}
+
+// Opt-in full check of the mask's contents on CUDA (a device-to-host copy and sync per call).
+bool mask_check_requested() {
+  const char* env = std::getenv("SPARSEOPS_CHECK_MASK");
+  return env != nullptr && env[0] != '\0' && env[0] != '0';
+}
+
 std::tuple<at::Tensor, at::Tensor> block_sparse_attention_cuda(const at::Tensor& q, const at::Tensor& k,
                                                                const at::Tensor& v, const at::Tensor& kv_num_blocks,
                                                                const at::Tensor& kv_indices, int64_t block_q,
@@ -50,7 +74,8 @@ std::tuple<at::Tensor, at::Tensor> block_sparse_attention_cuda(const at::Tensor&
                                                                int64_t window_right, std::optional<double> scale) {
   constexpr const char* op = "block_sparse_attention";
   const AttnDims d = check_block_sparse_attention_inputs(op, q, k, v, kv_num_blocks, kv_indices, block_q, block_k,
-                                                         causal, window_left, window_right, scale);
+                                                         causal, window_left, window_right, scale,
+                                                         mask_check_requested());
   check_device_type(op, "q", q, at::kCUDA);
   const c10::cuda::OptionalCUDAGuard guard(q.device());
   const at::Tensor qc = q.contiguous(), kc = k.contiguous(), vc = v.contiguous();
@@ -60,7 +85,12 @@ std::tuple<at::Tensor, at::Tensor> block_sparse_attention_cuda(const at::Tensor&
   AttnParams p = make_params(d, qc, kc, vc, num, idx, op);
   p.out = out.mutable_data_ptr();
   p.lse = lse.mutable_data_ptr<float>();
-  SPARSEOPS_CUDA_CHECK(launch_block_sparse_attention_fwd(p, current_stream()));
+  if (use_tensor_cores(p, false, qc)) {
+    SPARSEOPS_CUDA_CHECK(launch_block_sparse_attention_tc(p, false, current_stream()));
+  } else {
+    check_cuda_core_smem(op, p, false, qc);
+    SPARSEOPS_CUDA_CHECK(launch_block_sparse_attention_fwd(p, current_stream()));
+  }
   return {out, lse};
 }
 
@@ -71,7 +101,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> block_sparse_attention_backward_c
     const std::optional<at::Tensor>& grad_lse) {
   constexpr const char* op = "block_sparse_attention_backward";
   const AttnDims d = check_block_sparse_attention_inputs(op, q, k, v, kv_num_blocks, kv_indices, block_q, block_k,
-                                                         causal, window_left, window_right, scale);
+                                                         causal, window_left, window_right, scale,
+                                                         mask_check_requested());
   check_backward_extra(op, d, q, grad_out, out, lse, grad_lse);
   check_device_type(op, "q", q, at::kCUDA);
   const c10::cuda::OptionalCUDAGuard guard(q.device());
@@ -90,7 +121,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> block_sparse_attention_backward_c
   p.dq = dq.mutable_data_ptr();
   p.dk_acc = dk_acc.mutable_data_ptr<float>();
   p.dv_acc = dv_acc.mutable_data_ptr<float>();
-  SPARSEOPS_CUDA_CHECK(launch_block_sparse_attention_bwd(p, current_stream()));
+  if (use_tensor_cores(p, true, qc)) {
+    SPARSEOPS_CUDA_CHECK(launch_block_sparse_attention_tc(p, true, current_stream()));
+  } else {
+    check_cuda_core_smem(op, p, true, qc);
+    SPARSEOPS_CUDA_CHECK(launch_block_sparse_attention_bwd(p, current_stream()));
+  }
   return {dq, dk_acc.to(kc.scalar_type()), dv_acc.to(vc.scalar_type())};
 }
 

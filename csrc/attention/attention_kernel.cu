@@ -1,6 +1,7 @@
 // CUDA block-sparse attention (forward, backward) and topk_block_mask. No torch headers.
 //
-// A straightforward tiled kernel on CUDA cores (fp32 FMA, no tensor cores): one warp per query row,
+// The CUDA-core kernels: fp32 on every GPU, and fp16/bf16 where the tensor-core kernels
+// (attention_tc.cuh) do not apply. A straightforward tiled kernel on CUDA cores (fp32 FMA, no tensor cores): one warp per query row,
 // kRows rows (warps) per thread block, all in one q-block, so they share its list of kept KV blocks;
 // each kept block is walked in tiles of 32 keys staged in shared memory as fp32 (one key per lane for
 // q.k, lanes over the head dim for P V), with the FlashAttention-2 online softmax per row in registers
@@ -12,6 +13,7 @@
 #include <cmath>
 
 #include "attention/attention_launch.h"
+#include "attention/attention_tile.h"
 #include "common/cuda_dispatch.cuh"
 
 namespace sparseops::attention {
@@ -22,10 +24,8 @@ constexpr int kTile = 32;  // keys per shared-memory tile
 constexpr int kMaxDPerLane = 8;
 constexpr unsigned kFull = 0xffffffffu;
 
-__device__ __forceinline__ float nanmax(float a, float b) { return (isnan(a) || isnan(b)) ? a + b : fmaxf(a, b); }
-
 __device__ __forceinline__ float warp_max(float x) {
-  for (int o = 16; o; o >>= 1) x = nanmax(x, __shfl_xor_sync(kFull, x, o));
+  for (int o = 16; o; o >>= 1) x = nan_max(x, __shfl_xor_sync(kFull, x, o));
   return x;
 }
 
@@ -50,7 +50,7 @@ __device__ __forceinline__ RowGroup row_group(const AttnParams& p) {
   const int64_t i0 = g.qb * p.block_q, mq = min(p.block_q, p.Sq - i0);
   g.row_lo = i0 + min(rg * kRows, mq);
   g.row_hi = i0 + min(rg * kRows + kRows, mq);
-  g.mrow = ((p.mask_b == 1 ? 0 : g.b) * p.mask_h + (p.mask_h == 1 ? 0 : g.h)) * p.nq + g.qb;
+  g.mrow = mask_row(g.b, g.h, g.qb, p.mask_b, p.mask_h, p.nq);
   return g;
 }
 
@@ -91,12 +91,12 @@ __global__ void __launch_bounds__(kRows * 32) fwd_kernel(AttnParams p) {
 #pragma unroll
   for (int t = 0; t < kMaxDPerLane; ++t) acc[t] = 0.0f;
   float m = -INFINITY, l = 0.0f;
-  const int cnt = p.num[g.mrow];
+  const int64_t cnt = readable_count(p.num[g.mrow], p.width);  // the mask is validated as it is read
   const int32_t* list = p.idx + g.mrow * p.width;
   const int64_t kv_base = (g.b * p.Hkv + g.hkv) * p.Skv;
-  for (int c = 0; c < cnt; ++c) {
+  for (int64_t c = 0; c < cnt; ++c) {
     const int64_t kb = list[c];
-    if (kb < 0 || kb >= p.nkv) continue;
+    if (!valid_kv_block(kb, p.nkv)) continue;
     const int64_t j0 = kb * p.block_k, nb = min(p.block_k, p.Skv - j0);
     if (p.rule.block(g.row_lo, g.row_hi, j0, j0 + nb) == 0) continue;
     for (int64_t t0 = 0; t0 < nb; t0 += kTile) {
@@ -111,10 +111,10 @@ __global__ void __launch_bounds__(kRows * 32) fwd_kernel(AttnParams p) {
         for (int d = 0; d < D; ++d) a += Qs[warp * D + d] * Ks[lane * ld + d];
         s = a;
       }
-      const float m_new = nanmax(m, warp_max(s));
+      const float m_new = nan_max(m, warp_max(s));
       if (m_new == -INFINITY) continue;  // nothing visible yet (warp-uniform)
-      const float pj = expf(s - m_new);
-      const float alpha = expf(m - m_new);
+      const float pj = softmax_weight(s, m_new);
+      const float alpha = softmax_rescale(m, m_new);
       l = l * alpha + warp_sum(pj);
 #pragma unroll
       for (int t = 0; t < kMaxDPerLane; ++t) acc[t] *= alpha;
@@ -131,14 +131,13 @@ __global__ void __launch_bounds__(kRows * 32) fwd_kernel(AttnParams p) {
   }
   if (!active) return;
   T* out = static_cast<T*>(p.out);
-  const bool empty = l == 0.0f;
-  const float inv = empty ? 0.0f : 1.0f / l;
+  const RowResult res = finish_softmax_row(m, l);
 #pragma unroll
   for (int t = 0; t < kMaxDPerLane; ++t) {
     const int d = lane + 32 * t;
-    if (d < D) out[qrow * D + d] = from_float<T>(empty ? 0.0f : acc[t] * inv);
+    if (d < D) out[qrow * D + d] = from_float<T>(res.inv_l == 0.0f ? 0.0f : acc[t] * res.inv_l);
   }
-  if (lane == 0) p.lse[qrow] = empty ? -INFINITY : m + logf(l);
+  if (lane == 0) p.lse[qrow] = res.lse;
 }
 
 template <typename T>
@@ -173,12 +172,12 @@ __global__ void __launch_bounds__(kRows * 32) bwd_kernel(AttnParams p) {
   float acc[kMaxDPerLane];
 #pragma unroll
   for (int t = 0; t < kMaxDPerLane; ++t) acc[t] = 0.0f;
-  const int cnt = p.num[g.mrow];
+  const int64_t cnt = readable_count(p.num[g.mrow], p.width);  // the mask is validated as it is read
   const int32_t* list = p.idx + g.mrow * p.width;
   const int64_t kv_base = (g.b * p.Hkv + g.hkv) * p.Skv;
-  for (int c = 0; c < cnt; ++c) {
+  for (int64_t c = 0; c < cnt; ++c) {
     const int64_t kb = list[c];
-    if (kb < 0 || kb >= p.nkv) continue;
+    if (!valid_kv_block(kb, p.nkv)) continue;
     const int64_t j0 = kb * p.block_k, nb = min(p.block_k, p.Skv - j0);
     if (p.rule.block(g.row_lo, g.row_hi, j0, j0 + nb) == 0) continue;
     for (int64_t t0 = 0; t0 < nb; t0 += kTile) {
@@ -195,7 +194,7 @@ __global__ void __launch_bounds__(kRows * 32) bwd_kernel(AttnParams p) {
             s += Qs[warp * D + d] * Ks[lane * ld + d];
             dp += Gs[warp * D + d] * Vs[lane * ld + d];
           }
-          pj = expf(s - lse);
+          pj = recomputed_prob(s, lse);
           ds = pj * (dp - delta);
         }
         for (int jj = 0; jj < n; ++jj) {

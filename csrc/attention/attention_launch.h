@@ -1,7 +1,8 @@
 #pragma once
-// Launchers for the CUDA block-sparse attention kernels (attention_kernel.cu): plain params, no torch
-// types. Each returns the launch's cudaError_t. Every index the kernels read was validated by the glue
-// (attention_checks.h); the kernels also skip any block index outside [0, nkv).
+// Launchers for the CUDA block-sparse attention kernels: plain params, no torch types. Each returns the
+// launch's cudaError_t. The kernels validate the mask as they read it (attention_tile.h): a row's count
+// is clamped to [0, width] and block indices outside [0, nkv) are skipped, so nothing out of bounds is
+// read whatever the mask says; the glue checks the mask's contents only when asked (attention_checks.h).
 #include <cuda_runtime_api.h>
 
 #include <cstdint>
@@ -38,8 +39,30 @@ struct AttnParams {
 int64_t attention_fwd_smem_bytes(int64_t D);
 int64_t attention_bwd_smem_bytes(int64_t D);
 
+// CUDA-core kernels (attention_kernel.cu): every dtype, D <= 256, any GPU.
 cudaError_t launch_block_sparse_attention_fwd(const AttnParams& p, cudaStream_t stream);
 cudaError_t launch_block_sparse_attention_bwd(const AttnParams& p, cudaStream_t stream);
+
+// Tensor-core kernels (attention_tc.cuh, one .cu per dtype), for sm80+ (the glue checks the device):
+// fp16 / bf16, D a multiple of 8 (16-byte rows) with 16-byte aligned q, k, v (and grad_out) data,
+// D <= 256 forward, D <= 128 backward.
+inline bool tc_supported(const AttnParams& p, bool backward) {
+  const auto aligned = [](const void* ptr) { return reinterpret_cast<uintptr_t>(ptr) % 16 == 0; };
+  const bool dtype_ok = p.dtype == DType::kFloat16 || p.dtype == DType::kBFloat16;
+  const bool dims_ok = p.D % 8 == 0 && p.D <= (backward ? 128 : 256);
+  const bool data_ok = aligned(p.q) && aligned(p.k) && aligned(p.v) && (!backward || aligned(p.grad_out));
+  return dtype_ok && dims_ok && data_ok;
+}
+cudaError_t launch_tc_fwd_fp16(const AttnParams& p, cudaStream_t stream);
+cudaError_t launch_tc_bwd_fp16(const AttnParams& p, cudaStream_t stream);
+cudaError_t launch_tc_fwd_bf16(const AttnParams& p, cudaStream_t stream);
+cudaError_t launch_tc_bwd_bf16(const AttnParams& p, cudaStream_t stream);
+
+inline cudaError_t launch_block_sparse_attention_tc(const AttnParams& p, bool backward, cudaStream_t stream) {
+  if (p.dtype == DType::kFloat16) return backward ? launch_tc_bwd_fp16(p, stream) : launch_tc_fwd_fp16(p, stream);
+  if (p.dtype == DType::kBFloat16) return backward ? launch_tc_bwd_bf16(p, stream) : launch_tc_fwd_bf16(p, stream);
+  return cudaErrorInvalidValue;
+}
 
 struct TopkParams {
   const void* q;  // [B, Hq, Sq, D]

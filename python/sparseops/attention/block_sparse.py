@@ -54,8 +54,16 @@ def block_sparse_attention(
     Never materialises ``Sq x Skv``; reads only the kept blocks. Extra memory (CPU): fp32 copies of the
     K/V blocks the mask uses (up to 2x K's element count in floats); the backward recomputes the
     probabilities from lse and keeps fp32 copies of q, dO, k and v (row-major and block-transposed, 8 in
-    all) plus fp32 dq rows. On CUDA the mask is validated on a host copy (one sync per call). NaN in
-    q/k/v propagates.
+    all) plus fp32 dq rows. NaN in q/k/v propagates.
+
+    Mask validation: on CPU the op checks the mask's contents (indices in range and distinct, counts
+    within the index width) and raises. On CUDA it does not copy the mask to the host (that would cost a
+    sync per call): the kernels clamp each count to ``[0, width]`` and skip indices outside
+    ``[0, nKV)`` as they read them, so nothing out of bounds is read, and a duplicated index counts its
+    block twice. Set ``SPARSEOPS_CHECK_MASK=1`` to get the CPU's checks and errors on CUDA too (one
+    device-to-host copy and sync per call). CUDA kernels: tensor cores (mma.sync) on sm80+ for
+    fp16/bf16 with D a multiple of 8 (backward: D <= 128) and 16-byte aligned data; CUDA cores otherwise
+    (fp32 included).
     """
     fn = "block_sparse_attention"
     for name, t in (("q", q), ("k", k), ("v", v)):
