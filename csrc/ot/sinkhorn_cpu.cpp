@@ -180,6 +180,28 @@ struct PointCosts {
   }
 };
 
+// The g-update of the zero-mass columns only (v_j = -LSE_i(hf_i - C_ij/eps), as the column pass would
+// give): once per solve after fused iterations, so a strided scalar walk over those columns.
+template <typename T>
+void fill_zero_mass_columns(const T* C, const T* hf, int64_t n, int64_t m, T inv_eps, const std::vector<int64_t>& cols,
+                            T* v, T* lc) {
+  const T ninf = -std::numeric_limits<T>::infinity();
+  for (const int64_t j : cols) {
+    T mx = ninf;
+    for (int64_t i = 0; i < n; ++i) {
+      if (hf[i] != ninf) mx = std::max(mx, hf[i] - C[i * m + j] * inv_eps);
+    }
+    T sum = 0;
+    if (mx != ninf) {
+      for (int64_t i = 0; i < n; ++i) {
+        if (hf[i] != ninf) sum += std::exp(hf[i] - C[i * m + j] * inv_eps - mx);
+      }
+    }
+    lc[j] = mx == ninf ? ninf : mx + std::log(sum);
+    v[j] = -lc[j];
+  }
+}
+
 // One batch entry, start to finish. a [n], b [m]; costs from `costs` (see above).
 template <typename T, typename Costs>
 void solve_one(const LseKernels<T>& K, const T* a, const T* b, const Costs& costs, int64_t n, int64_t m, T eps, double rho,
@@ -207,7 +229,7 @@ void solve_one(const LseKernels<T>& K, const T* a, const T* b, const Costs& cost
   const int64_t col_block = std::clamp<int64_t>(((m + threads - 1) / threads + 15) / 16 * 16, 64, kColBlockMax);
   const int64_t col_blocks = (m + col_block - 1) / col_block;
   const bool balanced = !(rho > 0);
-  // Fused iteration (balanced, a dense C, every b_j > 0): the row pass keeps the row's terms
+  // Fused iteration (balanced, a dense C): the row pass keeps the row's terms
   // e_ij = exp(x_ij - max_i) in an L1 buffer, and since the new f makes the column terms
   //   exp(hf_i - C_ij/eps) = e_ij * alpha_i * exp(-hg_j),  alpha_i = exp(hf_i + max_i) = a_i / S_i
   // (S_i the row's sum of e), adds alpha_i e_i into per-thread column sums: the g-update then needs no
@@ -215,8 +237,14 @@ void solve_one(const LseKernels<T>& K, const T* a, const T* b, const Costs& cost
   // e <= 1 cannot overflow; a column whose sum is not well above the largest term that the row pass may
   // have dropped (K.dropped * sum(alpha), relative to rounding) falls back to the exact column pass for
   // that iteration (early iterations at small eps, where a column's mass sits far below every row's max).
-  bool fusable = balanced && !Costs::kComputed;
-  for (int64_t j = 0; j < m && fusable; ++j) fusable = lb[j] > ninf;
+  // A zero-mass column (b_j = 0) gets no terms from the row pass (its log-weight is -inf) and plays no
+  // part in the iteration; its potential is computed once, from the final f, by fill_zero_mass_columns.
+  const bool fusable = balanced && !Costs::kComputed;
+  std::vector<int64_t> zero_cols;
+  for (int64_t j = 0; j < m; ++j) {
+    if (lb[j] == ninf) zero_cols.push_back(j);
+  }
+  bool zero_cols_stale = false;  // the last g-update was fused: zero-mass columns' potentials not set
   const T rel_round = std::is_same_v<T, float> ? T(6e-8) : T(1.2e-16);
   std::vector<T> colpart(fusable ? threads * m : 0), alpha_part(fusable ? threads : 0);
 
@@ -286,6 +314,10 @@ void solve_one(const LseKernels<T>& K, const T* a, const T* b, const Costs& cost
       for (int64_t j = 0; j < m; ++j) {
         T tot = colpart[j];
         for (int64_t t = 1; t < threads; ++t) tot += colpart[t * m + j];
+        if (lb[j] == ninf) {  // zero mass: no terms; potential filled after the loop
+          lc[j] = ninf;
+          continue;
+        }
         if (!(tot > floor) || !std::isfinite(tot)) {
           ok = false;
           break;
@@ -294,15 +326,18 @@ void solve_one(const LseKernels<T>& K, const T* a, const T* b, const Costs& cost
       }
       if (ok) {
         for (int64_t j = 0; j < m; ++j) {
+          if (lb[j] == ninf) continue;
           shift[j] = lc[j];
           v[j] = -lc[j];
           hg[j] = lb[j] + v[j];
         }
+        zero_cols_stale = !zero_cols.empty();
         ++it;
         continue;
       }
     }
     // Column pass.
+    zero_cols_stale = false;
     at::parallel_for(0, col_blocks, parallel ? 1 : col_blocks, [&](int64_t b0, int64_t b1) {
       for (int64_t blk = b0; blk < b1; ++blk) {
         const int64_t j0 = blk * col_block, len = std::min(col_block, m - j0);
@@ -331,6 +366,9 @@ void solve_one(const LseKernels<T>& K, const T* a, const T* b, const Costs& cost
       }
     });
     ++it;
+  }
+  if constexpr (!Costs::kComputed) {
+    if (zero_cols_stale) fill_zero_mass_columns(costs.C, hf.data(), n, m, inv_eps, zero_cols, v.data(), lc.data());
   }
   // The dual objective at (f, g): g was computed from f, so sum_j b_j exp(g_j/eps + lc_j) is P's mass.
   double mass = 0, ma = 0, mb = 0, obj = 0;
