@@ -239,11 +239,13 @@ void solve_one(const LseKernels<T>& K, const T* a, const T* b, const Costs& cost
   // that iteration (early iterations at small eps, where a column's mass sits far below every row's max).
   // A zero-mass column (b_j = 0) gets no terms from the row pass (its log-weight is -inf) and plays no
   // part in the iteration; its potential is computed once, from the final f, by fill_zero_mass_columns.
-  const bool fusable = balanced && !Costs::kComputed;
+  // Point clouds fuse too (a whole row of costs computed into a per-thread buffer of m scalars) unless
+  // some b_j = 0 (that fill reads C).
   std::vector<int64_t> zero_cols;
   for (int64_t j = 0; j < m; ++j) {
     if (lb[j] == ninf) zero_cols.push_back(j);
   }
+  const bool fusable = balanced && (!Costs::kComputed || zero_cols.empty());
   bool zero_cols_stale = false;  // the last g-update was fused: zero-mass columns' potentials not set
   const T rel_round = std::is_same_v<T, float> ? T(6e-8) : T(1.2e-16);
   std::vector<T> colpart(fusable ? threads * m : 0), alpha_part(fusable ? threads : 0);
@@ -256,14 +258,13 @@ void solve_one(const LseKernels<T>& K, const T* a, const T* b, const Costs& cost
     }
     // Row pass with the current g: the row log-sum-exps (next f) and, at a check, the row marginals.
     at::parallel_for(0, n, row_grain, [&](int64_t i0, int64_t i1) {
-      if constexpr (!Costs::kComputed) {
-       if (fusable) {
+      if (fusable) {
         const int64_t t = parallel ? at::get_thread_num() : 0;
         T* acc = colpart.data() + t * m;
-        std::vector<T> e(m);
+        std::vector<T> e(m), row(Costs::kComputed ? m : 0);
         for (int64_t i = i0; i < i1; ++i) {
           T rmax;
-          const T rsum = K.row_exp(costs.tile(i, 0, m, nullptr), hg.data(), inv_eps, &rmax, e.data(), m);
+          const T rsum = K.row_exp(costs.tile(i, 0, m, row.data()), hg.data(), inv_eps, &rmax, e.data(), m);
           lr[i] = rmax == ninf ? ninf : rmax + std::log(rsum);
           if (a[i] > 0 && rmax != ninf) {
             const T alpha = a[i] / rsum;
@@ -272,7 +273,6 @@ void solve_one(const LseKernels<T>& K, const T* a, const T* b, const Costs& cost
           }
         }
         return;
-       }
       }
       const int64_t tile = Costs::kComputed ? kPointTile : m;
       std::vector<T> buf(Costs::kComputed ? kPointTile : 0);
@@ -433,7 +433,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> sinkhorn_
 }
 
 // sinkhorn_points: solve_one with PointCosts. Extra memory per batch entry: y transposed (m d scalars), a
-// kPointTile buffer per thread, and the solver's ~4 (n + m) scalars: no n x m buffer.
+// kPointTile buffer per thread, and the solver's ~4 (n + m) scalars; balanced with every b_j > 0 (the
+// fused iteration), 3 m scalars per thread (a row of costs, its terms, column sums): no n x m buffer.
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> sinkhorn_points_cpu(
     const at::Tensor& x, const at::Tensor& y, const at::Tensor& a, const at::Tensor& b, double eps, int64_t p,
     int64_t max_iter, double tol, int64_t check_every, std::optional<double> rho) {
