@@ -178,6 +178,21 @@ void axpy(const typename S::T* e, typename S::T alpha, typename S::T* acc, int64
 }
 
 template <typename S>
+typename S::T dot(const typename S::T* x, const typename S::T* y, int64_t len) {
+  using V = typename S::V;
+  V acc0 = S::set1(0), acc1 = S::set1(0);  // two chains: the FMA latency, not the loads, bounds one
+  int64_t j = 0;
+  for (; j + 2 * S::kW <= len; j += 2 * S::kW) {
+    acc0 = S::fmadd(S::load(x + j), S::load(y + j), acc0);
+    acc1 = S::fmadd(S::load(x + j + S::kW), S::load(y + j + S::kW), acc1);
+  }
+  for (; j + S::kW <= len; j += S::kW) acc0 = S::fmadd(S::load(x + j), S::load(y + j), acc0);
+  typename S::T sum = S::reduce_add(S::add(acc0, acc1));
+  for (; j < len; ++j) sum += x[j] * y[j];
+  return sum;
+}
+
+template <typename S>
 void col_accum(const typename S::T* c, typename S::T hi, typename S::T inv_eps, const typename S::T* shift,
                typename S::T* s, typename S::T* mx, int64_t len) {
   using T = typename S::T;
@@ -243,6 +258,8 @@ double row_exp_avx2(const double* c, const double* h, double inv_eps, double* mx
 }
 void axpy_avx2(const float* e, float alpha, float* acc, int64_t len) { axpy<F32>(e, alpha, acc, len); }
 void axpy_avx2(const double* e, double alpha, double* acc, int64_t len) { axpy<F64>(e, alpha, acc, len); }
+float dot_avx2(const float* x, const float* y, int64_t len) { return dot<F32>(x, y, len); }
+double dot_avx2(const double* x, const double* y, int64_t len) { return dot<F64>(x, y, len); }
 void col_accum_avx2(const float* c, float hi, float inv_eps, const float* shift, float* s, float* mx, int64_t len) {
   col_accum<F32>(c, hi, inv_eps, shift, s, mx, len);
 }
