@@ -311,5 +311,5 @@ def sinkhorn_points_cases(device: str, quick: bool):
         yield _points_case(2000, 1e-2, device, 3)
     else:
         yield _points_case(10000, 1e-2, device, 2)
-        if device == "cpu":  # ~25 s per iteration on 2 cores: one iteration; only KeOps among the peers fits
-            yield _points_case(100000, 1e-2, device, 1)
+        if device == "cpu":  # GeomLoss tensorised does not fit; KeOps on CPU takes ~30 s per iteration here
+            yield _points_case(30000, 1e-2, device, 1)
