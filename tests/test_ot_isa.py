@@ -94,3 +94,19 @@ def test_isa_variants_agree(tmp_path, isa):
         for x, y in zip(ours[name], theirs[name]):
             tol = 1e-11 if x.dtype == torch.float64 else 2e-4
             torch.testing.assert_close(x, y, rtol=tol, atol=tol, msg=lambda m: f"{name}: {m}")
+
+
+def test_log_domain_iteration_agrees_with_stabilised_scaling(tmp_path):
+    """SPARSEOPS_OT_SCALING=0 keeps the balanced dense solver in the log-domain (fused) iteration; by
+    default it switches to stabilised scaling after one iteration. Same iterates up to rounding."""
+    here = sparseops.build_info()["cpu_isa"]
+    out = tmp_path / "log_domain.pt"
+    code = _CHILD.format(tests=str(Path(__file__).parent), out=str(out), isa=here)
+    proc = subprocess.run([sys.executable, "-c", code], env=dict(os.environ, SPARSEOPS_OT_SCALING="0"),
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    theirs, ours = torch.load(out), run_all()
+    for name in ours:
+        for x, y in zip(ours[name], theirs[name]):
+            tol = 1e-10 if x.dtype == torch.float64 else 2e-4
+            torch.testing.assert_close(x, y, rtol=tol, atol=tol, msg=lambda m: f"{name}: {m}")

@@ -74,11 +74,15 @@ def test_random_assignment_converges_where_sinkhorn_is_slow():
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_sns_agrees_with_sinkhorn(dtype):
+@pytest.mark.parametrize("sinkhorn_budget", [0, 500])
+def test_sns_agrees_with_sinkhorn(dtype, sinkhorn_budget):
+    """Budget 0: Newton steps after the warm start; 500: this easy problem (eps = 0.02) is finished by
+    the continued Sinkhorn stage, without Newton steps."""
     a, b, C, _, _ = _potentials(2, 40, 30, torch.float64, seed=4)
     a, b, C = a.to(dtype), b.to(dtype), C.to(dtype)
     tol = 1e-10 if dtype == torch.float64 else 1e-5
-    sns = sparseops.ot.sinkhorn_newton_sparse(a, b, C, 0.02, tol=tol)
+    sns = sparseops.ot.sinkhorn_newton_sparse(a, b, C, 0.02, tol=tol, sinkhorn_budget=sinkhorn_budget)
+    assert bool((sns.n_iter > 0).all()) if sinkhorn_budget == 0 else bool((sns.n_iter == 0).all())
     sk = sparseops.ot.sinkhorn(a, b, C, 0.02, tol=tol, max_iter=20000)
     assert bool(sns.converged.all()) and bool(sk.converged.all())
     ctol = 1e-9 if dtype == torch.float64 else 1e-4

@@ -28,6 +28,11 @@ echo "[setup] installing build, test and bench dependencies"
   "cmake>=3.26" "pybind11>=2.12" "scikit-build-core>=1.1" build pytest hypothesis matplotlib
 # Benchmark peers (optional: a missing one is reported as skipped): POT and GeomLoss for the ot family.
 "$PY" -m pip install "${PIP_PROGRESS[@]}" --disable-pip-version-check -q pot geomloss
+# Heavy / JIT-compiling ot peers, opt-in: OTT-JAX (jax on CPU) and KeOps (GeomLoss's online backend).
+if [ "${SPARSEOPS_BENCH_HEAVY_PEERS:-0}" = "1" ]; then
+  "$PY" -m pip install "${PIP_PROGRESS[@]}" --disable-pip-version-check -q ott-jax pykeops \
+    || echo "[setup] ott-jax / pykeops not installed: the ot bench reports them unavailable"
+fi
 # Integrations tested against: transformers (attn_implementation="sparseops").
 "$PY" -m pip install "${PIP_PROGRESS[@]}" --disable-pip-version-check -q "transformers>=5.0"
 "$PY" -m pip install "${PIP_PROGRESS[@]}" --disable-pip-version-check -q faiss-cpu \

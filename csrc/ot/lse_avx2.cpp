@@ -1,15 +1,14 @@
 // AVX2 + FMA inner loops of the log-domain OT kernels (declared in lse_kernels.h), for x86 CPUs without
-// AVX-512. Same exp as lse_avx512.cpp (range reduction, Cephes expf / degree-12 Taylor polynomial),
-// with 2^n built in the exponent bits: inputs are clamped to [-87.3, 88.3] (float) / [-708.3, 709]
-// (double) so that 2^n stays normal, and results below the lower bound are set to 0 (a NaN input, as
-// from (-inf) - (-inf), also gives 0: max(x, lo) returns lo for a NaN x). Tails (< one vector) run a
-// scalar loop with std::exp.
+// AVX-512. exp: common/simd_exp_avx2.h (shared with other families; results below -87.34 / -708.3 are
+// 0), in its variant where NaN (the (-inf) - (-inf) of an empty row or column) and -inf give 0. Tails
+// (< one vector) run a scalar loop with std::exp.
 #include <immintrin.h>
 
 #include <cmath>
 #include <cstdint>
 #include <limits>
 
+#include "common/simd_exp_avx2.h"
 #include "ot/lse_kernels.h"
 
 namespace sparseops::ot::cpu {
@@ -41,24 +40,7 @@ struct F32 {
   }
   static bool any_gt(V a, V b) { return _mm256_movemask_ps(_mm256_cmp_ps(a, b, _CMP_GT_OQ)) != 0; }
   static constexpr T kSkip = 30;
-  static V exp(V x) {
-    const V lo = set1(-87.3f);
-    x = _mm256_max_ps(x, lo);
-    const V zero_mask = _mm256_cmp_ps(x, lo, _CMP_LE_OQ);
-    x = _mm256_min_ps(x, set1(88.3f));
-    const V n = _mm256_round_ps(_mm256_mul_ps(x, set1(1.44269504088896341f)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    V r = _mm256_fnmadd_ps(n, set1(0.693359375f), x);
-    r = _mm256_fnmadd_ps(n, set1(-2.12194440e-4f), r);
-    V p = set1(1.9875691500e-4f);
-    p = _mm256_fmadd_ps(p, r, set1(1.3981999507e-3f));
-    p = _mm256_fmadd_ps(p, r, set1(8.3334519073e-3f));
-    p = _mm256_fmadd_ps(p, r, set1(4.1665795894e-2f));
-    p = _mm256_fmadd_ps(p, r, set1(1.6666665459e-1f));
-    p = _mm256_fmadd_ps(p, r, set1(5.0000001201e-1f));
-    const V y = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, set1(1.0f)));
-    const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
-    return _mm256_andnot_ps(zero_mask, _mm256_mul_ps(y, _mm256_castsi256_ps(e)));
-  }
+  static V exp(V x) { return simd::exp_nan_zero_avx2(x); }  // NaN, -inf -> 0
 };
 
 struct F64 {
@@ -83,32 +65,7 @@ struct F64 {
   }
   static bool any_gt(V a, V b) { return _mm256_movemask_pd(_mm256_cmp_pd(a, b, _CMP_GT_OQ)) != 0; }
   static constexpr T kSkip = 60;
-  static V exp(V x) {
-    const V lo = set1(-708.3);
-    x = _mm256_max_pd(x, lo);
-    const V zero_mask = _mm256_cmp_pd(x, lo, _CMP_LE_OQ);
-    x = _mm256_min_pd(x, set1(709.0));
-    const V n = _mm256_round_pd(_mm256_mul_pd(x, set1(1.4426950408889634074)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    V r = _mm256_fnmadd_pd(n, set1(6.93145751953125e-1), x);
-    r = _mm256_fnmadd_pd(n, set1(1.42860682030941723212e-6), r);
-    V p = set1(2.08767569878680989792e-9);
-    p = _mm256_fmadd_pd(p, r, set1(2.50521083854417187751e-8));
-    p = _mm256_fmadd_pd(p, r, set1(2.75573192239858906526e-7));
-    p = _mm256_fmadd_pd(p, r, set1(2.75573192239858906526e-6));
-    p = _mm256_fmadd_pd(p, r, set1(2.48015873015873015873e-5));
-    p = _mm256_fmadd_pd(p, r, set1(1.98412698412698412698e-4));
-    p = _mm256_fmadd_pd(p, r, set1(1.38888888888888888889e-3));
-    p = _mm256_fmadd_pd(p, r, set1(8.33333333333333333333e-3));
-    p = _mm256_fmadd_pd(p, r, set1(4.16666666666666666667e-2));
-    p = _mm256_fmadd_pd(p, r, set1(1.66666666666666666667e-1));
-    p = _mm256_fmadd_pd(p, r, set1(0.5));
-    p = _mm256_fmadd_pd(p, r, set1(1.0));
-    p = _mm256_fmadd_pd(p, r, set1(1.0));
-    // 2^n: n + 1.5 * 2^52 holds n in its low mantissa bits; add the bias, shift into the exponent.
-    const __m256i t = _mm256_castpd_si256(_mm256_add_pd(n, set1(6755399441055744.0)));
-    const __m256i e = _mm256_slli_epi64(_mm256_add_epi64(t, _mm256_set1_epi64x(1023)), 52);
-    return _mm256_andnot_pd(zero_mask, _mm256_mul_pd(p, _mm256_castsi256_pd(e)));
-  }
+  static V exp(V x) { return simd::exp_nan_zero_avx2(x); }  // NaN, -inf -> 0
 };
 
 template <typename S>
@@ -178,6 +135,21 @@ void axpy(const typename S::T* e, typename S::T alpha, typename S::T* acc, int64
 }
 
 template <typename S>
+typename S::T dot(const typename S::T* x, const typename S::T* y, int64_t len) {
+  using V = typename S::V;
+  V acc0 = S::set1(0), acc1 = S::set1(0);  // two chains: the FMA latency, not the loads, bounds one
+  int64_t j = 0;
+  for (; j + 2 * S::kW <= len; j += 2 * S::kW) {
+    acc0 = S::fmadd(S::load(x + j), S::load(y + j), acc0);
+    acc1 = S::fmadd(S::load(x + j + S::kW), S::load(y + j + S::kW), acc1);
+  }
+  for (; j + S::kW <= len; j += S::kW) acc0 = S::fmadd(S::load(x + j), S::load(y + j), acc0);
+  typename S::T sum = S::reduce_add(S::add(acc0, acc1));
+  for (; j < len; ++j) sum += x[j] * y[j];
+  return sum;
+}
+
+template <typename S>
 void col_accum(const typename S::T* c, typename S::T hi, typename S::T inv_eps, const typename S::T* shift,
                typename S::T* s, typename S::T* mx, int64_t len) {
   using T = typename S::T;
@@ -243,6 +215,8 @@ double row_exp_avx2(const double* c, const double* h, double inv_eps, double* mx
 }
 void axpy_avx2(const float* e, float alpha, float* acc, int64_t len) { axpy<F32>(e, alpha, acc, len); }
 void axpy_avx2(const double* e, double alpha, double* acc, int64_t len) { axpy<F64>(e, alpha, acc, len); }
+float dot_avx2(const float* x, const float* y, int64_t len) { return dot<F32>(x, y, len); }
+double dot_avx2(const double* x, const double* y, int64_t len) { return dot<F64>(x, y, len); }
 void col_accum_avx2(const float* c, float hi, float inv_eps, const float* shift, float* s, float* mx, int64_t len) {
   col_accum<F32>(c, hi, inv_eps, shift, s, mx, len);
 }

@@ -1,11 +1,9 @@
 // AVX-512 inner loops of the log-domain OT kernels (declared in lse_kernels.h). Compiled with -mavx512*;
 // chosen at run time by sparseops::cpu_isa(). Tails use masked loads, so every length takes the same path.
 //
-// exp: x = n ln2 + r with |r| <= ln2/2 (n = round(x log2 e), ln2 split in two for an exact reduction),
-// exp(r) by a polynomial (float: Cephes expf's degree-6 minimax, ~1 ulp; double: Taylor to degree 12,
-// truncation < 2e-16 relative), then scalef(p, n) = p * 2^n, which also rounds correctly into the
-// subnormals and to 0. Inputs are clamped below (-110 / -750: exp is exactly 0 there; -inf and the
-// NaN of (-inf) - (-inf) clamp too, as max(x, lo) returns lo for a NaN x) and above (88.7 / 709.7).
+// exp: common/simd_exp_avx512.h (shared with other families; float ~1-2 ulp, exactly 0 below -87.34;
+// double degree-12 Taylor, correctly rounded into the subnormals), in its variant where NaN (the
+// (-inf) - (-inf) of an empty row or column) and -inf give 0.
 // GCC 12's masked-load and reduce intrinsics start from _mm512_undefined_*(): false positives, reported
 // inside the intrinsics headers (so the pragmas come before the include).
 #pragma GCC diagnostic ignored "-Wuninitialized"
@@ -16,6 +14,7 @@
 #include <cstdint>
 #include <limits>
 
+#include "common/simd_exp_avx512.h"
 #include "ot/lse_kernels.h"
 
 namespace sparseops::ot::cpu {
@@ -42,20 +41,7 @@ struct F32 {
   static T reduce_max(V v) { return _mm512_reduce_max_ps(v); }
   static bool any_gt(V a, V b) { return _mm512_cmp_ps_mask(a, b, _CMP_GT_OQ) != 0; }
   static constexpr T kSkip = 30;
-  static V exp(V x) {
-    x = _mm512_min_ps(_mm512_max_ps(x, set1(-110.0f)), set1(88.7f));
-    const V n = _mm512_roundscale_ps(_mm512_mul_ps(x, set1(1.44269504088896341f)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    V r = _mm512_fnmadd_ps(n, set1(0.693359375f), x);
-    r = _mm512_fnmadd_ps(n, set1(-2.12194440e-4f), r);
-    V p = set1(1.9875691500e-4f);
-    p = _mm512_fmadd_ps(p, r, set1(1.3981999507e-3f));
-    p = _mm512_fmadd_ps(p, r, set1(8.3334519073e-3f));
-    p = _mm512_fmadd_ps(p, r, set1(4.1665795894e-2f));
-    p = _mm512_fmadd_ps(p, r, set1(1.6666665459e-1f));
-    p = _mm512_fmadd_ps(p, r, set1(5.0000001201e-1f));
-    const V y = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, set1(1.0f)));
-    return _mm512_scalef_ps(y, n);
-  }
+  static V exp(V x) { return simd::exp_nan_zero_avx512(x); }  // NaN, -inf -> 0
 };
 
 struct F64 {
@@ -79,27 +65,7 @@ struct F64 {
   static T reduce_max(V v) { return _mm512_reduce_max_pd(v); }
   static bool any_gt(V a, V b) { return _mm512_cmp_pd_mask(a, b, _CMP_GT_OQ) != 0; }
   static constexpr T kSkip = 60;
-  static V exp(V x) {
-    x = _mm512_min_pd(_mm512_max_pd(x, set1(-750.0)), set1(709.7));
-    const V n = _mm512_roundscale_pd(_mm512_mul_pd(x, set1(1.4426950408889634074)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    V r = _mm512_fnmadd_pd(n, set1(6.93145751953125e-1), x);
-    r = _mm512_fnmadd_pd(n, set1(1.42860682030941723212e-6), r);
-    // Taylor coefficients 1/k!, k = 12 .. 0 (Horner).
-    V p = set1(2.08767569878680989792e-9);
-    p = _mm512_fmadd_pd(p, r, set1(2.50521083854417187751e-8));
-    p = _mm512_fmadd_pd(p, r, set1(2.75573192239858906526e-7));
-    p = _mm512_fmadd_pd(p, r, set1(2.75573192239858906526e-6));
-    p = _mm512_fmadd_pd(p, r, set1(2.48015873015873015873e-5));
-    p = _mm512_fmadd_pd(p, r, set1(1.98412698412698412698e-4));
-    p = _mm512_fmadd_pd(p, r, set1(1.38888888888888888889e-3));
-    p = _mm512_fmadd_pd(p, r, set1(8.33333333333333333333e-3));
-    p = _mm512_fmadd_pd(p, r, set1(4.16666666666666666667e-2));
-    p = _mm512_fmadd_pd(p, r, set1(1.66666666666666666667e-1));
-    p = _mm512_fmadd_pd(p, r, set1(0.5));
-    p = _mm512_fmadd_pd(p, r, set1(1.0));
-    p = _mm512_fmadd_pd(p, r, set1(1.0));
-    return _mm512_scalef_pd(p, n);
-  }
+  static V exp(V x) { return simd::exp_nan_zero_avx512(x); }  // NaN, -inf -> 0
 };
 
 template <typename S>
@@ -167,6 +133,22 @@ void axpy(const typename S::T* e, typename S::T alpha, typename S::T* acc, int64
 }
 
 template <typename S>
+typename S::T dot(const typename S::T* x, const typename S::T* y, int64_t len) {
+  using V = typename S::V;
+  V acc0 = S::set1(0), acc1 = S::set1(0);  // two chains: the FMA latency, not the loads, bounds one
+  int64_t j = 0;
+  for (; j + 2 * S::kW <= len; j += 2 * S::kW) {
+    acc0 = S::fmadd(S::load(S::tail(S::kW), x + j), S::load(S::tail(S::kW), y + j), acc0);
+    acc1 = S::fmadd(S::load(S::tail(S::kW), x + j + S::kW), S::load(S::tail(S::kW), y + j + S::kW), acc1);
+  }
+  for (; j < len; j += S::kW) {
+    const auto k = S::tail(len - j);
+    acc0 = S::fmadd(S::load(k, x + j), S::load(k, y + j), acc0);
+  }
+  return S::reduce_add(S::add(acc0, acc1));
+}
+
+template <typename S>
 void col_accum(const typename S::T* c, typename S::T hi, typename S::T inv_eps, const typename S::T* shift,
                typename S::T* s, typename S::T* mx, int64_t len) {
   using V = typename S::V;
@@ -221,6 +203,8 @@ double row_exp_avx512(const double* c, const double* h, double inv_eps, double* 
 }
 void axpy_avx512(const float* e, float alpha, float* acc, int64_t len) { axpy<F32>(e, alpha, acc, len); }
 void axpy_avx512(const double* e, double alpha, double* acc, int64_t len) { axpy<F64>(e, alpha, acc, len); }
+float dot_avx512(const float* x, const float* y, int64_t len) { return dot<F32>(x, y, len); }
+double dot_avx512(const double* x, const double* y, int64_t len) { return dot<F64>(x, y, len); }
 void col_accum_avx512(const float* c, float hi, float inv_eps, const float* shift, float* s, float* mx, int64_t len) {
   col_accum<F32>(c, hi, inv_eps, shift, s, mx, len);
 }

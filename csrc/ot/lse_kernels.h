@@ -32,6 +32,12 @@ void axpy_avx512(const double* e, double alpha, double* acc, int64_t len);
 void axpy_avx2(const float* e, float alpha, float* acc, int64_t len);
 void axpy_avx2(const double* e, double alpha, double* acc, int64_t len);
 
+// sum_j x[j] * y[j] (the stabilised-scaling iteration's row product).
+float dot_avx512(const float* x, const float* y, int64_t len);
+double dot_avx512(const double* x, const double* y, int64_t len);
+float dot_avx2(const float* x, const float* y, int64_t len);
+double dot_avx2(const double* x, const double* y, int64_t len);
+
 // Column pass, one row of a column block: x_j = hi - c_j * inv_eps;
 //   mx[j] = max(mx[j], x_j);  s[j] += exp(x_j - shift[j]).
 // The caller checks afterwards that max - shift stayed within a safe window (else it redoes the

@@ -61,11 +61,33 @@ inline void check_marginal_values(const char* op, const at::Tensor& a, const at:
   }
 }
 
+// min(t) (NaN if t has one). Small CPU tensors (< 2^18 entries) by a plain loop on this thread: ATen's
+// reduction forks OpenMP threads above 32k entries, and with 2 threads on a machine where another process
+// holds a core that fork/join waits a scheduler tick (4-8 ms measured here), more than a whole n = 300
+// solve. Larger or CUDA tensors: ATen's min.
+inline double value_min(const at::Tensor& t) {
+  if (!t.is_cpu() || t.numel() == 0 || t.numel() >= (int64_t(1) << 18) ||
+      (t.scalar_type() != at::kFloat && t.scalar_type() != at::kDouble)) {
+    return t.min().item<double>();
+  }
+  const at::Tensor c = t.contiguous();
+  double mn = INFINITY;
+  const auto scan = [&](const auto* p) {
+    for (int64_t i = 0; i < c.numel(); ++i) {
+      const double v = p[i];
+      if (std::isnan(v)) return static_cast<double>(NAN);
+      mn = v < mn ? v : mn;
+    }
+    return mn;
+  };
+  return c.scalar_type() == at::kFloat ? scan(c.const_data_ptr<float>()) : scan(c.const_data_ptr<double>());
+}
+
 // Values: marginals finite and >= 0; C not NaN and not -inf. Raises on the first problem.
 inline void check_problem_values(const char* op, const at::Tensor& a, const at::Tensor& b, const at::Tensor& C) {
   check_marginal_values(op, a, b);
   // min() propagates NaN: one reduction finds both NaN and -inf.
-  const double cmin = C.min().item<double>();
+  const double cmin = value_min(C);
   TORCH_CHECK_VALUE(!std::isnan(cmin), op, ": expected C without NaN (got a NaN cost)");
   TORCH_CHECK_VALUE(cmin > -INFINITY, op, ": expected C > -inf (got a -inf cost; +inf marks a forbidden pair)");
 }

@@ -234,12 +234,18 @@ std::tuple<at::Tensor, at::Tensor> ot_sparse_plan_cuda(const at::Tensor& a, cons
   const OtDims d = check_ot_sparse_plan_inputs(a, b, C, f, g, eps, k);
   check_device_type("ot_sparse_plan", "C", C, at::kCUDA);
   const c10::cuda::OptionalCUDAGuard guard(C.device());
-  const at::Tensor hg = with_log_weight(log_weight(b), g / eps);
-  const at::Tensor x = hg.unsqueeze(1) - C.expand({d.batch, d.n, d.m}) / eps;  // log P up to the row's constant
-  auto [top, idx] = x.topk(k, 2, true, false);
-  const at::Tensor hf = with_log_weight(log_weight(a), f / eps).unsqueeze(2);
-  const at::Tensor val = at::where(hf > -INFINITY, at::exp(hf + top), at::zeros_like(top));
-  return {idx.contiguous(), val.contiguous()};
+  TORCH_CHECK(d.batch <= 65535, "ot_sparse_plan: expected at most 65535 batch entries on CUDA (got ", d.batch, ")");
+  // Radix selection per row (launch_sparse_plan): no n x m temporary; extra memory (n + m) scalars per entry.
+  const at::Tensor hg = with_log_weight(log_weight(b), g / eps).contiguous();
+  const at::Tensor hf = with_log_weight(log_weight(a), f / eps).contiguous();
+  const at::Tensor Cc = C.contiguous();
+  at::Tensor idx = at::empty({d.batch, d.n, k}, C.options().dtype(at::kLong));
+  at::Tensor val = at::empty({d.batch, d.n, k}, C.options());
+  SparsePlanParams p{Cc.const_data_ptr(), d.shared_cost ? 0 : d.n * d.m, hf.const_data_ptr(), hg.const_data_ptr(),
+                     idx.mutable_data_ptr<int64_t>(), val.mutable_data_ptr(), d.batch, d.n, d.m, k, 1.0 / eps,
+                     C.scalar_type() == at::kDouble};
+  SPARSEOPS_CUDA_CHECK(launch_sparse_plan(p, current_stream()));
+  return {idx, val};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> ot_newton_cg_cuda(const at::Tensor& idx, const at::Tensor& val,

@@ -210,6 +210,86 @@ __global__ void sparse_hvp_kernel(const int64_t* __restrict__ idx, const T* __re
   }
 }
 
+// Order-preserving unsigned keys of floating-point values (larger value, larger key; -inf lowest).
+template <typename T> struct OrderedKey;
+template <> struct OrderedKey<float> {
+  using U = unsigned int;
+  static __device__ __forceinline__ U of(float x) {
+    const U u = __float_as_uint(x);
+    return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+  }
+};
+template <> struct OrderedKey<double> {
+  using U = unsigned long long;
+  static __device__ __forceinline__ U of(double x) {
+    const U u = static_cast<U>(__double_as_longlong(x));
+    return (u >> 63) ? ~u : (u | (1ull << 63));
+  }
+};
+
+constexpr int kSelectThreads = 256;
+
+// One block per (row i, batch entry b); see SparsePlanParams. Radix selection from the top bit: `prefix`
+// holds the decided high bits of the k-th largest key and `need` how many entries with exactly that key
+// prefix are still to be taken; every thread reads the same block-wide counts, so all agree.
+template <typename T>
+__global__ void sparse_plan_kernel(const T* __restrict__ C, int64_t c_bstride, const T* __restrict__ hf,
+                                   const T* __restrict__ hg, int64_t* __restrict__ idx_out, T* __restrict__ val_out,
+                                   int64_t n, int64_t m, int64_t k, T inv_eps) {
+  using Key = OrderedKey<T>;
+  using U = typename Key::U;
+  const int64_t i = blockIdx.x, b = blockIdx.y;
+  const T* c = C + b * c_bstride + i * m;
+  const T* h = hg + b * m;
+  __shared__ unsigned long long count, n_gt, n_eq;
+  U prefix = 0, decided = 0;
+  int64_t need = k;
+  for (int bit = static_cast<int>(sizeof(U) * 8) - 1; bit >= 0; --bit) {
+    const U mask = U(1) << bit;
+    if (threadIdx.x == 0) count = 0;
+    __syncthreads();
+    unsigned long long local = 0;
+    for (int64_t j = threadIdx.x; j < m; j += blockDim.x) {
+      const U key = Key::of(h[j] - c[j] * inv_eps);
+      local += ((key & decided) == prefix && (key & mask)) ? 1 : 0;
+    }
+    if (local != 0) atomicAdd(&count, local);
+    __syncthreads();
+    const int64_t above = static_cast<int64_t>(count);
+    if (above >= need) {
+      prefix |= mask;  // the k-th largest has this bit set
+    } else {
+      need -= above;   // all of those are taken; look among the ones with the bit clear
+    }
+    decided |= mask;
+    __syncthreads();  // every thread has read count before it is reset
+  }
+  // prefix is now the k-th largest key: the k - need entries above it all go, and `need` of those equal to it.
+  if (threadIdx.x == 0) {
+    n_gt = 0;
+    n_eq = 0;
+  }
+  __syncthreads();
+  const T hi = hf[b * n + i];
+  int64_t* io = idx_out + (b * n + i) * k;
+  T* vo = val_out + (b * n + i) * k;
+  for (int64_t j = threadIdx.x; j < m; j += blockDim.x) {
+    const T x = h[j] - c[j] * inv_eps;
+    const U key = Key::of(x);
+    int64_t slot = -1;
+    if (key > prefix) {
+      slot = static_cast<int64_t>(atomicAdd(&n_gt, 1ull));
+    } else if (key == prefix) {
+      const int64_t e = static_cast<int64_t>(atomicAdd(&n_eq, 1ull));
+      if (e < need) slot = k - need + e;
+    }
+    if (slot >= 0) {
+      io[slot] = j;
+      vo[slot] = hi > T(-INFINITY) ? dexp(hi + x) : T(0);
+    }
+  }
+}
+
 unsigned int blocks_for(int64_t n, int block) {
   int64_t g = (n + block - 1) / block;
   if (g < 1) g = 1;
@@ -300,6 +380,17 @@ cudaError_t launch_plan(const PlanParams& p, cudaStream_t stream) {
                                                                static_cast<const T*>(p.hf), static_cast<const T*>(p.hg),
                                                                static_cast<T*>(p.P), p.batch, p.n, p.m,
                                                                static_cast<T>(p.inv_eps));
+  });
+}
+
+cudaError_t launch_sparse_plan(const SparsePlanParams& p, cudaStream_t stream) {
+  if (p.batch == 0 || p.n == 0 || p.k == 0) return cudaSuccess;
+  if (p.batch > 65535) return cudaErrorInvalidConfiguration;
+  return by_dtype(p.dbl, [&](auto tag) {
+    using T = decltype(tag);
+    sparse_plan_kernel<T><<<dim3(static_cast<unsigned>(p.n), static_cast<unsigned>(p.batch)), kSelectThreads, 0, stream>>>(
+        static_cast<const T*>(p.C), p.c_bstride, static_cast<const T*>(p.hf), static_cast<const T*>(p.hg), p.idx,
+        static_cast<T*>(p.val), p.n, p.m, p.k, static_cast<T>(p.inv_eps));
   });
 }
 

@@ -79,6 +79,22 @@ struct SparseHvpParams {
 };
 cudaError_t launch_sparse_hvp(const SparseHvpParams& p, cudaStream_t stream);
 
+// ot_sparse_plan without an n x m temporary: per row (one block), the k largest x_j = hg_j - C_ij inv_eps
+// found by radix selection on their order-preserving integer keys (one pass over the row per key bit,
+// from L1/L2), then written in no particular order: idx [B, n, k], val = exp(hf_i + x_j) (0 when hf_i is
+// -inf). Ties at the k-th value are taken in arrival order (which of equal entries is kept may vary).
+struct SparsePlanParams {
+  const void* C;
+  int64_t c_bstride;  // 0: C shared by the batch
+  const void* hf;     // [B, n]
+  const void* hg;     // [B, m]
+  int64_t* idx;       // [B, n, k]
+  void* val;          // [B, n, k]
+  int64_t batch, n, m, k;
+  double inv_eps;
+  bool dbl;
+};
+cudaError_t launch_sparse_plan(const SparsePlanParams& p, cudaStream_t stream);
 // Row (rows = true: out [B, n]) or column (out [B, m]) log-sum-exp of point clouds x [B, n, d], y [B, m, d],
 // the costs |x_i - y_j|_p^p recomputed per entry (same kernels and layouts as the matrix versions).
 struct PointsLseParams {

@@ -18,6 +18,9 @@
 //   fused (balanced, dense C, every b_j > 0): the row pass also produces the column sums from its
 //       buffered row terms (see solve_one), so an iteration reads C once with one exp per entry; the
 //       column pass above is the fallback for iterations where that is not accurate.
+//   stabilised scaling (balanced, dense C of at most 64 MiB): after the first iteration the potentials
+//       are absorbed into an n x m kernel and the iteration is plain scaling on it (see scaling_phase):
+//       one read of that kernel per iteration and no exp, as POT's plain Sinkhorn but stable.
 //   The marginal error at a check costs nothing extra: the row pass at the start of the next
 //   iteration yields the row marginals of the current (f, g); if converged, (f, g) is returned as is,
 //   so the column marginals are exact and the error is the row error.
@@ -26,13 +29,16 @@
 // with the passes parallel when a pass has at least 2^18 entries (smaller passes run on one thread:
 // see ot_row_grain). Point clouds run the same solver with costs computed per tile (PointCosts).
 // Extra memory per batch entry being solved: ~4 (n + m) scalars (logs of the marginals, scaled
-// potentials, LSE buffers, column shifts/sums/maxima) plus the outputs.
+// potentials, LSE buffers, column shifts/sums/maxima) plus the outputs; with stabilised scaling, n m
+// scalars more (the absorbed kernel) and threads x m column partial sums.
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <limits>
+#include <string>
 #include <vector>
 
 #include "common/cpu_features.h"
@@ -75,6 +81,13 @@ void axpy_portable(const T* e, T alpha, T* acc, int64_t len) {
 }
 
 template <typename T>
+T dot_portable(const T* x, const T* y, int64_t len) {
+  T sum = 0;
+  for (int64_t j = 0; j < len; ++j) sum += x[j] * y[j];
+  return sum;
+}
+
+template <typename T>
 void col_accum_portable(const T* c, T hi, T inv_eps, const T* shift, T* s, T* mx, int64_t len) {
   for (int64_t j = 0; j < len; ++j) {
     const T x = hi - c[j] * inv_eps;
@@ -105,7 +118,7 @@ T dual_row_portable(const T* c, T hi, const T* h, T inv_eps, const T* wr, T wi, 
 template <typename T>
 LseKernels<T> lse_kernels() {
   LseKernels<T> k{&row_lse_portable<T>, &col_accum_portable<T>, &plan_row_portable<T>, &dual_row_portable<T>,
-                  &row_exp_portable<T>, &axpy_portable<T>, T(0)};
+                  &row_exp_portable<T>, &axpy_portable<T>, &dot_portable<T>, T(0)};
 #if SPARSEOPS_X86_KERNELS
   using RowFn = T (*)(const T*, const T*, T, int64_t);
   using ColFn = void (*)(const T*, T, T, const T*, T*, T*, int64_t);
@@ -113,15 +126,18 @@ LseKernels<T> lse_kernels() {
   using DualFn = T (*)(const T*, T, const T*, T, const T*, T, T*, int64_t);
   using ExpFn = T (*)(const T*, const T*, T, T*, T*, int64_t);
   using AxpyFn = void (*)(const T*, T, T*, int64_t);
+  using DotFn = T (*)(const T*, const T*, int64_t);
   const T dropped = std::is_same_v<T, float> ? T(9.4e-14) : T(8.8e-27);  // exp(-30), exp(-60): the skip rule
   if (cpu_use_avx512()) {
     k = {static_cast<RowFn>(&cpu::row_lse_avx512), static_cast<ColFn>(&cpu::col_accum_avx512),
          static_cast<PlanFn>(&cpu::plan_row_avx512), static_cast<DualFn>(&cpu::dual_row_avx512),
-         static_cast<ExpFn>(&cpu::row_exp_avx512), static_cast<AxpyFn>(&cpu::axpy_avx512), dropped};
+         static_cast<ExpFn>(&cpu::row_exp_avx512), static_cast<AxpyFn>(&cpu::axpy_avx512),
+         static_cast<DotFn>(&cpu::dot_avx512), dropped};
   } else if (cpu_use_avx2()) {
     k = {static_cast<RowFn>(&cpu::row_lse_avx2), static_cast<ColFn>(&cpu::col_accum_avx2),
          static_cast<PlanFn>(&cpu::plan_row_avx2), static_cast<DualFn>(&cpu::dual_row_avx2),
-         static_cast<ExpFn>(&cpu::row_exp_avx2), static_cast<AxpyFn>(&cpu::axpy_avx2), dropped};
+         static_cast<ExpFn>(&cpu::row_exp_avx2), static_cast<AxpyFn>(&cpu::axpy_avx2),
+         static_cast<DotFn>(&cpu::dot_avx2), dropped};
   }
 #endif
   return k;
@@ -180,6 +196,133 @@ struct PointCosts {
   }
 };
 
+// The g-update of the zero-mass columns only (v_j = -LSE_i(hf_i - C_ij/eps), as the column pass would
+// give): once per solve after fused iterations, so a strided scalar walk over those columns.
+template <typename T>
+void fill_zero_mass_columns(const T* C, const T* hf, int64_t n, int64_t m, T inv_eps, const std::vector<int64_t>& cols,
+                            T* v, T* lc) {
+  const T ninf = -std::numeric_limits<T>::infinity();
+  for (const int64_t j : cols) {
+    T mx = ninf;
+    for (int64_t i = 0; i < n; ++i) {
+      if (hf[i] != ninf) mx = std::max(mx, hf[i] - C[i * m + j] * inv_eps);
+    }
+    T sum = 0;
+    if (mx != ninf) {
+      for (int64_t i = 0; i < n; ++i) {
+        if (hf[i] != ninf) sum += std::exp(hf[i] - C[i * m + j] * inv_eps - mx);
+      }
+    }
+    lc[j] = mx == ninf ? ninf : mx + std::log(sum);
+    v[j] = -lc[j];
+  }
+}
+
+// ---- stabilised scaling (Schmitzer, "Stabilized sparse scaling algorithms for entropy regularized
+// transport problems", SIAM J. Sci. Comput. 2019) ----------------------------------------------------
+// With the current scaled potentials (u0, v0) absorbed into the kernel
+//   Kt_ij = exp(u0_i + v0_j - C_ij/eps)            (built once: n m exps, n m scalars of memory)
+// the log-domain updates become plain scaling, P_ij = a_i b_j s_i Kt_ij t_j:
+//   s_i = 1 / sum_j Kt_ij b_j t_j,   t_j = 1 / sum_i Kt_ij a_i s_i
+// (u = u0 + log s, v = v0 + log t: the same iterates up to rounding). One read of Kt per iteration (the
+// row product, then the row's column contributions while it is in L1) and no exp: POT's plain Sinkhorn's
+// work, stable at any eps. When s or t leave [1/B, B] they are absorbed again (u0 += log s, v0 += log t,
+// Kt rebuilt), so what Kt loses to underflow (terms below ~e^-700 / e^-87) stays below rounding
+// relative to the sums. A row or column sum that is 0 or not finite (early iterations at small eps,
+// potentials still far off) hands back to the log-domain loop with the last consistent potentials.
+enum class ScalingExit { kDone, kBack };
+
+template <typename T>
+struct ScalingArgs {
+  const LseKernels<T>& K;
+  const T* a;
+  const T* bw;  // b, rescaled to a's mass
+  const T* C;
+  int64_t n, m;
+  T inv_eps;
+  int64_t max_iter, check_every;
+  double tol;
+  bool parallel;
+  int64_t threads, row_grain;
+};
+
+template <typename T>
+ScalingExit scaling_phase(const ScalingArgs<T>& A, T* u, T* v, int64_t& it, T* history, int64_t& checks, std::vector<T>& kt) {
+  const int64_t n = A.n, m = A.m;
+  const T bound = std::is_same_v<T, float> ? T(3.3e6) : T(2.7e43);  // e^15, e^100
+  std::vector<T> s(n, T(1)), t(m, T(1)), s_new(n), d(n), w(m), part(A.threads * m);
+  const auto absorb = [&] {
+    for (int64_t i = 0; i < n; ++i) u[i] += std::log(s[i]), s[i] = T(1);
+    for (int64_t j = 0; j < m; ++j) v[j] += std::log(t[j]), t[j] = T(1);
+  };
+  const auto rebuild = [&] {
+    absorb();
+    at::parallel_for(0, n, A.row_grain, [&](int64_t i0, int64_t i1) {
+      for (int64_t i = i0; i < i1; ++i) A.K.plan_row(A.C + i * m, u[i], v, A.inv_eps, kt.data() + i * m, m);
+    });
+  };
+  rebuild();
+  for (;;) {
+    for (int64_t j = 0; j < m; ++j) w[j] = A.bw[j] * t[j];
+    std::fill(part.begin(), part.end(), T(0));
+    at::parallel_for(0, n, A.row_grain, [&](int64_t i0, int64_t i1) {
+      T* acc = part.data() + (A.parallel ? at::get_thread_num() : 0) * m;
+      for (int64_t i = i0; i < i1; ++i) {
+        const T* row = kt.data() + i * m;
+        d[i] = A.K.dot(row, w.data(), m);
+        s_new[i] = T(1) / d[i];
+        if (A.a[i] > 0 && d[i] > 0) A.K.axpy(row, A.a[i] * s_new[i], acc, m);
+      }
+    });
+    const bool last = it == A.max_iter;
+    if (it > 0 && (it % A.check_every == 0 || last)) {
+      double err = 0;  // sum_i |(P1)_i - a_i|, (P1)_i = a_i s_i d_i
+      for (int64_t i = 0; i < n; ++i) {
+        if (A.a[i] > 0) err += A.a[i] * std::fabs(static_cast<double>(s[i]) * d[i] - 1.0);
+      }
+      history[checks++] = static_cast<T>(err);
+      if (err <= A.tol) break;
+    }
+    if (last) break;
+    bool ok = true;
+    for (int64_t i = 0; i < n && ok; ++i) ok = d[i] > 0 && std::isfinite(d[i]);
+    for (int64_t j = 0; j < m && ok; ++j) {
+      T col = part[j];
+      for (int64_t q = 1; q < A.threads; ++q) col += part[q * m + j];
+      ok = col > 0 && std::isfinite(col);
+      w[j] = col;
+    }
+    if (!ok) {
+      absorb();
+      return ScalingExit::kBack;
+    }
+    bool out_of_range = false;
+    for (int64_t i = 0; i < n; ++i) {
+      s[i] = s_new[i];
+      out_of_range |= !(s[i] < bound && s[i] * bound > T(1));
+    }
+    for (int64_t j = 0; j < m; ++j) {
+      t[j] = T(1) / w[j];
+      out_of_range |= !(t[j] < bound && t[j] * bound > T(1));
+    }
+    ++it;
+    if (out_of_range) rebuild();
+  }
+  absorb();
+  return ScalingExit::kDone;
+}
+
+// Whether the balanced dense solver may run the stabilised-scaling phase: Kt takes n m scalars per batch
+// entry being solved (up to 64 MiB each); SPARSEOPS_OT_SCALING=0 keeps the log-domain iteration (tests
+// run both).
+inline bool scaling_enabled(int64_t n, int64_t m, int64_t elem_size) {
+  static const bool env_off = [] {
+    const char* e = std::getenv("SPARSEOPS_OT_SCALING");
+    return e != nullptr && std::string(e) == "0";
+  }();
+  return !env_off && n * m * elem_size <= (int64_t(64) << 20);
+}
+
 // One batch entry, start to finish. a [n], b [m]; costs from `costs` (see above).
 template <typename T, typename Costs>
 void solve_one(const LseKernels<T>& K, const T* a, const T* b, const Costs& costs, int64_t n, int64_t m, T eps, double rho,
@@ -207,7 +350,7 @@ void solve_one(const LseKernels<T>& K, const T* a, const T* b, const Costs& cost
   const int64_t col_block = std::clamp<int64_t>(((m + threads - 1) / threads + 15) / 16 * 16, 64, kColBlockMax);
   const int64_t col_blocks = (m + col_block - 1) / col_block;
   const bool balanced = !(rho > 0);
-  // Fused iteration (balanced, a dense C, every b_j > 0): the row pass keeps the row's terms
+  // Fused iteration (balanced, a dense C): the row pass keeps the row's terms
   // e_ij = exp(x_ij - max_i) in an L1 buffer, and since the new f makes the column terms
   //   exp(hf_i - C_ij/eps) = e_ij * alpha_i * exp(-hg_j),  alpha_i = exp(hf_i + max_i) = a_i / S_i
   // (S_i the row's sum of e), adds alpha_i e_i into per-thread column sums: the g-update then needs no
@@ -215,27 +358,63 @@ void solve_one(const LseKernels<T>& K, const T* a, const T* b, const Costs& cost
   // e <= 1 cannot overflow; a column whose sum is not well above the largest term that the row pass may
   // have dropped (K.dropped * sum(alpha), relative to rounding) falls back to the exact column pass for
   // that iteration (early iterations at small eps, where a column's mass sits far below every row's max).
-  bool fusable = balanced && !Costs::kComputed;
-  for (int64_t j = 0; j < m && fusable; ++j) fusable = lb[j] > ninf;
+  // A zero-mass column (b_j = 0) gets no terms from the row pass (its log-weight is -inf) and plays no
+  // part in the iteration; its potential is computed once, from the final f, by fill_zero_mass_columns.
+  // Point clouds fuse too (a whole row of costs computed into a per-thread buffer of m scalars) unless
+  // some b_j = 0 (that fill reads C).
+  std::vector<int64_t> zero_cols;
+  for (int64_t j = 0; j < m; ++j) {
+    if (lb[j] == ninf) zero_cols.push_back(j);
+  }
+  const bool fusable = balanced && (!Costs::kComputed || zero_cols.empty());
+  bool zero_cols_stale = false;  // the last g-update was fused: zero-mass columns' potentials not set
   const T rel_round = std::is_same_v<T, float> ? T(6e-8) : T(1.2e-16);
   std::vector<T> colpart(fusable ? threads * m : 0), alpha_part(fusable ? threads : 0);
 
+  // Stabilised scaling (see scaling_phase) from the first consistent (f, g), i.e. after one iteration;
+  // after a hand-back, retried check_every iterations later, at most 3 times.
+  const bool scaling = fusable && !Costs::kComputed && scaling_enabled(n, m, sizeof(T));
+  std::vector<T> kt;
+  std::vector<T> bw(scaling ? m : 0);
+  for (int64_t j = 0; j < static_cast<int64_t>(bw.size()); ++j) bw[j] = static_cast<T>(b[j] * b_factor);
+  int64_t scaling_at = 1, hand_backs = 0;
+  bool scaled_done = false;
+
   int64_t it = 0, checks = 0;
   for (;; ) {
+    if constexpr (!Costs::kComputed) {
+      if (scaling && it >= scaling_at && hand_backs < 3) {
+        if (kt.empty()) kt.resize(n * m);
+        if (zero_cols_stale) {  // bring the zero-mass columns' potentials to the current f first
+          fill_zero_mass_columns(costs.C, hf.data(), n, m, inv_eps, zero_cols, v.data(), lc.data());
+          zero_cols_stale = false;
+        }
+        const ScalingArgs<T> sa{K, a, bw.data(), costs.C, n, m, inv_eps, max_iter, check_every, tol, parallel, threads, row_grain};
+        if (scaling_phase(sa, u.data(), v.data(), it, out.history, checks, kt) == ScalingExit::kDone) {
+          scaled_done = true;
+          break;
+        }
+        ++hand_backs;
+        scaling_at = it + check_every;
+        for (int64_t j = 0; j < m; ++j) {
+          hg[j] = ot_h(lb[j], v[j]);
+          shift[j] = -v[j];
+        }
+      }
+    }
     if (fusable) {
       std::fill(colpart.begin(), colpart.end(), T(0));
       std::fill(alpha_part.begin(), alpha_part.end(), T(0));
     }
     // Row pass with the current g: the row log-sum-exps (next f) and, at a check, the row marginals.
     at::parallel_for(0, n, row_grain, [&](int64_t i0, int64_t i1) {
-      if constexpr (!Costs::kComputed) {
-       if (fusable) {
+      if (fusable) {
         const int64_t t = parallel ? at::get_thread_num() : 0;
         T* acc = colpart.data() + t * m;
-        std::vector<T> e(m);
+        std::vector<T> e(m), row(Costs::kComputed ? m : 0);
         for (int64_t i = i0; i < i1; ++i) {
           T rmax;
-          const T rsum = K.row_exp(costs.tile(i, 0, m, nullptr), hg.data(), inv_eps, &rmax, e.data(), m);
+          const T rsum = K.row_exp(costs.tile(i, 0, m, row.data()), hg.data(), inv_eps, &rmax, e.data(), m);
           lr[i] = rmax == ninf ? ninf : rmax + std::log(rsum);
           if (a[i] > 0 && rmax != ninf) {
             const T alpha = a[i] / rsum;
@@ -244,7 +423,6 @@ void solve_one(const LseKernels<T>& K, const T* a, const T* b, const Costs& cost
           }
         }
         return;
-       }
       }
       const int64_t tile = Costs::kComputed ? kPointTile : m;
       std::vector<T> buf(Costs::kComputed ? kPointTile : 0);
@@ -286,6 +464,10 @@ void solve_one(const LseKernels<T>& K, const T* a, const T* b, const Costs& cost
       for (int64_t j = 0; j < m; ++j) {
         T tot = colpart[j];
         for (int64_t t = 1; t < threads; ++t) tot += colpart[t * m + j];
+        if (lb[j] == ninf) {  // zero mass: no terms; potential filled after the loop
+          lc[j] = ninf;
+          continue;
+        }
         if (!(tot > floor) || !std::isfinite(tot)) {
           ok = false;
           break;
@@ -294,15 +476,18 @@ void solve_one(const LseKernels<T>& K, const T* a, const T* b, const Costs& cost
       }
       if (ok) {
         for (int64_t j = 0; j < m; ++j) {
+          if (lb[j] == ninf) continue;
           shift[j] = lc[j];
           v[j] = -lc[j];
           hg[j] = lb[j] + v[j];
         }
+        zero_cols_stale = !zero_cols.empty();
         ++it;
         continue;
       }
     }
     // Column pass.
+    zero_cols_stale = false;
     at::parallel_for(0, col_blocks, parallel ? 1 : col_blocks, [&](int64_t b0, int64_t b1) {
       for (int64_t blk = b0; blk < b1; ++blk) {
         const int64_t j0 = blk * col_block, len = std::min(col_block, m - j0);
@@ -331,6 +516,13 @@ void solve_one(const LseKernels<T>& K, const T* a, const T* b, const Costs& cost
       }
     });
     ++it;
+  }
+  if (scaled_done) {  // g was computed from f: the column log-sum-exps are -g (all columns, zero-mass too)
+    for (int64_t j = 0; j < m; ++j) lc[j] = -v[j];
+    zero_cols_stale = false;
+  }
+  if constexpr (!Costs::kComputed) {
+    if (zero_cols_stale) fill_zero_mass_columns(costs.C, hf.data(), n, m, inv_eps, zero_cols, v.data(), lc.data());
   }
   // The dual objective at (f, g): g was computed from f, so sum_j b_j exp(g_j/eps + lc_j) is P's mass.
   double mass = 0, ma = 0, mb = 0, obj = 0;
@@ -395,7 +587,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> sinkhorn_
 }
 
 // sinkhorn_points: solve_one with PointCosts. Extra memory per batch entry: y transposed (m d scalars), a
-// kPointTile buffer per thread, and the solver's ~4 (n + m) scalars: no n x m buffer.
+// kPointTile buffer per thread, and the solver's ~4 (n + m) scalars; balanced with every b_j > 0 (the
+// fused iteration), 3 m scalars per thread (a row of costs, its terms, column sums): no n x m buffer.
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> sinkhorn_points_cpu(
     const at::Tensor& x, const at::Tensor& y, const at::Tensor& a, const at::Tensor& b, double eps, int64_t p,
     int64_t max_iter, double tol, int64_t check_every, std::optional<double> rho) {

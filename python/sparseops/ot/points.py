@@ -55,7 +55,8 @@ def sinkhorn_points(
         :class:`OTResult` (``C`` is None; ``plan()`` builds the costs on demand). ``cost`` is
         differentiable w.r.t. x, y (and a, b when balanced).
 
-    Extra memory: y transposed (m d scalars), one 512-entry cost tile per thread and ~4 (n + m) scalars;
+    Extra memory: y transposed (m d scalars), one 512-entry cost tile per thread and ~4 (n + m) scalars
+    (balanced with every b_j > 0, the fused iteration: 3 m scalars per thread instead of the tile);
     the backward, threads x m x d partial sums. Each pass recomputes n m costs (d operations each).
     """
     op = "sinkhorn_points"

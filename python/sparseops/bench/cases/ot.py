@@ -1,8 +1,10 @@
 """ot cases: log-domain Sinkhorn per iteration (fixed iteration count, tol = 0) against POT's
 ``ot.sinkhorn`` ("sinkhorn", "sinkhorn_log", "sinkhorn_stabilized") and GeomLoss's tensorised Sinkhorn
-loop; time to a 1e-9 marginal error (Sinkhorn-Newton-Sparse and our Sinkhorn against every POT method
-that gets there); batched problems against the same peers looped (POT) or batched (GeomLoss); point
-clouds (costs recomputed, memory O(n + m)) against GeomLoss tensorised (which builds the cost matrices).
+loop and OTT-JAX's Sinkhorn (jax on CPU, when installed); time to a 1e-9 marginal error
+(Sinkhorn-Newton-Sparse and our Sinkhorn against every POT method and OTT-JAX where they get there);
+batched problems against the same peers looped (POT) or batched (GeomLoss); point clouds (costs
+recomputed, memory O(n + m)) against GeomLoss tensorised (which builds the cost matrices) and GeomLoss's
+KeOps online backend (when pykeops is installed).
 
 Problems: n = m random points in the unit square, squared Euclidean costs divided by their maximum
 (a normalised cost), uniform marginals, float64 (POT's default precision) unless stated. A peer that
@@ -15,6 +17,7 @@ import math
 import warnings
 from typing import Callable, Optional
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -32,7 +35,63 @@ try:
 except ImportError:  # optional peer (or a GeomLoss without the tensorised loop at this path)
     _gl_loop = _gl_softmin = None
 
+try:  # KeOps (GeomLoss's online backend: costs recomputed in a JIT-compiled reduction, like ours)
+    import pykeops  # noqa: F401
+    from geomloss._legacy.sinkhorn_samples import softmin_online_lazytensor as _gl_softmin_keops
+except ImportError:  # optional heavy peer (tools/setup_env.sh with SPARSEOPS_BENCH_HEAVY_PEERS=1)
+    _gl_softmin_keops = None
+
 _POT_METHODS = ("sinkhorn", "sinkhorn_log", "sinkhorn_stabilized")
+_NO_OTT = "OTT-JAX not installed (SPARSEOPS_BENCH_HEAVY_PEERS=1 tools/setup_env.sh, or pip install ott-jax)"
+_NO_KEOPS = "KeOps not installed (SPARSEOPS_BENCH_HEAVY_PEERS=1 tools/setup_env.sh, or pip install pykeops)"
+
+
+def _ott():
+    """OTT-JAX's pieces (jax on CPU, float64 enabled), or None. Imported on first use: jax starts its own
+    thread pool (all cores, whatever --threads says)."""
+    try:
+        import jax
+
+        jax.config.update("jax_enable_x64", True)
+        from ott.geometry import geometry
+        from ott.problems.linear import linear_problem
+        from ott.solvers.linear import sinkhorn as ott_sinkhorn
+    except ImportError:
+        return None
+    return jax, geometry, linear_problem, ott_sinkhorn
+
+
+def _ott_impl(a: Tensor, b: Tensor, C: Tensor, eps: float, iters: int, tol: float, device: str):
+    """OTT-JAX's log-domain Sinkhorn (jit-compiled once, outside the timing). iters fixed (tol = 0) or at
+    most iters until its marginal error (L1 of one marginal) is <= tol, checked like POT's result."""
+    if device != "cpu":
+        return unavailable("OTT-JAX measured on CPU only here")
+    parts = _ott()
+    if parts is None:
+        return unavailable(_NO_OTT)
+    jax, geometry, linear_problem, ott_sinkhorn = parts
+    jnp = jax.numpy
+    geom = geometry.Geometry(cost_matrix=jnp.asarray(C.cpu().numpy()), epsilon=eps)
+    prob = linear_problem.LinearProblem(geom, a=jnp.asarray(a.cpu().numpy()), b=jnp.asarray(b.cpu().numpy()))
+    if tol > 0:
+        solver = ott_sinkhorn.Sinkhorn(threshold=tol, max_iterations=iters, lse_mode=True)
+    else:
+        solver = ott_sinkhorn.Sinkhorn(threshold=-1.0, min_iterations=iters, max_iterations=iters, inner_iterations=1,
+                                       lse_mode=True)
+    solve = jax.jit(solver)
+
+    def run():
+        out = solve(prob)
+        out.f.block_until_ready()
+        return out
+
+    out = run()
+    if tol > 0:
+        P = torch.from_numpy(np.array(jax.device_get(out.matrix)))
+        err = float((P.sum(1) - a.cpu()).abs().sum() + (P.sum(0) - b.cpu()).abs().sum())
+        if not err <= 2 * tol:
+            return unavailable(f"OTT-JAX does not reach a marginal error of {tol:g} in {iters} iterations (got {err:.2g})")
+    return run
 _NO_POT = "POT not installed (pip install pot)"
 _NO_GEOMLOSS = "GeomLoss not installed (pip install geomloss)"
 
@@ -112,6 +171,7 @@ def _iter_case(n: int, eps: float, dtype: torch.dtype, device: str, iters: int) 
     for method in _POT_METHODS:
         impls[f"pot_{method}"] = _pot_checked(method, a, b, C, eps, iters, 0.0, device)
     impls["geomloss_tensorized"] = _geomloss_impl(a, b, C, eps, iters)
+    impls["ott_jax"] = _ott_impl(a, b, C, eps, iters, 0.0, device)
     return Case(
         label=f"{name} n=m={n} eps={eps:g} x{iters} iterations",
         params={"n": n, "m": n, "eps": eps, "dtype": name, "iterations": iters},
@@ -141,6 +201,7 @@ def _tol_case(n: int, eps: float, device: str, tol: float = 1e-9) -> Case:
     }
     for method in _POT_METHODS:
         impls[f"pot_{method}"] = _pot_checked(method, a, b, C, eps, max_iter, tol, device)
+    impls["ott_jax"] = _ott_impl(a, b, C, eps, max_iter, tol, device)
     usable = [k for k, v in impls.items() if k.startswith("pot_") and getattr(v, "__name__", "") != "impl"]
     baseline = "pot_sinkhorn_log" if "pot_sinkhorn_log" in usable or not usable else usable[0]
     return Case(
@@ -195,6 +256,25 @@ def sinkhorn_batched_cases(device: str, quick: bool):
 
 
 
+def _keops_impl(x: Tensor, y: Tensor, a: Tensor, eps: float, iters: int):
+    """GeomLoss's Sinkhorn loop with its KeOps online softmin (no n x m matrix; the reduction is compiled
+    on the first call, outside the timing). GeomLoss's p=2 cost is |x - y|^2 / 2: eps / 2 gives our
+    problem."""
+    if _gl_loop is None:
+        return unavailable(_NO_GEOMLOSS)
+    if _gl_softmin_keops is None:
+        return unavailable(_NO_KEOPS)
+    a_log = a.log()
+
+    def run():
+        with torch.no_grad():
+            return _gl_loop(_gl_softmin_keops, a_log, a_log, None, None, (x, y), (y, x), [eps / 2] * iters, None,
+                            debias=False, last_extrapolation=False)
+
+    run()
+    return run
+
+
 def _points_case(n: int, eps: float, device: str, iters: int) -> Case:
     gen = torch.Generator().manual_seed(0)
     x = torch.rand(1, n, 3, generator=gen).to(device)
@@ -215,6 +295,7 @@ def _points_case(n: int, eps: float, device: str, iters: int) -> Case:
                                 None, debias=False, last_extrapolation=False)
 
         impls["geomloss_tensorized"] = geomloss_run
+    impls["geomloss_keops"] = _keops_impl(x, y, a, eps, iters)
     return Case(
         label=f"fp32 point clouds n=m={n} d=3 eps={eps:g} x{iters} iterations",
         params={"n": n, "m": n, "d": 3, "eps": eps, "dtype": "fp32", "iterations": iters},
@@ -230,3 +311,5 @@ def sinkhorn_points_cases(device: str, quick: bool):
         yield _points_case(2000, 1e-2, device, 3)
     else:
         yield _points_case(10000, 1e-2, device, 2)
+        if device == "cpu":  # GeomLoss tensorised does not fit; KeOps on CPU takes ~30 s per iteration here
+            yield _points_case(30000, 1e-2, device, 1)
