@@ -2,9 +2,9 @@
 // calls them only when sparseops::cpu_use_avx2()). See attention_microkernels.h for the contracts.
 //   gemm: register tiles of up to 6 rows x 16 columns (12 ymm accumulators), B's 16-column panel loaded
 //         once per k for all rows of the tile, A broadcast from memory.
-//   exp:  Cephes' expf as in microkernels_avx512.cpp, 2^n built in the exponent field: ~2 ulp; below
-//         -87.3 (and -inf) exactly 0; NaN stays NaN.
-// No torch headers and nothing inline shared with other files (see the header).
+//   exp:  common/simd_exp_avx2.h (Cephes' expf as on AVX-512, 2^n built in the exponent field: ~2 ulp;
+//         below -87.3 and -inf exactly 0; NaN stays NaN), shared with the ot family.
+// No torch headers and nothing inline shared with non-AVX2 files (see the header).
 #include <immintrin.h>
 
 #include <cmath>
@@ -12,34 +12,12 @@
 #include <limits>
 
 #include "attention/attention_microkernels.h"
+#include "common/simd_exp_avx2.h"
 
 namespace sparseops::attention::cpu {
 namespace {
 
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
-
-inline __m256 exp256(__m256 x) {
-  const __m256 under = _mm256_cmp_ps(x, _mm256_set1_ps(-87.33654f), _CMP_LT_OQ);
-  x = _mm256_min_ps(_mm256_set1_ps(88.3762626647949f), x);  // NaN passes (second operand)
-  const __m256 fx = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
-                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  x = _mm256_fnmadd_ps(fx, _mm256_set1_ps(0.693359375f), x);
-  x = _mm256_fnmadd_ps(fx, _mm256_set1_ps(-2.12194440e-4f), x);
-  __m256 y = _mm256_set1_ps(1.9875691500e-4f);
-  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(1.3981999507e-3f));
-  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(8.3334519073e-3f));
-  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(4.1665795894e-2f));
-  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(1.6666665459e-1f));
-  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(5.0000001201e-1f));
-  y = _mm256_fmadd_ps(y, _mm256_mul_ps(x, x), _mm256_add_ps(x, _mm256_set1_ps(1.0f)));
-  // 2^fx with fx in [-127, 128]: the exponent field split in two factors so that both stay normal.
-  const __m256i n = _mm256_cvtps_epi32(fx);
-  const __m256i n1 = _mm256_srai_epi32(n, 1), n2 = _mm256_sub_epi32(n, n1);
-  const __m256 p1 = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(n1, _mm256_set1_epi32(127)), 23));
-  const __m256 p2 = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(n2, _mm256_set1_epi32(127)), 23));
-  y = _mm256_mul_ps(_mm256_mul_ps(y, p1), p2);
-  return _mm256_andnot_ps(under, y);
-}
 
 inline float hmax256(__m256 v) {
   __m128 m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
@@ -121,11 +99,11 @@ void softmax_step_avx2(float* S, int64_t lds, int64_t M, int64_t N, float* row_m
     const __m256 mv = _mm256_set1_ps(m_new);
     __m256 sum = _mm256_setzero_ps();
     for (int64_t j = 0; j < N; j += 8) {
-      const __m256 p = exp256(_mm256_sub_ps(_mm256_loadu_ps(s + j), mv));
+      const __m256 p = simd::exp_avx2(_mm256_sub_ps(_mm256_loadu_ps(s + j), mv));
       _mm256_storeu_ps(s + j, p);
       sum = _mm256_add_ps(sum, p);
     }
-    const float a = _mm256_cvtss_f32(exp256(_mm256_set1_ps(row_max[r] - m_new)));
+    const float a = _mm256_cvtss_f32(simd::exp_avx2(_mm256_set1_ps(row_max[r] - m_new)));
     alpha[r] = a;
     row_sum[r] = row_sum[r] * a + hsum256(sum);
     row_max[r] = m_new;
@@ -140,7 +118,7 @@ void exp_shift_avx2(float* S, int64_t lds, int64_t M, int64_t N, const float* ro
     for (int64_t j = 0; j < N; j += 8) {
       const __m256 t = col_shift ? _mm256_add_ps(rs, _mm256_loadu_ps(col_shift + j)) : rs;
       const __m256 dead = _mm256_cmp_ps(t, ninf, _CMP_EQ_OQ);
-      const __m256 p = exp256(_mm256_sub_ps(_mm256_loadu_ps(s + j), t));
+      const __m256 p = simd::exp_avx2(_mm256_sub_ps(_mm256_loadu_ps(s + j), t));
       _mm256_storeu_ps(s + j, _mm256_andnot_ps(dead, p));
     }
   }

@@ -3,9 +3,9 @@
 //   gemm: register tiles of up to 12 rows x 32 columns (24 zmm accumulators), B's 32-column panel
 //         loaded once per k for all rows of the tile, A broadcast from memory; the tile loops are
 //         unrolled by pragma (without, GCC stored the accumulators to the stack on every k).
-//   exp:  Cephes' expf (range reduction by ln 2 in two parts, degree-6 polynomial, 2^n by vscalefps):
-//         ~2 ulp; below -87.3 (and -inf) exactly 0; NaN stays NaN.
-// No torch headers and nothing inline shared with other files (see the header).
+//   exp:  common/simd_exp_avx512.h (Cephes' expf, ~2 ulp; below -87.3 and -inf exactly 0; NaN stays
+//         NaN), shared with the ot family.
+// No torch headers and nothing inline shared with non-AVX-512 files (see the header).
 #include <immintrin.h>
 
 #include <cmath>
@@ -13,30 +13,12 @@
 #include <limits>
 
 #include "attention/attention_microkernels.h"
+#include "common/simd_exp_avx512.h"
 
 namespace sparseops::attention::cpu {
 namespace {
 
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
-
-inline __m512 exp512(__m512 x) {
-  const __m512 hi = _mm512_set1_ps(88.3762626647949f);
-  const __mmask16 under = _mm512_cmp_ps_mask(x, _mm512_set1_ps(-87.33654f), _CMP_LT_OQ);
-  x = _mm512_min_ps(hi, x);  // min(hi, NaN) = NaN: the second operand is returned for NaN
-  const __m512 fx = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
-                                         _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  x = _mm512_fnmadd_ps(fx, _mm512_set1_ps(0.693359375f), x);
-  x = _mm512_fnmadd_ps(fx, _mm512_set1_ps(-2.12194440e-4f), x);
-  __m512 y = _mm512_set1_ps(1.9875691500e-4f);
-  y = _mm512_fmadd_ps(y, x, _mm512_set1_ps(1.3981999507e-3f));
-  y = _mm512_fmadd_ps(y, x, _mm512_set1_ps(8.3334519073e-3f));
-  y = _mm512_fmadd_ps(y, x, _mm512_set1_ps(4.1665795894e-2f));
-  y = _mm512_fmadd_ps(y, x, _mm512_set1_ps(1.6666665459e-1f));
-  y = _mm512_fmadd_ps(y, x, _mm512_set1_ps(5.0000001201e-1f));
-  y = _mm512_fmadd_ps(y, _mm512_mul_ps(x, x), _mm512_add_ps(x, _mm512_set1_ps(1.0f)));
-  y = _mm512_scalef_ps(y, fx);
-  return _mm512_maskz_mov_ps(static_cast<__mmask16>(~under), y);
-}
 
 template <int MR, int NV>
 void gemm_tile(int64_t K, const float* A, int64_t lda, const float* B, int64_t ldb, float* C, int64_t ldc,
@@ -114,11 +96,11 @@ void softmax_step_avx512(float* S, int64_t lds, int64_t M, int64_t N, float* row
     const __m512 mv = _mm512_set1_ps(m_new);
     __m512 sum = _mm512_setzero_ps();
     for (int64_t j = 0; j < N; j += 16) {
-      const __m512 p = exp512(_mm512_sub_ps(_mm512_loadu_ps(s + j), mv));
+      const __m512 p = simd::exp_avx512(_mm512_sub_ps(_mm512_loadu_ps(s + j), mv));
       _mm512_storeu_ps(s + j, p);
       sum = _mm512_add_ps(sum, p);
     }
-    const float a = _mm512_cvtss_f32(exp512(_mm512_set1_ps(row_max[r] - m_new)));
+    const float a = _mm512_cvtss_f32(simd::exp_avx512(_mm512_set1_ps(row_max[r] - m_new)));
     alpha[r] = a;
     row_sum[r] = row_sum[r] * a + _mm512_reduce_add_ps(sum);
     row_max[r] = m_new;
@@ -133,7 +115,7 @@ void exp_shift_avx512(float* S, int64_t lds, int64_t M, int64_t N, const float* 
     for (int64_t j = 0; j < N; j += 16) {
       const __m512 t = col_shift ? _mm512_add_ps(rs, _mm512_loadu_ps(col_shift + j)) : rs;
       const __mmask16 dead = _mm512_cmp_ps_mask(t, ninf, _CMP_EQ_OQ);
-      const __m512 p = exp512(_mm512_sub_ps(_mm512_loadu_ps(s + j), t));
+      const __m512 p = simd::exp_avx512(_mm512_sub_ps(_mm512_loadu_ps(s + j), t));
       _mm512_storeu_ps(s + j, _mm512_maskz_mov_ps(static_cast<__mmask16>(~dead), p));
     }
   }
