@@ -60,7 +60,7 @@ def test_lookup_leading_dims_and_noncontiguous():
 def test_lookup_near_ties_far_from_origin(d, crowd):
     """Codes crowded around a point far from the origin: |c|^2 - 2 z.c cancels ~12 digits, so fp32
     mis-orders the expanded form; the float64 re-check still finds the exact winner. crowd=30 puts more
-    codes within the error bound than there are candidate slots: the exact full re-scan path."""
+    codes within the error bound than there are candidate slots: the spill buffer's path."""
     gen = torch.Generator().manual_seed(3)
     center = torch.full((d,), 1000.0)
     c = torch.cat([center + 1e-2 * torch.randn(crowd, d, generator=gen), torch.randn(50, d, generator=gen)])
@@ -73,6 +73,23 @@ def test_lookup_near_ties_far_from_origin(d, crowd):
     # the expanded form in fp32 does get some of these wrong (what the re-check is for)
     naive = ((c.pow(2).sum(1)[None] - 2 * z @ c.T)).argmin(1)
     assert (naive != ref_idx).any() or crowd == 2
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_lookup_duplicates_beyond_the_spill_buffer(dtype):
+    """40000 copies of one code (more codes within a row's bound than the spill buffer holds: the re-scan
+    of the task's packed codes) among near-identical and random ones: still the exact winner, and of the
+    copies the lowest index."""
+    gen = torch.Generator().manual_seed(5)
+    base = torch.randn(4, generator=gen)
+    near = base + 1e-4 * torch.randn(300, 4, generator=gen)
+    c = torch.cat([torch.randn(100, 4, generator=gen), base.expand(40000, 4), near]).to(dtype)
+    z = torch.cat([base + 1e-3 * torch.randn(5, 4, generator=gen), torch.randn(5, 4, generator=gen)]).to(dtype)
+    idx, _, dist = sparseops.codebook_lookup(z, c, return_dist=True)
+    ref_idx, _, ref_dist = codebook_lookup_ref(z, c)
+    assert torch.equal(idx, ref_idx)
+    torch.testing.assert_close(dist, ref_dist, rtol=1e-6, atol=0)
+    assert ((idx < 100) | (idx == 100) | (idx >= 40100)).all()  # a copy wins only as the first copy
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])

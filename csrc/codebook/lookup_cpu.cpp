@@ -10,11 +10,14 @@
 //    (lookup_tile.h: register tile + fused candidate test) over its codes in L2-sized blocks
 //    (KC x D fp32 <= 192 KiB).
 // 3. Per row, the candidates of every split are re-checked exactly: float64 (z - c)^2 (cosine: 1 - cos),
-//    the smallest wins, ties to the lowest index. A row whose candidates overflowed is re-scanned over
-//    all K codes exactly.
+//    the smallest wins, ties to the lowest index. A row with more than kCap codes within its bound
+//    (duplicate or near-identical codes, e.g. a codebook initialised from data) puts the others in its
+//    task's spill buffer; the task compares them exactly at its end and keeps only the winner. Should
+//    the buffer fill up, the task re-collects such a row's codes within the bound from the packed block.
 // Extra memory: O(N + K) -- |c|^2 and the inverse norms (K floats/doubles), |z|^2 (N floats), the
 // candidate records (N x splits x 80 B) -- plus one packed code superblock (<= 16 MiB, less when the
-// codebook is smaller) and per thread one packed query block (<= 256 x D fp32); and the outputs.
+// codebook is smaller) and per thread one packed query block (<= 256 x D fp32) and a 384 KiB spill
+// buffer; and the outputs.
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
@@ -24,6 +27,7 @@
 #include <cstring>
 #include <limits>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "codebook/lookup_checks.h"
@@ -66,9 +70,9 @@ struct VPortable {
 }  // namespace
 
 void scan_portable(const float* zs, int64_t rows, int64_t D, const float* panel, const float* cn, int64_t ntiles,
-                   int32_t k0, RowCands* rc) {
+                   int32_t k0, RowCands* rc, cpu::Spill* spill) {
   static_assert(VPortable::kW * 2 == kNrPortable);
-  scan_tiles<VPortable, 4, 2>(zs, rows, D, panel, cn, ntiles, k0, rc);
+  scan_tiles<VPortable, 4, 2>(zs, rows, D, panel, cn, ntiles, k0, rc, spill);
 }
 
 }  // namespace sparseops::codebook::cpu
@@ -97,16 +101,17 @@ int scan_nr(ScanIsa isa) {
 }
 
 void run_scan(ScanIsa isa, const float* zs, int64_t rows, int64_t D, const float* panel, const float* cn,
-              int64_t ntiles, int32_t k0, RowCands* rc) {
+              int64_t ntiles, int32_t k0, RowCands* rc, cpu::Spill* spill) {
 #if SPARSEOPS_X86_KERNELS
-  if (isa == ScanIsa::kAvx512) return cpu::scan_avx512(zs, rows, D, panel, cn, ntiles, k0, rc);
-  if (isa == ScanIsa::kAvx2) return cpu::scan_avx2(zs, rows, D, panel, cn, ntiles, k0, rc);
+  if (isa == ScanIsa::kAvx512) return cpu::scan_avx512(zs, rows, D, panel, cn, ntiles, k0, rc, spill);
+  if (isa == ScanIsa::kAvx2) return cpu::scan_avx2(zs, rows, D, panel, cn, ntiles, k0, rc, spill);
 #endif
-  cpu::scan_portable(zs, rows, D, panel, cn, ntiles, k0, rc);
+  cpu::scan_portable(zs, rows, D, panel, cn, ntiles, k0, rc, spill);
 }
 
 constexpr double kEps = 1e-12;          // cosine: x / max(|x|, eps), as torch.nn.functional.normalize
 constexpr double kUnit = 0x1p-24;       // fp32 unit roundoff
+constexpr int64_t kSpillCap = 1 << 15;  // spilled candidates per task (see cpu::Spill): 384 KiB per thread
 
 int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 
@@ -295,8 +300,8 @@ struct Lookup {
 #endif
     scan_all<float, 1>(nr, mc, nqb, sb_codes, kc_tiles, splits, n_pad, cands,
                        [isa](const float* zs, int64_t rows, int64_t steps, const float* panel, const float* cn,
-                             int64_t ntiles, int32_t k0, RowCands* rc) {
-                         run_scan(isa, zs, rows, steps, panel, cn, ntiles, k0, rc);
+                             int64_t ntiles, int32_t k0, RowCands* rc, cpu::Spill* spill) {
+                         run_scan(isa, zs, rows, steps, panel, cn, ntiles, k0, rc, spill);
                        });
     finish(cands, splits, n_pad, out_idx, out_dist);
   }
@@ -321,6 +326,10 @@ struct Lookup {
       std::atomic<int64_t> next{0};
       at::parallel_for(0, threads, 1, [&](int64_t, int64_t) {
         std::vector<E> zs(static_cast<size_t>(mc * width));
+        std::vector<int64_t> found;  // the codes resolve_* compare exactly
+        std::vector<int32_t> sp_row(kSpillCap), sp_idx(kSpillCap);
+        std::vector<float> sp_val(kSpillCap);
+        cpu::Spill spill{kSpillCap, 0, sp_row.data(), sp_idx.data(), sp_val.data()};
         for (int64_t task = next++; task < nqb * splits; task = next++) {
           const int64_t qb = task / splits, s = task % splits;
           const int64_t r0 = qb * mc, r1 = std::min(N, r0 + mc);
@@ -331,10 +340,101 @@ struct Lookup {
           for (int64_t t = st0; t < st1; t += kc_tiles) {
             const int64_t te = std::min(st1, t + kc_tiles);
             scan(zs.data(), rows_pad, steps, panel.data() + t * nr * width, cnb.data() + t * nr, te - t,
-                 static_cast<int32_t>(sb0 + t * nr), rc);
+                 static_cast<int32_t>(sb0 + t * nr), rc, &spill);
+          }
+          resolve_spill(r0, r1, rc, spill, found);
+          for (int64_t i = r0; i < r1; ++i) {
+            if (rc[i - r0].overflow == 0) continue;
+            resolve_overflow<E, kPair>(i, zs.data() + (i - r0) * width, steps, panel.data() + st0 * nr * width,
+                                       cnb.data() + st0 * nr, nr, st1 - st0, sb0 + st0 * nr, sb1, rc[i - r0], found);
           }
         }
       });
+    }
+  }
+
+  template <typename E>
+  static float to_float(E x) {
+    if constexpr (std::is_same_v<E, float>) {
+      return x;
+    } else {  // bf16 bits
+      const uint32_t u = static_cast<uint32_t>(x) << 16;
+      float f;
+      std::memcpy(&f, &u, sizeof f);
+      return f;
+    }
+  }
+
+  // Row i overflowed while scanning the packed tiles [panel, + ntiles) (codes k_first + t * nr + j, valid
+  // below k_end): every code there whose fp32 expanded distance (any evaluation order: the same error
+  // bound) is <= best + margin, plus the row's stored candidates, is compared exactly; their exact winner
+  // (ties to the lowest index) becomes the row's only candidate. It beats or ties every code it replaces,
+  // so the final re-check is unchanged; its value is set to best, which only keeps it longer. Cost: one
+  // fp32 pass over the task's codes for this row (rare: duplicate or near-identical codes).
+  template <typename E, int kPair>
+  void resolve_overflow(int64_t i, const E* zrow, int64_t steps, const E* panel, const float* cnb, int64_t nr,
+                        int64_t ntiles, int64_t k_first, int64_t k_end, RowCands& r,
+                        std::vector<int64_t>& found) const {
+    found.clear();
+    const float lim = r.best + r.margin;
+    float acc[cpu::kNrAvx512];
+    for (int64_t t = 0; t < ntiles; ++t) {
+      const E* p = panel + t * steps * nr * kPair;
+      for (int64_t j = 0; j < nr; ++j) acc[j] = cnb[t * nr + j];
+      for (int64_t d = 0; d < steps; ++d) {
+        for (int q = 0; q < kPair; ++q) {
+          const float zd = to_float(zrow[d * kPair + q]);
+          const E* pd = p + d * nr * kPair + q;
+          for (int64_t j = 0; j < nr; ++j) acc[j] += zd * to_float(pd[j * kPair]);
+        }
+      }
+      for (int64_t j = 0; j < nr; ++j) {
+        const int64_t k = k_first + t * nr + j;
+        if (acc[j] <= lim && k < k_end) found.push_back(k);
+      }
+    }
+    r.overflow = 0;
+    keep_exact_winner(i, found, r);
+  }
+
+  // Row i's stored candidates and the codes in found are compared exactly; their winner (ties to the
+  // lowest index) becomes the row's only candidate, with value best (it beats or ties every code it
+  // replaces, so the final re-check is unchanged; the value only keeps it longer).
+  void keep_exact_winner(int64_t i, std::vector<int64_t>& found, RowCands& r) const {
+    for (int32_t j = 0; j < r.count; ++j) found.push_back(r.idx[j]);
+    int64_t best_k = -1;
+    double best = std::numeric_limits<double>::infinity();
+    for (const int64_t k : found) {
+      const double d = exact(i, k);
+      if (best_k < 0 || d < best || (d == best && k < best_k)) {
+        best = d;
+        best_k = k;
+      }
+    }
+    r.count = best_k < 0 ? 0 : 1;
+    if (best_k >= 0) {
+      r.idx[0] = static_cast<int32_t>(best_k);
+      r.val[0] = r.best;
+    }
+  }
+
+  // After a task: the spilled codes that still pass their row's final threshold join that row's exact
+  // comparison (keep_exact_winner); the buffer is emptied for the next task. rc: rows [r0, r1).
+  void resolve_spill(int64_t r0, int64_t r1, RowCands* rc, cpu::Spill& sp, std::vector<int64_t>& found) const {
+    if (sp.size == 0) return;
+    std::vector<std::pair<int32_t, int32_t>> kept;  // (row within rc, code), sorted to group by row
+    for (int64_t j = 0; j < sp.size; ++j) {
+      const int32_t row = sp.row[j];
+      if (row < r1 - r0 && sp.val[j] < rc[row].thr) kept.emplace_back(row, sp.idx[j]);
+    }
+    sp.size = 0;
+    std::sort(kept.begin(), kept.end());
+    for (size_t a = 0; a < kept.size();) {
+      size_t b = a;
+      found.clear();
+      while (b < kept.size() && kept[b].first == kept[a].first) found.push_back(kept[b++].second);
+      keep_exact_winner(r0 + kept[a].first, found, rc[kept[a].first]);
+      a = b;
     }
   }
 

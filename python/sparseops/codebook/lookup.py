@@ -11,7 +11,9 @@ a rigorous bound on twice that form's rounding error of the row's best
 ``sum((z - c)^2)`` in float64 (cosine: ``1 - z.c / (|z| |c|)``), and the smallest wins, ties to the lowest
 index. So the result is the nearest code to float64 rounding, even for near-ties that the expanded form
 mis-orders, and it is the same on every ISA path (AVX-512, AVX2, portable). A row with more than 8
-candidates within the bound (duplicate codes) is re-scanned exactly over all codes (slow but exact).
+candidates within the bound (duplicate or near-identical codes, common in codebooks initialised from
+data) spills the others into a per-thread buffer that is re-checked exactly after its block; only when
+that buffer (32768 entries) fills up are the row's codes re-collected from the packed block.
 ``dist`` is that float64 distance rounded to fp32.
 
 CUDA: a tiled fp32 kernel on the direct form ``sum((z - c)^2)`` (no cancellation; no tensor cores yet),

@@ -9,6 +9,13 @@
 
 All report GFLOP/s with flops = 2 N K D (the distance matmul; the argmin is not counted).
 
+``vq_module_step``: one training step of ``sparseops.nn.VectorQuantizer`` (EMA) against
+vector-quantize-pytorch's ``VectorQuantize`` (EMA, straight-through, same decay and commitment weight):
+forward + a stand-in decoder loss + backward, the EMA update inside the forward; the codebook
+initialised from inputs (K draws from a pool of 4N, so with duplicate codes). The label gives each
+impl's peak extra memory of one step (``sparseops.bench.memory``: process peak RSS growth on CPU,
+sparseops first), also in the JSON params.
+
 Peak extra memory (analytic, besides inputs and outputs; the harness measures time only), at
 N=2048, K=262144: sparseops 1 MiB of |c|^2, 80 B per row of candidate state, one packed superblock of
 codes (min(K x D, 4 Mi) fp32: 8 MiB at D=8, 16 MiB at D=64 and 256) and per thread <= 256 x D fp32 of
@@ -135,3 +142,83 @@ def lookup_bf16_large(device: str, quick: bool):
     if quick:
         return
     yield from _cases(device, quick, 262144, "bf16")
+
+
+# ---- the VectorQuantizer module: one training step vs vector-quantize-pytorch ----------------------
+
+
+def _vq_step(vq, z: Tensor, call) -> None:
+    """forward + a stand-in decoder loss + backward (the EMA update runs inside the forward)."""
+    q, loss = call(vq, z)
+    (loss + q.square().mean()).backward()
+
+
+def _sparseops_vq(d: int, k: int, decay: float):
+    from sparseops.nn import VectorQuantizer
+
+    vq = VectorQuantizer(d, k, ema=True, decay=decay, commitment_weight=1.0).train()
+
+    def call(m, z):
+        out = m(z)
+        return out.quantized, out.loss
+
+    return vq, call
+
+
+def _vqp_vq(d: int, k: int, decay: float):
+    try:
+        from vector_quantize_pytorch import VectorQuantize
+    except ImportError:
+        return None, unavailable("vector-quantize-pytorch not installed (pip install vector-quantize-pytorch)")
+    # Straight-through like ours (its default rotation trick is a different, costlier estimator).
+    vq = VectorQuantize(dim=d, codebook_size=k, decay=decay, commitment_weight=1.0, rotation_trick=False).train()
+
+    def call(m, z):
+        q, _, loss = m(z[None])
+        return q[0], loss
+
+    return vq, call
+
+
+def _module_case(device: str, n: int, k: int, d: int) -> Case:
+    from sparseops.bench.memory import peak_extra_mib
+
+    gen = torch.Generator().manual_seed(2)
+    z = torch.randn(n, d, generator=gen).to(device).requires_grad_()
+    # VQ codebooks are commonly initialised from inputs: K draws from a pool of 4N (duplicate codes).
+    pool = torch.randn(4 * n, d, generator=gen)
+    impls, peaks = {}, {}
+    for name, make in (("sparseops", _sparseops_vq), ("vector_quantize_pytorch", _vqp_vq)):
+        vq, call = make(d, k, 0.99)
+        if vq is None:
+            impls[name] = call
+            continue
+        vq = vq.to(device)
+        with torch.no_grad():  # the same codebook in both, initialised from data (with repeats)
+            init = pool[torch.randint(0, pool.shape[0], (k,), generator=gen)].to(device)
+            if name == "sparseops":
+                vq.embed.copy_(init)
+                vq.embed_sum.copy_(init)
+            else:
+                vq._codebook.embed.copy_(init[None])
+                vq._codebook.embed_avg.copy_(init[None])
+        impls[name] = (lambda vq=vq, call=call: _vq_step(vq, z, call))
+        peaks[name] = peak_extra_mib(impls[name], device)
+    mem = " / ".join("?" if p is None else f"{p:.0f}" for p in peaks.values())
+    return Case(
+        label=f"VectorQuantizer EMA step N={n} K={k} D={d}, peak +MiB {mem}",
+        params={"N": n, "K": k, "D": d, "ema": True, "peak_extra_mib": peaks},
+        impls=impls,
+        baseline="vector_quantize_pytorch",
+        flops=2 * n * k * d,
+    )
+
+
+@register("codebook", "vq_module_step")
+def vq_module_step(device: str, quick: bool):
+    """Forward + backward + EMA update. N=8192 would need ~9 GiB in vector-quantize-pytorch (several N x K
+    fp32 matrices); N=2048 keeps the peer within a shared 2-core machine's memory."""
+    if quick:
+        yield _module_case(device, 1024, 4096, 64)
+    else:
+        yield _module_case(device, 2048, 65536, 64)
