@@ -75,6 +75,26 @@ def test_lookup_near_ties_far_from_origin(d, crowd):
     assert (naive != ref_idx).any() or crowd == 2
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("d", [64, 200])
+def test_lookup_rounded_screen_near_ties(d, dtype):
+    """A centred codebook with D >= 64 is screened with bf16-rounded z and c on AVX-512 BF16 CPUs (fp32
+    elsewhere): codes 0.02 apart around a point are mis-ordered by bf16 rounding, yet the margin keeps
+    them all as candidates and the exact re-check picks the winner."""
+    gen = torch.Generator().manual_seed(11)
+    p = torch.randn(d, generator=gen)
+    c = torch.cat([torch.randn(3000, d, generator=gen), p + 0.02 * torch.randn(40, d, generator=gen)])
+    c = c[torch.randperm(c.shape[0], generator=gen)].to(dtype)
+    z = (p + 0.02 * torch.randn(25, d, generator=gen)).to(dtype)
+    idx, _, dist = sparseops.codebook_lookup(z, c, return_dist=True)
+    ref_idx, _, ref_dist = codebook_lookup_ref(z, c)
+    assert torch.equal(idx, ref_idx)
+    torch.testing.assert_close(dist, ref_dist, rtol=1e-6, atol=0)
+    zb, cb = z.bfloat16().double(), c.bfloat16().double()
+    naive = (c.double().pow(2).sum(1)[None] - 2 * zb @ cb.T).argmin(1)
+    assert (naive != ref_idx).any()  # bf16 rounding alone gets some wrong (what the margin is for)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_lookup_duplicates_beyond_the_spill_buffer(dtype):
     """40000 copies of one code (more codes within a row's bound than the spill buffer holds: the re-scan

@@ -111,6 +111,7 @@ void run_scan(ScanIsa isa, const float* zs, int64_t rows, int64_t D, const float
 
 constexpr double kEps = 1e-12;          // cosine: x / max(|x|, eps), as torch.nn.functional.normalize
 constexpr double kUnit = 0x1p-24;       // fp32 unit roundoff
+constexpr int64_t kRoundedScreenMinD = 64;  // see Lookup::run
 constexpr int64_t kSpillCap = 1 << 15;  // spilled candidates per task (see cpu::Spill): 384 KiB per thread
 
 int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
@@ -134,6 +135,26 @@ struct Lookup {
   std::vector<uint8_t> zero_row;  // cosine: z_i == 0 (cos is 0 for every code: all tie, code 0 wins)
   std::vector<float> margin;    // per row: bound on twice the fp32 error of the expanded distance
   float maxc2 = 0.0f;
+  // fp32/fp16 inputs screened with bf16-rounded values (VDPBF16PS; see run()): the margin then also
+  // covers the rounding of z and c to bf16.
+  bool rounded_screen = false;
+
+  // Whether the codebook is roughly centred: |mean c|^2 <= E|c|^2 / 2 over an evenly spaced sample of at
+  // most 4096 codes. Off-centre data make bf16's rounding (relative to |z| |c|) large against the gaps
+  // between codes, and the rounded screen would pass too many candidates: the fp32 scan is used then.
+  bool centred_codebook() const {
+    const int64_t step = std::max<int64_t>(1, K / 4096);
+    std::vector<double> mean(D, 0.0);
+    double sq = 0.0;
+    int64_t m = 0;
+    for (int64_t k = 0; k < K; k += step, ++m) {
+      for (int64_t d = 0; d < D; ++d) mean[d] += static_cast<float>(cb[k * D + d]);
+      sq += cn[k];
+    }
+    double mean2 = 0.0;
+    for (int64_t d = 0; d < D; ++d) mean2 += (mean[d] / m) * (mean[d] / m);
+    return mean2 <= 0.5 * sq / m;
+  }
 
   void prepare() {
     cn.assign(K, 1.0f);
@@ -160,6 +181,7 @@ struct Lookup {
     TORCH_CHECK(bad.load() == std::numeric_limits<int64_t>::max(), "codebook_lookup: expected finite codebook values "
                 "(got NaN or Inf, or a squared norm beyond float32, in codebook row ", bad.load(), ")");
     maxc2 = cosine ? 1.0f : *std::max_element(cn.begin(), cn.end());
+    if (rounded_screen && !centred_codebook()) rounded_screen = false;
 
     margin.resize(N);
     if (cosine) {
@@ -186,7 +208,14 @@ struct Lookup {
         }
         // + what flushing denormal inputs / partial sums to 0 (VDPBF16PS) can change, twice.
         const double flush = 0x1p-122 * (std::sqrt(static_cast<double>(D)) * (std::sqrt(maxc2) + std::sqrt(zz)) + D);
-        const double bound = 4.0 * static_cast<double>(D + 8) * kUnit * (3.0 * maxc2 + zz) * 1.0625 + flush;
+        double bound = 4.0 * static_cast<double>(D + 8) * kUnit * (3.0 * maxc2 + zz) * 1.0625 + flush;
+        if (rounded_screen) {
+          // bf16(-2 z_d) bf16(c_d) = -2 z_d c_d (1 + t), |t| <= 2 u + u^2 (u = 2^-8): per code at most
+          // (2 u + u^2) * 2 |z| |c| by Cauchy-Schwarz; twice (candidate and best), with slack. The
+          // products' growth by (1 + u)^2 in the fp32 sum is inside the 1.0625 slack above.
+          constexpr double ub = 0x1p-8;
+          bound += 2.0 * (2.0 * ub + ub * ub) * 2.0 * std::sqrt(s64) * std::sqrt(static_cast<double>(maxc2)) * 1.0625;
+        }
         margin[i] = static_cast<float>(std::min(bound, 3.0e38));
       }
     });
@@ -199,7 +228,8 @@ struct Lookup {
     return cosine ? v * static_cast<float>(cinv[k]) : v;
   }
 
-  // The packed element for value v: fp32, or the bits of bf16(v) (exact here: v is a bf16 input or -2x one).
+  // The packed element for value v: fp32, or the bits of bf16(v), rounded to nearest even (exact for bf16
+  // inputs; the margin covers the rounding of fp32/fp16 ones).
   template <typename E>
   static E elem(float v) {
     if constexpr (std::is_same_v<E, float>) {
@@ -263,8 +293,19 @@ struct Lookup {
   }
 
   void run(int64_t* out_idx, float* out_dist) {
-    prepare();
     const ScanIsa isa = scan_isa();
+    bool bf16_scan = false;
+#if SPARSEOPS_X86_KERNELS
+    // l2 with D >= kRoundedScreenMinD on AVX-512 BF16: fp32/fp16 inputs are ranked with bf16-rounded
+    // values too (twice the fp32 FMA rate), with a margin covering the rounding, so the exact re-check
+    // still decides. Below that D the nearest codes are too close for bf16's 8 bits (too many candidates).
+    // An off-centre codebook keeps the fp32 scan (centred_codebook).
+    bf16_scan = isa == ScanIsa::kAvx512 && !cosine &&
+                (std::is_same_v<T, c10::BFloat16> || D >= kRoundedScreenMinD);
+    rounded_screen = bf16_scan && !std::is_same_v<T, c10::BFloat16>;
+#endif
+    prepare();
+    if (!std::is_same_v<T, c10::BFloat16>) bf16_scan = rounded_screen;
     const int64_t nr = scan_nr(isa);
     const int64_t threads = std::max<int64_t>(1, at::get_num_threads());
     // Query blocks of <= 256 rows, at least ~4 tasks per thread; with too few blocks, each superblock's
@@ -290,12 +331,10 @@ struct Lookup {
       }
     });
 #if SPARSEOPS_X86_KERNELS
-    if constexpr (std::is_same_v<T, c10::BFloat16>) {
-      if (isa == ScanIsa::kAvx512 && !cosine) {  // bf16 pair dots: twice the fp32 FMA rate
-        scan_all<uint16_t, 2>(nr, mc, nqb, sb_codes, kc_tiles, splits, n_pad, cands, cpu::scan_avx512_bf16);
-        finish(cands, splits, n_pad, out_idx, out_dist);
-        return;
-      }
+    if (bf16_scan) {  // bf16 pair dots: twice the fp32 FMA rate
+      scan_all<uint16_t, 2>(nr, mc, nqb, sb_codes, kc_tiles, splits, n_pad, cands, cpu::scan_avx512_bf16);
+      finish(cands, splits, n_pad, out_idx, out_dist);
+      return;
     }
 #endif
     scan_all<float, 1>(nr, mc, nqb, sb_codes, kc_tiles, splits, n_pad, cands,

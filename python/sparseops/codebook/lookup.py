@@ -7,7 +7,10 @@ Precision policy (CPU). The scan ranks codes by the expanded distance ``|c|^2 - 
 any float dtype converted exactly to fp32; fp32 accumulation; bf16 l2 inputs on AVX-512 use VDPBF16PS,
 whose bf16 products are exact in fp32), fused with the argmin, and keeps as candidates every code within
 a rigorous bound on twice that form's rounding error of the row's best
-(``4 (D + 8) 2^-24 (3 max|c|^2 + |z|^2)``, plus a term for flushed denormals). The candidates are then re-checked with the exact form
+(``4 (D + 8) 2^-24 (3 max|c|^2 + |z|^2)``, plus a term for flushed denormals). On AVX-512 BF16 CPUs, l2
+with D >= 64 and a roughly centred codebook (``|mean c|^2 <= E|c|^2 / 2``) screens fp32/fp16 inputs too
+with bf16-rounded ``-2 z`` and ``c`` (twice the fp32 FMA rate); the bound then also covers that rounding
+(``+ 4 (2^-7 + 2^-16) |z| max|c|``, with slack), so the re-check below still decides exactly. The candidates are then re-checked with the exact form
 ``sum((z - c)^2)`` in float64 (cosine: ``1 - z.c / (|z| |c|)``), and the smallest wins, ties to the lowest
 index. So the result is the nearest code to float64 rounding, even for near-ties that the expanded form
 mis-orders, and it is the same on every ISA path (AVX-512, AVX2, portable). A row with more than 8
