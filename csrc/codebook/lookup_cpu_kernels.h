@@ -28,10 +28,12 @@ struct RowCands {
   float val[kCap];
 };
 
-// Where a scan puts the codes offered to a row whose kCap slots are full: (row within the scan's rc,
-// code, value) triples, one buffer per task (thread). When it is full too, the row is flagged (overflow).
-// The glue filters the entries by the row's final threshold and compares them exactly.
+// Where a scan puts the codes offered to a row whose kCap slots are full: (row within rows, code, value)
+// triples, one buffer per task (thread). When it is full, the entries that no longer pass their row's
+// threshold are dropped; when it is still full, the row is flagged (overflow). The glue filters the
+// entries by the rows' final thresholds and compares them exactly.
 struct Spill {
+  RowCands* rows;  // the task's rows (the scan's rc)
   int64_t cap;
   int64_t size;
   int32_t* row;

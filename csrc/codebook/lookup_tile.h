@@ -34,6 +34,18 @@ inline void offer(RowCands& r, float e, int32_t k, int32_t row, Spill* sp) {
     r.count = kept;
   }
   if (r.count == kCap) {  // many codes within the error bound (duplicate or near-identical codes)
+    if (sp->size == sp->cap) {  // drop the entries that their rows' thresholds have passed by since
+      int64_t kept = 0;
+      for (int64_t j = 0; j < sp->size; ++j) {
+        if (sp->val[j] < sp->rows[sp->row[j]].thr) {
+          sp->row[kept] = sp->row[j];
+          sp->idx[kept] = sp->idx[j];
+          sp->val[kept] = sp->val[j];
+          ++kept;
+        }
+      }
+      sp->size = kept;
+    }
     if (sp->size < sp->cap) {
       sp->row[sp->size] = row;
       sp->idx[sp->size] = k;
