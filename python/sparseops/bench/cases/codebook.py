@@ -5,7 +5,9 @@
 * ``torch_dense``: the same over the whole codebook at once, where N x K fp32 stays <= 1 GiB;
 * ``faiss_flat``: faiss-cpu ``IndexFlatL2.search(z, 1)`` (BLAS tiles + its own argmin; fp32 only: the
   bf16 cases give it fp32 copies, made outside the timing); skipped when faiss does not import;
-* ``pykeops``: skipped unless pykeops imports (its argmin reduction needs a working compiler setup).
+* ``pykeops``: ``argmin`` of ``((z_i - c_j) ** 2).sum(-1)`` on LazyTensors (its own fused tiles), when pykeops
+  imports (``SPARSEOPS_BENCH_HEAVY_PEERS=1 tools/setup_env.sh``; it compiles a module per shape with the
+  system compiler); on CPU only points under 1e10 flops (its CPU backend runs at ~2 GFLOP/s); not in --quick.
 
 All report GFLOP/s with flops = 2 N K D (the distance matmul; the argmin is not counted).
 
@@ -67,16 +69,25 @@ def _faiss_impl(z: Tensor, codebook: Tensor, device: str):
     return lambda: index.search(zf, 1)
 
 
-def _keops_impl(z: Tensor, codebook: Tensor):
+_KEOPS_CPU_FLOPS = 10**10  # pykeops' CPU backend runs at ~2 GFLOP/s here: larger points would take minutes
+
+
+def _keops_impl(z: Tensor, codebook: Tensor, quick: bool):
+    if quick:
+        return unavailable("pykeops: not in --quick runs (it compiles a module per shape)")
+    n, d = z.shape
+    if z.device.type == "cpu" and 2 * n * codebook.shape[0] * d > _KEOPS_CPU_FLOPS:
+        return unavailable(f"pykeops CPU (~2 GFLOP/s here): only points under {_KEOPS_CPU_FLOPS:.0e} flops are run")
     try:
         from pykeops.torch import LazyTensor
     except ImportError:
-        return unavailable("pykeops not installed")
-    zi, cj = LazyTensor(z.float()[:, None, :]), LazyTensor(codebook.float()[None, :, :])
+        return unavailable("pykeops not installed (SPARSEOPS_BENCH_HEAVY_PEERS=1 tools/setup_env.sh)")
+    # fp32 copies for the bf16 cases (pykeops has no bf16), made outside the timing.
+    zi, cj = LazyTensor(z.float()[:, None, :].contiguous()), LazyTensor(codebook.float()[None, :, :].contiguous())
     return lambda: ((zi - cj) ** 2).sum(-1).argmin(dim=1)
 
 
-def _lookup_case(z: Tensor, codebook: Tensor, dtype_name: str, device: str) -> Case:
+def _lookup_case(z: Tensor, codebook: Tensor, dtype_name: str, device: str, quick: bool) -> Case:
     n, d = z.shape
     k = codebook.shape[0]
     impls = {
@@ -85,7 +96,7 @@ def _lookup_case(z: Tensor, codebook: Tensor, dtype_name: str, device: str) -> C
         "torch_dense": (lambda: torch_dense(z, codebook)) if n * k <= _DENSE_LIMIT
         else unavailable(f"N x K fp32 = {n * k * 4 / 2**30:.0f} GiB does not fit the 1 GiB limit"),
         "faiss_flat": _faiss_impl(z, codebook, device),
-        "pykeops": _keops_impl(z, codebook) if device == "cuda" else unavailable("pykeops: not run on CPU here"),
+        "pykeops": _keops_impl(z, codebook, quick),
     }
     return Case(
         label=f"{dtype_name} N={n} K={k} D={d}",
@@ -107,7 +118,7 @@ def _cases(device: str, quick: bool, k: int, dtype_name: str):
         codebook = torch.randn(k, d, generator=gen).to(device=device, dtype=dtype)
         for n in rows:
             z = torch.randn(n, d, generator=gen).to(device=device, dtype=dtype)
-            yield _lookup_case(z, codebook, dtype_name, device)
+            yield _lookup_case(z, codebook, dtype_name, device, quick)
 
 
 @register("codebook", "lookup_fp32_k16k")
@@ -123,7 +134,7 @@ def lookup_bf16_small(device: str, quick: bool):
         gen = torch.Generator().manual_seed(1)
         codebook = torch.randn(16384, 64, generator=gen).to(device=device, dtype=torch.bfloat16)
         z = torch.randn(2048, 64, generator=gen).to(device=device, dtype=torch.bfloat16)
-        yield _lookup_case(z, codebook, "bf16", device)
+        yield _lookup_case(z, codebook, "bf16", device, quick)
         return
     if device == "cuda":
         return
