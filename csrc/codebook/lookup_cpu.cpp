@@ -30,6 +30,7 @@
 #include <utility>
 #include <vector>
 
+#include "codebook/lookup_bound.h"
 #include "codebook/lookup_checks.h"
 #include "codebook/lookup_cpu_kernels.h"
 #include "common/cpu_features.h"
@@ -226,17 +227,8 @@ struct Lookup {
           zero_row[i] = s64 == 0.0;
           zz = 1.0;  // normalised; the normalisation's own rounding is covered by the extra 4 terms below
         }
-        // + what flushing denormal inputs / partial sums to 0 (VDPBF16PS) can change, twice.
-        const double flush = 0x1p-122 * (std::sqrt(static_cast<double>(D)) * (std::sqrt(maxc2) + std::sqrt(zz)) + D);
-        double bound = 4.0 * static_cast<double>(D + 8) * kUnit * (3.0 * maxc2 + zz) * 1.0625 + flush;
-        if (rounded_screen) {
-          // bf16(-2 z_d) bf16(c_d) = -2 z_d c_d (1 + t), |t| <= 2 u + u^2 (u = 2^-8): per code at most
-          // (2 u + u^2) * 2 |z| |c| by Cauchy-Schwarz; twice (candidate and best), with slack. The
-          // products' growth by (1 + u)^2 in the fp32 sum is inside the 1.0625 slack above.
-          constexpr double ub = 0x1p-8;
-          bound += 2.0 * (2.0 * ub + ub * ub) * 2.0 * std::sqrt(s64) * std::sqrt(static_cast<double>(maxc2)) * 1.0625;
-        }
-        margin[i] = static_cast<float>(std::min(bound, 3.0e38));
+        // lookup_bound.h: fp32 sums, flushed denormals (VDPBF16PS), bf16 rounding when rounded_screen.
+        margin[i] = static_cast<float>(screen_margin(D, kUnit, maxc2, zz, rounded_screen));
       }
     });
     TORCH_CHECK(bad.load() == std::numeric_limits<int64_t>::max(), "codebook_lookup: expected finite z values "
@@ -310,10 +302,7 @@ struct Lookup {
       for (int64_t d = 0; d < D; ++d) s += static_cast<double>(static_cast<float>(zr[d])) * static_cast<float>(c[d]);
       return 1.0 - s * zinv[i] * cinv[k];
     }
-    for (int64_t d = 0; d < D; ++d) {
-      const double t = static_cast<double>(static_cast<float>(zr[d])) - static_cast<float>(c[d]);
-      s += t * t;
-    }
+    for (int64_t d = 0; d < D; ++d) s = add_sq_diff(s, static_cast<float>(zr[d]), static_cast<float>(c[d]));
     return s;
   }
 
@@ -471,7 +460,7 @@ struct Lookup {
     double best = std::numeric_limits<double>::infinity();
     for (const int64_t k : found) {
       const double d = exact(i, k);
-      if (best_k < 0 || d < best || (d == best && k < best_k)) {
+      if (better(d, k, best, best_k)) {
         best = d;
         best_k = k;
       }
@@ -513,7 +502,7 @@ struct Lookup {
         bool overflow = false;
         auto consider = [&](int64_t k) {
           const double d = exact(i, k);
-          if (d < best || (d == best && k < best_k)) {
+      if (better(d, k, best, best_k)) {
             best = d;
             best_k = k;
           }

@@ -1,4 +1,5 @@
-// codebook_lookup on CUDA: a tiled fp32 kernel (plain FMA tiles; no tensor cores yet).
+// codebook_lookup on CUDA, cosine metric: a tiled fp32 kernel (plain FMA tiles). l2 goes through the
+// tensor-core screen + exact re-check of lookup_mma_kernel.cu.
 //   Block: 64 query rows x 64 codes per tile, 256 threads, each thread a 4 x 4 micro-tile; z and code
 //   chunks of 16 dims staged (transposed) in shared memory. The distance is the direct form
 //   sum((z - c)^2) (l2) or 1 - z.c (cosine, on normalised fp32 copies) -- no |c|^2 - 2 z.c cancellation.
