@@ -98,38 +98,40 @@ __global__ void __launch_bounds__(kThreads) recheck_kernel(const scalar_t* __res
                                                            const scalar_t* __restrict__ cb, const MmaLookupParams p) {
   __shared__ double red_d[kThreads];
   __shared__ int64_t red_k[kThreads];
-  const int64_t i = blockIdx.x;
-  const int count = p.count[i];
-  const bool all = count > kCandCap;  // overflowed: every code, exactly (rare: many near-identical codes)
-  const int64_t n = all ? p.K : count;
-  double best = INFINITY;
-  int64_t best_k = -1;
-  for (int64_t j = threadIdx.x; j < n; j += kThreads) {
-    const int64_t k = all ? j : p.cand[i * kCandCap + j];
-    double s = 0.0;
-    for (int64_t d = 0; d < p.D; ++d) s = add_sq_diff(s, to_float(z[i * p.D + d]), to_float(cb[k * p.D + d]));
-    if (better(s, k, best, best_k)) {
-      best = s;
-      best_k = k;
-    }
-  }
-  red_d[threadIdx.x] = best;
-  red_k[threadIdx.x] = best_k;
-  __syncthreads();
-  for (int w = kThreads / 2; w > 0; w /= 2) {
-    if (threadIdx.x < w) {
-      const double od = red_d[threadIdx.x + w];
-      const int64_t ok = red_k[threadIdx.x + w];
-      if (ok >= 0 && better(od, ok, red_d[threadIdx.x], red_k[threadIdx.x])) {
-        red_d[threadIdx.x] = od;
-        red_k[threadIdx.x] = ok;
+  for (int64_t i = blockIdx.x; i < p.N; i += gridDim.x) {  // one row per block at a time
+    const int count = p.count[i];
+    const bool all = count > kCandCap;  // overflowed: every code, exactly (rare: many near-identical codes)
+    const int64_t n = all ? p.K : count;
+    double best = INFINITY;
+    int64_t best_k = -1;
+    for (int64_t j = threadIdx.x; j < n; j += kThreads) {
+      const int64_t k = all ? j : p.cand[i * kCandCap + j];
+      double s = 0.0;
+      for (int64_t d = 0; d < p.D; ++d) s = add_sq_diff(s, to_float(z[i * p.D + d]), to_float(cb[k * p.D + d]));
+      if (better(s, k, best, best_k)) {
+        best = s;
+        best_k = k;
       }
     }
+    red_d[threadIdx.x] = best;
+    red_k[threadIdx.x] = best_k;
     __syncthreads();
-  }
-  if (threadIdx.x == 0) {
-    p.indices[i] = red_k[0];
-    p.dist[i] = static_cast<float>(red_d[0]);
+    for (int w = kThreads / 2; w > 0; w /= 2) {
+      if (threadIdx.x < w) {
+        const double od = red_d[threadIdx.x + w];
+        const int64_t ok = red_k[threadIdx.x + w];
+        if (ok >= 0 && better(od, ok, red_d[threadIdx.x], red_k[threadIdx.x])) {
+          red_d[threadIdx.x] = od;
+          red_k[threadIdx.x] = ok;
+        }
+      }
+      __syncthreads();
+    }
+    if (threadIdx.x == 0) {
+      p.indices[i] = red_k[0];
+      p.dist[i] = static_cast<float>(red_d[0]);
+    }
+    __syncthreads();  // red_* are reused by the next row
   }
 }
 
@@ -146,7 +148,7 @@ cudaError_t launch_codebook_lookup_mma(const MmaLookupParams& p, cudaStream_t st
   screen_kernel<false><<<grid, kThreads, 0, stream>>>(p);
   if ((err = cudaGetLastError()) != cudaSuccess) return err;
   return SPARSEOPS_CUDA_DISPATCH(p.dtype, [&] {
-    recheck_kernel<scalar_t><<<static_cast<unsigned>(p.N), kThreads, 0, stream>>>(
+    recheck_kernel<scalar_t><<<grid_for(p.N, 1), kThreads, 0, stream>>>(
         static_cast<const scalar_t*>(p.z), static_cast<const scalar_t*>(p.codebook), p);
     return cudaGetLastError();
   });
