@@ -74,21 +74,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> codebook_lookup_cuda(const at::Te
   const at::Tensor znorm = checked_row_norms(zc, !cosine, true);
   const int splits = lookup_splits(N, K, at::cuda::getCurrentDeviceProperties()->multiProcessorCount);
   if (!cosine) return lookup_l2_mma(zc, cb, znorm, splits, indices, dist);
-  at::Tensor zin = zc, cin = cb;
-  if (cosine) {  // fp32 normalised copies: x / max(|x|, 1e-12), as torch.nn.functional.normalize
-    zin = zc.to(at::kFloat) / znorm.clamp_min(1e-12).unsqueeze(1);
-    cin = cb.to(at::kFloat) / cnorm.clamp_min(1e-12).unsqueeze(1);
-  }
+  // cosine: fp32 normalised copies, x / max(|x|, 1e-12) as torch.nn.functional.normalize
+  const at::Tensor zin = zc.to(at::kFloat) / znorm.clamp_min(1e-12).unsqueeze(1);
+  const at::Tensor cin = cb.to(at::kFloat) / cnorm.clamp_min(1e-12).unsqueeze(1);
   at::Tensor part_dist, part_idx;
   if (splits > 1) {
     part_dist = at::empty({splits, N}, dist.options());
     part_idx = at::empty({splits, N}, indices.options());
   }
-  LookupParams p{zin.const_data_ptr(), cin.const_data_ptr(), indices.mutable_data_ptr<int64_t>(),
+  LookupParams p{zin.const_data_ptr<float>(), cin.const_data_ptr<float>(), indices.mutable_data_ptr<int64_t>(),
                  dist.mutable_data_ptr<float>(), splits > 1 ? part_dist.mutable_data_ptr<float>() : nullptr,
-                 splits > 1 ? part_idx.mutable_data_ptr<int64_t>() : nullptr, N, K, D, splits, cosine,
-                 to_device_dtype("codebook_lookup", zc.scalar_type())};
-  SPARSEOPS_CUDA_CHECK(launch_codebook_lookup(p, current_stream()));
+                 splits > 1 ? part_idx.mutable_data_ptr<int64_t>() : nullptr, N, K, D, splits};
+  SPARSEOPS_CUDA_CHECK(launch_codebook_lookup_cosine(p, current_stream()));
   return {cb.index_select(0, indices), indices, dist};
 }
 

@@ -10,23 +10,21 @@
 
 namespace sparseops::codebook {
 
-// Nearest code per row, fp32 tiles. l2: direct form sum((z - c)^2); cosine (z, codebook already
-// normalised, fp32): 1 - z.c. Each (row block, code split) keeps per-thread running minima (ties to the
-// lower index), reduced in shared memory; splits > 1 writes partials merged by a second kernel.
+// Nearest code per row by cosine, fp32 tiles on normalised copies: 1 - z.c. Each (row block, code split)
+// keeps per-thread running minima (ties to the lower index), reduced in shared memory; splits > 1 writes
+// partials merged by a second kernel.
 struct LookupParams {
-  const void* z;          // [N, D] dtype (cosine: fp32)
-  const void* codebook;   // [K, D] dtype (cosine: fp32)
+  const float* z;         // [N, D] fp32, rows normalised
+  const float* codebook;  // [K, D] fp32, rows normalised
   int64_t* indices;       // [N]
   float* dist;            // [N]
   float* part_dist;       // [splits, N] fp32 workspace (splits > 1)
   int64_t* part_idx;      // [splits, N]
   int64_t N, K, D;
   int splits;
-  bool cosine;
-  DType dtype;            // of z and codebook
 };
-int lookup_splits(int64_t N, int64_t K, int sm_count);  // how many code splits to use
-cudaError_t launch_codebook_lookup(const LookupParams& p, cudaStream_t stream);
+int lookup_splits(int64_t N, int64_t K, int sm_count);  // code splits (64-code tiles) for both lookups
+cudaError_t launch_codebook_lookup_cosine(const LookupParams& p, cudaStream_t stream);
 
 // Nearest code per row (l2) with tensor cores: a bf16 WMMA screen, then the exact float64 re-check of
 // every code within the screen's margin (lookup_mma_kernel.cu), with the CPU lookup's rules.
