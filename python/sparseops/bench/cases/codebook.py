@@ -225,10 +225,11 @@ def _module_case(device: str, n: int, k: int, d: int) -> Case:
     )
 
 
-@register("codebook", "vq_module_step")
+@register("codebook", "vq_module_step", devices=("cpu",))
 def vq_module_step(device: str, quick: bool):
-    """Forward + backward + EMA update. N=8192 would need ~9 GiB in vector-quantize-pytorch (several N x K
-    fp32 matrices); N=2048 keeps the peer within a shared 2-core machine's memory."""
+    """Forward + backward + EMA update. N=8192 would need ~12 GiB in vector-quantize-pytorch (several N x K
+    fp32 matrices: 3 GiB at N=2048); N=2048 keeps the peer within a shared 2-core machine's memory. CPU
+    only, so that the one-call GPU check stays within its time caps."""
     if quick:
         yield _module_case(device, 1024, 4096, 64)
     else:
