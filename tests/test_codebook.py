@@ -34,10 +34,10 @@ def test_lookup_matches_reference(n, k, d, dtype, metric, device):
     idx, q, dist = sparseops.codebook_lookup(z, c, metric=metric, return_dist=True)
     ref_idx, ref_q, ref_dist = codebook_lookup_ref(z, c, metric)
     assert idx.dtype == torch.int64 and q.dtype == dtype and dist.dtype == torch.float32
-    if device == "cpu":  # exact: the float64 re-check
-        torch.testing.assert_close(idx, ref_idx, rtol=0, atol=0)
-        torch.testing.assert_close(dist, ref_dist, rtol=1e-6, atol=1e-6)
-    else:  # fp32 direct form: the chosen code is the best up to fp32 rounding of the distances
+    if device == "cpu" or metric == "l2":  # exact: the float64 re-check (CUDA l2: after the tensor-core screen)
+        torch.testing.assert_close(idx, ref_idx.to(device), rtol=0, atol=0)
+        torch.testing.assert_close(dist, ref_dist.to(device), rtol=1e-6, atol=1e-6)
+    else:  # CUDA cosine, fp32 direct form: the chosen code is the best up to fp32 rounding of the distances
         chosen = _exact_dist(z, c[idx], metric)
         scale = 1e-5 * d * (1.0 if metric == "cosine" else float((z.double() ** 2).sum(1).max() + (c.double() ** 2).sum(1).max()))
         assert (chosen <= ref_dist.double() + scale).all()
@@ -60,7 +60,7 @@ def test_lookup_leading_dims_and_noncontiguous():
 def test_lookup_near_ties_far_from_origin(d, crowd):
     """Codes crowded around a point far from the origin: |c|^2 - 2 z.c cancels ~12 digits, so fp32
     mis-orders the expanded form; the float64 re-check still finds the exact winner. crowd=30 puts more
-    codes within the error bound than there are candidate slots: the exact full re-scan path."""
+    codes within the error bound than there are candidate slots: the spill buffer's path."""
     gen = torch.Generator().manual_seed(3)
     center = torch.full((d,), 1000.0)
     c = torch.cat([center + 1e-2 * torch.randn(crowd, d, generator=gen), torch.randn(50, d, generator=gen)])
@@ -73,6 +73,67 @@ def test_lookup_near_ties_far_from_origin(d, crowd):
     # the expanded form in fp32 does get some of these wrong (what the re-check is for)
     naive = ((c.pow(2).sum(1)[None] - 2 * z @ c.T)).argmin(1)
     assert (naive != ref_idx).any() or crowd == 2
+
+
+@pytest.mark.requires_cuda
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_lookup_cuda_l2_equals_cpu(dtype):
+    """CUDA l2 (bf16 tensor-core screen + the same exact re-check) gives the CPU's indices and distances
+    bit for bit: random codes, near-ties far from the origin, more near-identical codes than the 32
+    candidate slots (the all-codes re-check), N/K/D off the 64/64/16 tiles."""
+    gen = torch.Generator().manual_seed(13)
+    center = torch.full((40,), 300.0)
+    p = torch.randn(33, generator=gen)
+    cases = [
+        (torch.randn(100, 72, generator=gen), torch.randn(5000, 72, generator=gen)),
+        (center + 1e-2 * torch.randn(20, 40, generator=gen),
+         torch.cat([center + 1e-2 * torch.randn(50, 40, generator=gen), torch.randn(70, 40, generator=gen)])),
+        (p + 1e-3 * torch.randn(9, 33, generator=gen),
+         torch.cat([torch.randn(200, 33, generator=gen), p + 1e-4 * torch.randn(100, 33, generator=gen), p.expand(40, 33)])),
+        (torch.randn(1, 5, generator=gen), torch.randn(3, 5, generator=gen)),
+    ]
+    for z, c in cases:
+        z, c = z.to(dtype), c.to(dtype)
+        idx, _, dist = sparseops.codebook_lookup(z, c, return_dist=True)
+        cidx, _, cdist = sparseops.codebook_lookup(z.cuda(), c.cuda(), return_dist=True)
+        assert torch.equal(cidx.cpu(), idx) and torch.equal(cdist.cpu(), dist)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("d", [64, 200])
+def test_lookup_rounded_screen_near_ties(d, dtype):
+    """A centred codebook with D >= 64 is screened with bf16-rounded z and c on AVX-512 BF16 CPUs (fp32
+    elsewhere): codes 0.02 apart around a point are mis-ordered by bf16 rounding, yet the margin keeps
+    them all as candidates and the exact re-check picks the winner."""
+    gen = torch.Generator().manual_seed(11)
+    p = torch.randn(d, generator=gen)
+    c = torch.cat([torch.randn(3000, d, generator=gen), p + 0.02 * torch.randn(40, d, generator=gen)])
+    c = c[torch.randperm(c.shape[0], generator=gen)].to(dtype)
+    z = (p + 0.02 * torch.randn(25, d, generator=gen)).to(dtype)
+    idx, _, dist = sparseops.codebook_lookup(z, c, return_dist=True)
+    ref_idx, _, ref_dist = codebook_lookup_ref(z, c)
+    assert torch.equal(idx, ref_idx)
+    torch.testing.assert_close(dist, ref_dist, rtol=1e-6, atol=0)
+    zb, cb = z.bfloat16().double(), c.bfloat16().double()
+    naive = (c.double().pow(2).sum(1)[None] - 2 * zb @ cb.T).argmin(1)
+    assert (naive != ref_idx).any()  # bf16 rounding alone gets some wrong (what the margin is for)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_lookup_duplicates_beyond_the_spill_buffer(dtype):
+    """40000 copies of one code (more codes within a row's bound than the spill buffer holds: the re-scan
+    of the task's packed codes) among near-identical and random ones: still the exact winner, and of the
+    copies the lowest index."""
+    gen = torch.Generator().manual_seed(5)
+    base = torch.randn(4, generator=gen)
+    near = base + 1e-4 * torch.randn(300, 4, generator=gen)
+    c = torch.cat([torch.randn(100, 4, generator=gen), base.expand(40000, 4), near]).to(dtype)
+    z = torch.cat([base + 1e-3 * torch.randn(5, 4, generator=gen), torch.randn(5, 4, generator=gen)]).to(dtype)
+    idx, _, dist = sparseops.codebook_lookup(z, c, return_dist=True)
+    ref_idx, _, ref_dist = codebook_lookup_ref(z, c)
+    assert torch.equal(idx, ref_idx)
+    torch.testing.assert_close(dist, ref_dist, rtol=1e-6, atol=0)
+    assert ((idx < 100) | (idx == 100) | (idx >= 40100)).all()  # a copy wins only as the first copy
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])

@@ -2,8 +2,9 @@
 for bit: each variant ranks the expanded distance in its own way (different tiles, FMA or not), but the
 winner is always re-checked exactly in float64 by the same code, so the results must agree. The
 variants run in subprocesses with SPARSEOPS_CPU_ISA=avx2 / baseline; this process runs the default one.
-Cases: random, near-ties far from the origin (the re-check and the overflow re-scan), duplicate codes,
-cosine with zero vectors, fp16/bf16 (AVX-512: the VDPBF16PS path), bf16 grid ties, D from 1 to 1024, K not a multiple of any tile width, K >> N."""
+Cases: random, near-ties far from the origin (the re-check and the spill buffer), duplicate codes beyond the spill
+buffer (the re-scan),
+cosine with zero vectors, fp16/bf16 and centred fp32 with D >= 64 (AVX-512: the VDPBF16PS path), bf16 grid ties, D from 1 to 1024, K not a multiple of any tile width, K >> N."""
 from __future__ import annotations
 
 import os
@@ -35,6 +36,12 @@ def build_cases() -> dict[str, tuple]:
     cases["bf16 grid ties"] = ((64 + 0.25 * torch.randint(-3, 4, (50, 40), generator=gen)).bfloat16(), c, "l2")
     c = torch.randn(20, 5, generator=gen)
     cases["duplicates"] = (torch.randn(40, 5, generator=gen), torch.cat([c, c, c]), "l2")
+    p = torch.randn(96, generator=gen)  # centred, D >= 64: AVX-512's bf16-rounded screen of fp32 inputs
+    c = torch.cat([torch.randn(500, 96, generator=gen), p + 0.02 * torch.randn(30, 96, generator=gen)])
+    cases["rounded screen near-ties"] = (p + 0.02 * torch.randn(12, 96, generator=gen), c, "l2")
+    base = torch.randn(4, generator=gen)  # more codes within the bound than a task's spill buffer holds
+    c = torch.cat([base.expand(40000, 4), base + 1e-4 * torch.randn(300, 4, generator=gen)])
+    cases["spill overflow"] = (base + 1e-3 * torch.randn(6, 4, generator=gen), c, "l2")
     cases["cosine zeros"] = (torch.cat([torch.zeros(2, 6), torch.randn(9, 6, generator=gen)]),
                              torch.cat([torch.zeros(1, 6), torch.randn(50, 6, generator=gen)]), "cosine")
     return cases

@@ -41,7 +41,12 @@ fi
 "$PY" -m pip install "${PIP_PROGRESS[@]}" --disable-pip-version-check -q threadpoolctl
 # examples/vq_sample_images.py compares against vector-quantize-pytorch on scikit-learn's sample images.
 "$PY" -m pip install "${PIP_PROGRESS[@]}" --disable-pip-version-check -q scikit-learn vector-quantize-pytorch \
-  || echo "[setup] vector-quantize-pytorch not installed (examples only)"
+  || echo "[setup] vector-quantize-pytorch not installed (the codebook module bench and example skip it)"
+# Heavy or JIT-compiling peers, off by default (CI does not download them).
+if [ "${SPARSEOPS_BENCH_HEAVY_PEERS:-0}" = 1 ]; then
+  "$PY" -m pip install "${PIP_PROGRESS[@]}" --disable-pip-version-check -q pykeops \
+    || echo "[setup] pykeops not installed: the codebook bench skips its pykeops peer"
+fi
 
 # CUTLASS C++ headers only. Installed outside site-packages, so the environment stays consistent (the
 # nvidia-cutlass wheel's Python dependencies, which pip would check on every later install, are not

@@ -4,6 +4,7 @@
 #include <ATen/cuda/CUDAContext.h>
 #include <torch/library.h>
 
+#include <limits>
 #include <string_view>
 
 #include "codebook/codebook_launch.h"
@@ -31,6 +32,34 @@ at::Tensor checked_row_norms(const at::Tensor& t, bool squared_must_fit, bool is
   return norms;
 }
 
+// l2: the tensor-core screen + exact re-check (lookup_mma_kernel.cu). Extra memory: bf16 copies of z and
+// the codebook (padded to 64 rows and 16 dims), |c|^2, [splits, N] fp32 minima, and 4 + 4 * 32 bytes of
+// candidate state per row.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> lookup_l2_mma(const at::Tensor& zc, const at::Tensor& cb,
+                                                             const at::Tensor& znorm, int splits, at::Tensor& indices,
+                                                             at::Tensor& dist) {
+  const int64_t N = zc.size(0), K = cb.size(0), D = cb.size(1);
+  const int64_t Np = (N + 63) / 64 * 64, Kp = (K + 63) / 64 * 64, Dp = (D + 15) / 16 * 16;
+  const auto bf16 = zc.options().dtype(at::kBFloat16), f32 = zc.options().dtype(at::kFloat);
+  at::Tensor zb = at::zeros({Np, Dp}, bf16), cbb = at::zeros({Kp, Dp}, bf16);
+  zb.slice(0, 0, N).slice(1, 0, D).copy_(zc);  // round to nearest even: the margin covers it
+  cbb.slice(0, 0, K).slice(1, 0, D).copy_(cb);
+  at::Tensor cn = at::full({Kp}, std::numeric_limits<float>::infinity(), f32);
+  cn.slice(0, 0, K).copy_(cb.to(at::kFloat).square().sum(1));
+  const at::Tensor maxc2 = cn.slice(0, 0, K).max().reshape({1});
+  at::Tensor part_min = at::empty({splits, N}, f32), thr = at::empty({N}, f32);
+  at::Tensor count = at::empty({N}, zc.options().dtype(at::kInt)), cand = at::empty({N, kCandCap}, count.options());
+  MmaLookupParams p{zc.const_data_ptr(), cb.const_data_ptr(),
+                    reinterpret_cast<const __nv_bfloat16*>(zb.const_data_ptr()),
+                    reinterpret_cast<const __nv_bfloat16*>(cbb.const_data_ptr()), cn.const_data_ptr<float>(),
+                    znorm.const_data_ptr<float>(), maxc2.const_data_ptr<float>(), part_min.mutable_data_ptr<float>(),
+                    thr.mutable_data_ptr<float>(), count.mutable_data_ptr<int32_t>(), cand.mutable_data_ptr<int32_t>(),
+                    indices.mutable_data_ptr<int64_t>(), dist.mutable_data_ptr<float>(), N, K, D, Np, Kp, Dp, splits,
+                    to_device_dtype("codebook_lookup", zc.scalar_type())};
+  SPARSEOPS_CUDA_CHECK(launch_codebook_lookup_mma(p, current_stream()));
+  return {cb.index_select(0, indices), indices, dist};
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor> codebook_lookup_cuda(const at::Tensor& z, const at::Tensor& codebook,
                                                                      c10::string_view metric) {
   const bool cosine = check_codebook_lookup_inputs(z, codebook, std::string_view(metric.data(), metric.size()));
@@ -43,22 +72,20 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> codebook_lookup_cuda(const at::Te
   at::Tensor dist = at::empty({N}, zc.options().dtype(at::kFloat));
   if (N == 0) return {cb.index_select(0, indices), indices, dist};
   const at::Tensor znorm = checked_row_norms(zc, !cosine, true);
-  at::Tensor zin = zc, cin = cb;
-  if (cosine) {  // fp32 normalised copies: x / max(|x|, 1e-12), as torch.nn.functional.normalize
-    zin = zc.to(at::kFloat) / znorm.clamp_min(1e-12).unsqueeze(1);
-    cin = cb.to(at::kFloat) / cnorm.clamp_min(1e-12).unsqueeze(1);
-  }
   const int splits = lookup_splits(N, K, at::cuda::getCurrentDeviceProperties()->multiProcessorCount);
+  if (!cosine) return lookup_l2_mma(zc, cb, znorm, splits, indices, dist);
+  // cosine: fp32 normalised copies, x / max(|x|, 1e-12) as torch.nn.functional.normalize
+  const at::Tensor zin = zc.to(at::kFloat) / znorm.clamp_min(1e-12).unsqueeze(1);
+  const at::Tensor cin = cb.to(at::kFloat) / cnorm.clamp_min(1e-12).unsqueeze(1);
   at::Tensor part_dist, part_idx;
   if (splits > 1) {
     part_dist = at::empty({splits, N}, dist.options());
     part_idx = at::empty({splits, N}, indices.options());
   }
-  LookupParams p{zin.const_data_ptr(), cin.const_data_ptr(), indices.mutable_data_ptr<int64_t>(),
+  LookupParams p{zin.const_data_ptr<float>(), cin.const_data_ptr<float>(), indices.mutable_data_ptr<int64_t>(),
                  dist.mutable_data_ptr<float>(), splits > 1 ? part_dist.mutable_data_ptr<float>() : nullptr,
-                 splits > 1 ? part_idx.mutable_data_ptr<int64_t>() : nullptr, N, K, D, splits, cosine,
-                 to_device_dtype("codebook_lookup", zc.scalar_type())};
-  SPARSEOPS_CUDA_CHECK(launch_codebook_lookup(p, current_stream()));
+                 splits > 1 ? part_idx.mutable_data_ptr<int64_t>() : nullptr, N, K, D, splits};
+  SPARSEOPS_CUDA_CHECK(launch_codebook_lookup_cosine(p, current_stream()));
   return {cb.index_select(0, indices), indices, dist};
 }
 

@@ -31,9 +31,9 @@ struct V256 {
 }  // namespace
 
 void scan_avx2(const float* zs, int64_t rows, int64_t D, const float* panel, const float* cn, int64_t ntiles,
-               int32_t k0, RowCands* rc) {
+               int32_t k0, RowCands* rc, Spill* spill) {
   static_assert(V256::kW * 2 == kNrAvx2);
-  scan_tiles<V256, 4, 2>(zs, rows, D, panel, cn, ntiles, k0, rc);
+  scan_tiles<V256, 4, 2>(zs, rows, D, panel, cn, ntiles, k0, rc, spill);
 }
 
 }  // namespace sparseops::codebook::cpu

@@ -54,15 +54,15 @@ struct V512Bf16 {
 }  // namespace
 
 void scan_avx512(const float* zs, int64_t rows, int64_t D, const float* panel, const float* cn, int64_t ntiles,
-                 int32_t k0, RowCands* rc) {
+                 int32_t k0, RowCands* rc, Spill* spill) {
   static_assert(V512::kW * 2 == kNrAvx512);
-  scan_tiles<V512, 8, 2>(zs, rows, D, panel, cn, ntiles, k0, rc);
+  scan_tiles<V512, 8, 2>(zs, rows, D, panel, cn, ntiles, k0, rc, spill);
 }
 
 void scan_avx512_bf16(const uint16_t* zs, int64_t rows, int64_t steps, const uint16_t* panel, const float* cn,
-                      int64_t ntiles, int32_t k0, RowCands* rc) {
+                      int64_t ntiles, int32_t k0, RowCands* rc, Spill* spill) {
   static_assert(V512Bf16::kW * 2 == kNrAvx512);
-  scan_tiles<V512Bf16, 8, 2>(zs, rows, steps, panel, cn, ntiles, k0, rc);
+  scan_tiles<V512Bf16, 8, 2>(zs, rows, steps, panel, cn, ntiles, k0, rc, spill);
 }
 
 }  // namespace sparseops::codebook::cpu

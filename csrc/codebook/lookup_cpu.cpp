@@ -10,11 +10,14 @@
 //    (lookup_tile.h: register tile + fused candidate test) over its codes in L2-sized blocks
 //    (KC x D fp32 <= 192 KiB).
 // 3. Per row, the candidates of every split are re-checked exactly: float64 (z - c)^2 (cosine: 1 - cos),
-//    the smallest wins, ties to the lowest index. A row whose candidates overflowed is re-scanned over
-//    all K codes exactly.
+//    the smallest wins, ties to the lowest index. A row with more than kCap codes within its bound
+//    (duplicate or near-identical codes, e.g. a codebook initialised from data) puts the others in its
+//    task's spill buffer; the task compares them exactly at its end and keeps only the winner. Should
+//    the buffer fill up, the task re-collects such a row's codes within the bound from the packed block.
 // Extra memory: O(N + K) -- |c|^2 and the inverse norms (K floats/doubles), |z|^2 (N floats), the
 // candidate records (N x splits x 80 B) -- plus one packed code superblock (<= 16 MiB, less when the
-// codebook is smaller) and per thread one packed query block (<= 256 x D fp32); and the outputs.
+// codebook is smaller) and per thread one packed query block (<= 256 x D fp32) and a 384 KiB spill
+// buffer; and the outputs.
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
@@ -24,8 +27,10 @@
 #include <cstring>
 #include <limits>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
+#include "codebook/lookup_bound.h"
 #include "codebook/lookup_checks.h"
 #include "codebook/lookup_cpu_kernels.h"
 #include "common/cpu_features.h"
@@ -66,9 +71,9 @@ struct VPortable {
 }  // namespace
 
 void scan_portable(const float* zs, int64_t rows, int64_t D, const float* panel, const float* cn, int64_t ntiles,
-                   int32_t k0, RowCands* rc) {
+                   int32_t k0, RowCands* rc, cpu::Spill* spill) {
   static_assert(VPortable::kW * 2 == kNrPortable);
-  scan_tiles<VPortable, 4, 2>(zs, rows, D, panel, cn, ntiles, k0, rc);
+  scan_tiles<VPortable, 4, 2>(zs, rows, D, panel, cn, ntiles, k0, rc, spill);
 }
 
 }  // namespace sparseops::codebook::cpu
@@ -97,16 +102,18 @@ int scan_nr(ScanIsa isa) {
 }
 
 void run_scan(ScanIsa isa, const float* zs, int64_t rows, int64_t D, const float* panel, const float* cn,
-              int64_t ntiles, int32_t k0, RowCands* rc) {
+              int64_t ntiles, int32_t k0, RowCands* rc, cpu::Spill* spill) {
 #if SPARSEOPS_X86_KERNELS
-  if (isa == ScanIsa::kAvx512) return cpu::scan_avx512(zs, rows, D, panel, cn, ntiles, k0, rc);
-  if (isa == ScanIsa::kAvx2) return cpu::scan_avx2(zs, rows, D, panel, cn, ntiles, k0, rc);
+  if (isa == ScanIsa::kAvx512) return cpu::scan_avx512(zs, rows, D, panel, cn, ntiles, k0, rc, spill);
+  if (isa == ScanIsa::kAvx2) return cpu::scan_avx2(zs, rows, D, panel, cn, ntiles, k0, rc, spill);
 #endif
-  cpu::scan_portable(zs, rows, D, panel, cn, ntiles, k0, rc);
+  cpu::scan_portable(zs, rows, D, panel, cn, ntiles, k0, rc, spill);
 }
 
 constexpr double kEps = 1e-12;          // cosine: x / max(|x|, eps), as torch.nn.functional.normalize
 constexpr double kUnit = 0x1p-24;       // fp32 unit roundoff
+constexpr int64_t kRoundedScreenMinD = 64;  // see Lookup::run
+constexpr int64_t kSpillCap = 1 << 15;  // spilled candidates per task (see cpu::Spill): 384 KiB per thread
 
 int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 
@@ -129,6 +136,46 @@ struct Lookup {
   std::vector<uint8_t> zero_row;  // cosine: z_i == 0 (cos is 0 for every code: all tie, code 0 wins)
   std::vector<float> margin;    // per row: bound on twice the fp32 error of the expanded distance
   float maxc2 = 0.0f;
+  // fp32/fp16 inputs screened with bf16-rounded values (VDPBF16PS; see run()): the margin then also
+  // covers the rounding of z and c to bf16.
+  bool rounded_screen = false;
+
+  // Whether the codebook is roughly centred: |mean c|^2 <= E|c|^2 / 2 over an evenly spaced sample of at
+  // most 4096 codes. Off-centre data make bf16's rounding (relative to |z| |c|) large against the gaps
+  // between codes, and the rounded screen would pass too many candidates: the fp32 scan is used then.
+  bool centred_codebook() const {
+    const int64_t step = std::max<int64_t>(1, K / 4096);
+    std::vector<double> mean(D, 0.0);
+    double sq = 0.0;
+    int64_t m = 0;
+    for (int64_t k = 0; k < K; k += step, ++m) {
+      for (int64_t d = 0; d < D; ++d) mean[d] += static_cast<float>(cb[k * D + d]);
+      sq += cn[k];
+    }
+    double mean2 = 0.0;
+    for (int64_t d = 0; d < D; ++d) mean2 += (mean[d] / m) * (mean[d] / m);
+    return mean2 <= 0.5 * sq / m;
+  }
+
+  // |x|^2 of a row in fp32 with 8 partial sums (vectorisable; the margin's error bound holds for any
+  // summation order).
+  float sq_norm_f32(const T* x) const {
+    float acc[8] = {};
+    int64_t d = 0;
+    for (; d + 8 <= D; d += 8) {
+      for (int j = 0; j < 8; ++j) {
+        const float v = static_cast<float>(x[d + j]);
+        acc[j] += v * v;
+      }
+    }
+    float s = 0.0f;
+    for (; d < D; ++d) {
+      const float v = static_cast<float>(x[d]);
+      s += v * v;
+    }
+    for (int j = 0; j < 8; ++j) s += acc[j];
+    return s;
+  }
 
   void prepare() {
     cn.assign(K, 1.0f);
@@ -137,24 +184,25 @@ struct Lookup {
     at::parallel_for(0, K, 256, [&](int64_t b, int64_t e) {
       for (int64_t k = b; k < e; ++k) {
         const T* c = cb + k * D;
-        float s = 0.0f;
+        if (!cosine) {  // a NaN/Inf value makes s NaN/Inf too
+          const float s = sq_norm_f32(c);
+          if (!std::isfinite(s)) note_bad(bad, k);
+          cn[k] = s;
+          continue;
+        }
         double s64 = 0.0;
         for (int64_t d = 0; d < D; ++d) {
-          const float v = static_cast<float>(c[d]);
-          s += v * v;
-          s64 += static_cast<double>(v) * v;
+          const double v = static_cast<float>(c[d]);
+          s64 += v * v;
         }
-        if (!std::isfinite(s64) || (!cosine && !std::isfinite(s))) note_bad(bad, k);
-        if (cosine) {
-          cinv[k] = 1.0 / std::max(std::sqrt(s64), kEps);
-        } else {
-          cn[k] = s;
-        }
+        if (!std::isfinite(s64)) note_bad(bad, k);
+        cinv[k] = 1.0 / std::max(std::sqrt(s64), kEps);
       }
     });
     TORCH_CHECK(bad.load() == std::numeric_limits<int64_t>::max(), "codebook_lookup: expected finite codebook values "
                 "(got NaN or Inf, or a squared norm beyond float32, in codebook row ", bad.load(), ")");
     maxc2 = cosine ? 1.0f : *std::max_element(cn.begin(), cn.end());
+    if (rounded_screen && !centred_codebook()) rounded_screen = false;
 
     margin.resize(N);
     if (cosine) {
@@ -179,28 +227,24 @@ struct Lookup {
           zero_row[i] = s64 == 0.0;
           zz = 1.0;  // normalised; the normalisation's own rounding is covered by the extra 4 terms below
         }
-        // + what flushing denormal inputs / partial sums to 0 (VDPBF16PS) can change, twice.
-        const double flush = 0x1p-122 * (std::sqrt(static_cast<double>(D)) * (std::sqrt(maxc2) + std::sqrt(zz)) + D);
-        const double bound = 4.0 * static_cast<double>(D + 8) * kUnit * (3.0 * maxc2 + zz) * 1.0625 + flush;
-        margin[i] = static_cast<float>(std::min(bound, 3.0e38));
+        // lookup_bound.h: fp32 sums, flushed denormals (VDPBF16PS), bf16 rounding when rounded_screen.
+        margin[i] = static_cast<float>(screen_margin(D, kUnit, maxc2, zz, rounded_screen));
       }
     });
     TORCH_CHECK(bad.load() == std::numeric_limits<int64_t>::max(), "codebook_lookup: expected finite z values "
                 "(got NaN or Inf, or a squared norm beyond float32, in row ", bad.load(), " of z flattened to [N, D])");
   }
 
-  float code_value(int64_t k, int64_t d) const {
-    const float v = static_cast<float>(cb[k * D + d]);
-    return cosine ? v * static_cast<float>(cinv[k]) : v;
-  }
-
-  // The packed element for value v: fp32, or the bits of bf16(v) (exact here: v is a bf16 input or -2x one).
+  // The packed element for value v: fp32, or the bits of bf16(v), rounded to nearest even (exact for bf16
+  // inputs; the margin covers the rounding of fp32/fp16 ones).
   template <typename E>
   static E elem(float v) {
     if constexpr (std::is_same_v<E, float>) {
       return v;
-    } else {
-      return c10::BFloat16(v).x;
+    } else {  // round to nearest even, as c10::BFloat16 does for the finite values seen here
+      uint32_t u;
+      std::memcpy(&u, &v, sizeof u);
+      return static_cast<uint16_t>((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
     }
   }
 
@@ -233,9 +277,17 @@ struct Lookup {
       E* p = panel + t * width * nr;
       for (int64_t j = 0; j < nr; ++j) {
         const int64_t k = k0 + t * nr + j;
-        for (int64_t d = 0; d < width; ++d) {
-          p[((d / kPair) * nr + j) * kPair + d % kPair] = (k < k1 && d < D) ? elem<E>(code_value(k, d)) : E(0);
+        E* dst = p + j * kPair;  // dim d goes to dst[(d / kPair) * nr * kPair + d % kPair]
+        int64_t d = 0;
+        if (k < k1) {
+          const T* c = cb + k * D;
+          const float scale = cosine ? static_cast<float>(cinv[k]) : 1.0f;
+          for (; d < D; ++d) {
+            const float v = static_cast<float>(c[d]);
+            dst[(d / kPair) * nr * kPair + d % kPair] = elem<E>(cosine ? v * scale : v);
+          }
         }
+        for (; d < width; ++d) dst[(d / kPair) * nr * kPair + d % kPair] = E(0);
         cnb[t * nr + j] = k < k1 ? cn[k] : std::numeric_limits<float>::infinity();
       }
     }
@@ -250,16 +302,24 @@ struct Lookup {
       for (int64_t d = 0; d < D; ++d) s += static_cast<double>(static_cast<float>(zr[d])) * static_cast<float>(c[d]);
       return 1.0 - s * zinv[i] * cinv[k];
     }
-    for (int64_t d = 0; d < D; ++d) {
-      const double t = static_cast<double>(static_cast<float>(zr[d])) - static_cast<float>(c[d]);
-      s += t * t;
-    }
+    for (int64_t d = 0; d < D; ++d) s = add_sq_diff(s, static_cast<float>(zr[d]), static_cast<float>(c[d]));
     return s;
   }
 
   void run(int64_t* out_idx, float* out_dist) {
-    prepare();
     const ScanIsa isa = scan_isa();
+    bool bf16_scan = false;
+#if SPARSEOPS_X86_KERNELS
+    // l2 with D >= kRoundedScreenMinD on AVX-512 BF16: fp32/fp16 inputs are ranked with bf16-rounded
+    // values too (twice the fp32 FMA rate), with a margin covering the rounding, so the exact re-check
+    // still decides. Below that D the nearest codes are too close for bf16's 8 bits (too many candidates).
+    // An off-centre codebook keeps the fp32 scan (centred_codebook).
+    bf16_scan = isa == ScanIsa::kAvx512 && !cosine &&
+                (std::is_same_v<T, c10::BFloat16> || D >= kRoundedScreenMinD);
+    rounded_screen = bf16_scan && !std::is_same_v<T, c10::BFloat16>;
+#endif
+    prepare();
+    if (!std::is_same_v<T, c10::BFloat16>) bf16_scan = rounded_screen;
     const int64_t nr = scan_nr(isa);
     const int64_t threads = std::max<int64_t>(1, at::get_num_threads());
     // Query blocks of <= 256 rows, at least ~4 tasks per thread; with too few blocks, each superblock's
@@ -285,18 +345,16 @@ struct Lookup {
       }
     });
 #if SPARSEOPS_X86_KERNELS
-    if constexpr (std::is_same_v<T, c10::BFloat16>) {
-      if (isa == ScanIsa::kAvx512 && !cosine) {  // bf16 pair dots: twice the fp32 FMA rate
-        scan_all<uint16_t, 2>(nr, mc, nqb, sb_codes, kc_tiles, splits, n_pad, cands, cpu::scan_avx512_bf16);
-        finish(cands, splits, n_pad, out_idx, out_dist);
-        return;
-      }
+    if (bf16_scan) {  // bf16 pair dots: twice the fp32 FMA rate
+      scan_all<uint16_t, 2>(nr, mc, nqb, sb_codes, kc_tiles, splits, n_pad, cands, cpu::scan_avx512_bf16);
+      finish(cands, splits, n_pad, out_idx, out_dist);
+      return;
     }
 #endif
     scan_all<float, 1>(nr, mc, nqb, sb_codes, kc_tiles, splits, n_pad, cands,
                        [isa](const float* zs, int64_t rows, int64_t steps, const float* panel, const float* cn,
-                             int64_t ntiles, int32_t k0, RowCands* rc) {
-                         run_scan(isa, zs, rows, steps, panel, cn, ntiles, k0, rc);
+                             int64_t ntiles, int32_t k0, RowCands* rc, cpu::Spill* spill) {
+                         run_scan(isa, zs, rows, steps, panel, cn, ntiles, k0, rc, spill);
                        });
     finish(cands, splits, n_pad, out_idx, out_dist);
   }
@@ -321,20 +379,116 @@ struct Lookup {
       std::atomic<int64_t> next{0};
       at::parallel_for(0, threads, 1, [&](int64_t, int64_t) {
         std::vector<E> zs(static_cast<size_t>(mc * width));
+        std::vector<int64_t> found;  // the codes resolve_* compare exactly
+        std::vector<int32_t> sp_row(kSpillCap), sp_idx(kSpillCap);
+        std::vector<float> sp_val(kSpillCap);
+        cpu::Spill spill{nullptr, kSpillCap, 0, sp_row.data(), sp_idx.data(), sp_val.data()};
         for (int64_t task = next++; task < nqb * splits; task = next++) {
           const int64_t qb = task / splits, s = task % splits;
           const int64_t r0 = qb * mc, r1 = std::min(N, r0 + mc);
           const int64_t rows_pad = round_up(r1 - r0, cpu::kRowPad);
           pack_rows<E, kPair>(r0, r1, rows_pad, steps, zs.data());
           RowCands* rc = cands.data() + s * n_pad + r0;
+          spill.rows = rc;
           const int64_t st0 = tiles * s / splits, st1 = tiles * (s + 1) / splits;  // this split's tiles
           for (int64_t t = st0; t < st1; t += kc_tiles) {
             const int64_t te = std::min(st1, t + kc_tiles);
             scan(zs.data(), rows_pad, steps, panel.data() + t * nr * width, cnb.data() + t * nr, te - t,
-                 static_cast<int32_t>(sb0 + t * nr), rc);
+                 static_cast<int32_t>(sb0 + t * nr), rc, &spill);
+          }
+          resolve_spill(r0, r1, rc, spill, found);
+          for (int64_t i = r0; i < r1; ++i) {
+            if (rc[i - r0].overflow == 0) continue;
+            resolve_overflow<E, kPair>(i, zs.data() + (i - r0) * width, steps, panel.data() + st0 * nr * width,
+                                       cnb.data() + st0 * nr, nr, st1 - st0, sb0 + st0 * nr, sb1, rc[i - r0], found);
           }
         }
       });
+    }
+  }
+
+  template <typename E>
+  static float to_float(E x) {
+    if constexpr (std::is_same_v<E, float>) {
+      return x;
+    } else {  // bf16 bits
+      const uint32_t u = static_cast<uint32_t>(x) << 16;
+      float f;
+      std::memcpy(&f, &u, sizeof f);
+      return f;
+    }
+  }
+
+  // Row i overflowed while scanning the packed tiles [panel, + ntiles) (codes k_first + t * nr + j, valid
+  // below k_end): every code there whose fp32 expanded distance (any evaluation order: the same error
+  // bound) is <= best + margin, plus the row's stored candidates, is compared exactly; their exact winner
+  // (ties to the lowest index) becomes the row's only candidate. It beats or ties every code it replaces,
+  // so the final re-check is unchanged; its value is set to best, which only keeps it longer. Cost: one
+  // fp32 pass over the task's codes for this row (rare: duplicate or near-identical codes).
+  template <typename E, int kPair>
+  void resolve_overflow(int64_t i, const E* zrow, int64_t steps, const E* panel, const float* cnb, int64_t nr,
+                        int64_t ntiles, int64_t k_first, int64_t k_end, RowCands& r,
+                        std::vector<int64_t>& found) const {
+    found.clear();
+    const float lim = r.best + r.margin;
+    float acc[cpu::kNrAvx512];
+    for (int64_t t = 0; t < ntiles; ++t) {
+      const E* p = panel + t * steps * nr * kPair;
+      for (int64_t j = 0; j < nr; ++j) acc[j] = cnb[t * nr + j];
+      for (int64_t d = 0; d < steps; ++d) {
+        for (int q = 0; q < kPair; ++q) {
+          const float zd = to_float(zrow[d * kPair + q]);
+          const E* pd = p + d * nr * kPair + q;
+          for (int64_t j = 0; j < nr; ++j) acc[j] += zd * to_float(pd[j * kPair]);
+        }
+      }
+      for (int64_t j = 0; j < nr; ++j) {
+        const int64_t k = k_first + t * nr + j;
+        if (acc[j] <= lim && k < k_end) found.push_back(k);
+      }
+    }
+    r.overflow = 0;
+    keep_exact_winner(i, found, r);
+  }
+
+  // Row i's stored candidates and the codes in found are compared exactly; their winner (ties to the
+  // lowest index) becomes the row's only candidate, with value best (it beats or ties every code it
+  // replaces, so the final re-check is unchanged; the value only keeps it longer).
+  void keep_exact_winner(int64_t i, std::vector<int64_t>& found, RowCands& r) const {
+    for (int32_t j = 0; j < r.count; ++j) found.push_back(r.idx[j]);
+    int64_t best_k = -1;
+    double best = std::numeric_limits<double>::infinity();
+    for (const int64_t k : found) {
+      const double d = exact(i, k);
+      if (better(d, k, best, best_k)) {
+        best = d;
+        best_k = k;
+      }
+    }
+    r.count = best_k < 0 ? 0 : 1;
+    if (best_k >= 0) {
+      r.idx[0] = static_cast<int32_t>(best_k);
+      r.val[0] = r.best;
+    }
+  }
+
+  // After a task: the spilled codes that still pass their row's final threshold join that row's exact
+  // comparison (keep_exact_winner); the buffer is emptied for the next task. rc: rows [r0, r1).
+  void resolve_spill(int64_t r0, int64_t r1, RowCands* rc, cpu::Spill& sp, std::vector<int64_t>& found) const {
+    if (sp.size == 0) return;
+    std::vector<std::pair<int32_t, int32_t>> kept;  // (row within rc, code), sorted to group by row
+    for (int64_t j = 0; j < sp.size; ++j) {
+      const int32_t row = sp.row[j];
+      if (row < r1 - r0 && sp.val[j] < rc[row].thr) kept.emplace_back(row, sp.idx[j]);
+    }
+    sp.size = 0;
+    std::sort(kept.begin(), kept.end());
+    for (size_t a = 0; a < kept.size();) {
+      size_t b = a;
+      found.clear();
+      while (b < kept.size() && kept[b].first == kept[a].first) found.push_back(kept[b++].second);
+      keep_exact_winner(r0 + kept[a].first, found, rc[kept[a].first]);
+      a = b;
     }
   }
 
@@ -348,7 +502,7 @@ struct Lookup {
         bool overflow = false;
         auto consider = [&](int64_t k) {
           const double d = exact(i, k);
-          if (d < best || (d == best && k < best_k)) {
+      if (better(d, k, best, best_k)) {
             best = d;
             best_k = k;
           }

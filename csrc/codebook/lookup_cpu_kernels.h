@@ -14,17 +14,31 @@
 namespace sparseops::codebook::cpu {
 
 // Candidate slots per (row, code split). A row whose candidates overflow (more than kCap codes within
-// the error bound of its best: duplicate codes, degenerate data) is flagged and re-scanned exactly.
+// the error bound of its best: duplicate codes, data-initialised codebooks) is flagged; the glue then
+// re-collects its codes within the bound from the task's packed codes and keeps their exact winner.
 constexpr int kCap = 8;
 
 struct RowCands {
-  float thr;       // a code is offered when e < thr (+inf until the first code; -inf once overflowed)
+  float thr;       // a code is offered when e < thr (+inf until the first code)
   float best;      // smallest e seen
   float margin;    // the row's error bound
   int32_t count;   // valid entries in idx/val
   int32_t overflow;
   int32_t idx[kCap];
   float val[kCap];
+};
+
+// Where a scan puts the codes offered to a row whose kCap slots are full: (row within rows, code, value)
+// triples, one buffer per task (thread). When it is full, the entries that no longer pass their row's
+// threshold are dropped; when it is still full, the row is flagged (overflow). The glue filters the
+// entries by the rows' final thresholds and compares them exactly.
+struct Spill {
+  RowCands* rows;  // the task's rows (the scan's rc)
+  int64_t cap;
+  int64_t size;
+  int32_t* row;
+  int32_t* idx;
+  float* val;
 };
 
 // Codes per register tile (panel width) and the row padding every variant accepts.
@@ -35,14 +49,14 @@ constexpr int kRowPad = 8;
 
 // zs: [rows][D] fp32 = -2 z (rows a multiple of kRowPad; padded rows are zeros with their own RowCands);
 // panel: [ntiles][D][NR] fp32, codes k0 + t*NR + j (padding codes are zeros); cn: [ntiles*NR] fp32 |c|^2
-// (+inf for padding codes); rc: [rows] (this block's rows, this code split).
+// (+inf for padding codes); rc: [rows] (this block's rows, this code split); spill: see Spill.
 void scan_avx512(const float* zs, int64_t rows, int64_t D, const float* panel, const float* cn, int64_t ntiles,
-                 int32_t k0, RowCands* rc);
+                 int32_t k0, RowCands* rc, Spill* spill);
 // bf16 l2 variant (AVX-512 BF16): zs [rows][steps][2] = bf16(-2 z) with D padded to 2 * steps by zeros;
 // panel [ntiles][steps][32][2] bf16 codes.
 void scan_avx512_bf16(const uint16_t* zs, int64_t rows, int64_t steps, const uint16_t* panel, const float* cn,
-                      int64_t ntiles, int32_t k0, RowCands* rc);
+                      int64_t ntiles, int32_t k0, RowCands* rc, Spill* spill);
 void scan_avx2(const float* zs, int64_t rows, int64_t D, const float* panel, const float* cn, int64_t ntiles,
-               int32_t k0, RowCands* rc);
+               int32_t k0, RowCands* rc, Spill* spill);
 
 }  // namespace sparseops::codebook::cpu

@@ -1,7 +1,8 @@
-// codebook_lookup on CUDA: a tiled fp32 kernel (plain FMA tiles; no tensor cores yet).
+// codebook_lookup on CUDA, cosine metric: a tiled fp32 kernel (plain FMA tiles). l2 goes through the
+// tensor-core screen + exact re-check of lookup_mma_kernel.cu.
 //   Block: 64 query rows x 64 codes per tile, 256 threads, each thread a 4 x 4 micro-tile; z and code
-//   chunks of 16 dims staged (transposed) in shared memory. The distance is the direct form
-//   sum((z - c)^2) (l2) or 1 - z.c (cosine, on normalised fp32 copies) -- no |c|^2 - 2 z.c cancellation.
+//   chunks of 16 dims staged (transposed) in shared memory. The distance is 1 - z.c on normalised fp32
+//   copies.
 //   Each thread keeps per row a running minimum over its codes (in increasing index order, so a strict <
 //   keeps the lowest index), then the 16 threads of a row reduce in shared memory (ties: lower index).
 //   With code splits (few rows, many codes) the partial minima go to a workspace and a second kernel
@@ -14,8 +15,7 @@ namespace {
 
 constexpr int kBM = 64, kBN = 64, kBK = 16, kThreads = 256;
 
-template <typename scalar_t, bool kCosine>
-__global__ void __launch_bounds__(kThreads) lookup_kernel(const scalar_t* __restrict__ z, const scalar_t* __restrict__ cb,
+__global__ void __launch_bounds__(kThreads) lookup_kernel(const float* __restrict__ z, const float* __restrict__ cb,
                                                           int64_t N, int64_t K, int64_t D, int splits,
                                                           float* __restrict__ out_dist, int64_t* __restrict__ out_idx) {
   __shared__ float zt[kBK][kBM + 4];
@@ -46,8 +46,8 @@ __global__ void __launch_bounds__(kThreads) lookup_kernel(const scalar_t* __rest
         const int m = e / kBK, kk = e % kBK;
         const int64_t d = d0 + kk;
         const int64_t zr = row0 + m, cr = code0 + m;
-        zt[kk][m] = (zr < N && d < D) ? to_float(z[zr * D + d]) : 0.0f;
-        ct[kk][m] = (cr < K && d < D) ? to_float(cb[cr * D + d]) : 0.0f;
+        zt[kk][m] = (zr < N && d < D) ? z[zr * D + d] : 0.0f;
+        ct[kk][m] = (cr < K && d < D) ? cb[cr * D + d] : 0.0f;
       }
       __syncthreads();
 #pragma unroll
@@ -60,14 +60,7 @@ __global__ void __launch_bounds__(kThreads) lookup_kernel(const scalar_t* __rest
 #pragma unroll
         for (int i = 0; i < 4; ++i) {
 #pragma unroll
-          for (int j = 0; j < 4; ++j) {
-            if constexpr (kCosine) {
-              acc[i][j] = fmaf(a[i], b[j], acc[i][j]);
-            } else {
-              const float diff = a[i] - b[j];  // padded dims are 0 - 0: no contribution
-              acc[i][j] = fmaf(diff, diff, acc[i][j]);
-            }
-          }
+          for (int j = 0; j < 4; ++j) acc[i][j] = fmaf(a[i], b[j], acc[i][j]);
         }
       }
       __syncthreads();
@@ -77,7 +70,7 @@ __global__ void __launch_bounds__(kThreads) lookup_kernel(const scalar_t* __rest
 #pragma unroll
       for (int j = 0; j < 4; ++j) {
         const int64_t k = code0 + tx * 4 + j;
-        const float dist = kCosine ? 1.0f - acc[i][j] : acc[i][j];
+        const float dist = 1.0f - acc[i][j];
         if (k < K && dist < best[i]) {
           best[i] = dist;
           best_k[i] = k;
@@ -136,25 +129,13 @@ int lookup_splits(int64_t N, int64_t K, int sm_count) {
   return s < 1 ? 1 : static_cast<int>(s);
 }
 
-cudaError_t launch_codebook_lookup(const LookupParams& p, cudaStream_t stream) {
+cudaError_t launch_codebook_lookup_cosine(const LookupParams& p, cudaStream_t stream) {
   if (p.N == 0) return cudaSuccess;
   const dim3 grid(static_cast<unsigned>((p.N + kBM - 1) / kBM), static_cast<unsigned>(p.splits));
   float* dist = p.splits > 1 ? p.part_dist : p.dist;
   int64_t* idx = p.splits > 1 ? p.part_idx : p.indices;
-  cudaError_t err;
-  if (p.cosine) {
-    lookup_kernel<float, true><<<grid, kThreads, 0, stream>>>(static_cast<const float*>(p.z),
-                                                              static_cast<const float*>(p.codebook), p.N, p.K, p.D,
-                                                              p.splits, dist, idx);
-    err = cudaGetLastError();
-  } else {
-    err = SPARSEOPS_CUDA_DISPATCH(p.dtype, [&] {
-      lookup_kernel<scalar_t, false><<<grid, kThreads, 0, stream>>>(static_cast<const scalar_t*>(p.z),
-                                                                    static_cast<const scalar_t*>(p.codebook), p.N, p.K,
-                                                                    p.D, p.splits, dist, idx);
-      return cudaGetLastError();
-    });
-  }
+  lookup_kernel<<<grid, kThreads, 0, stream>>>(p.z, p.codebook, p.N, p.K, p.D, p.splits, dist, idx);
+  const cudaError_t err = cudaGetLastError();
   if (err != cudaSuccess || p.splits == 1) return err;
   merge_kernel<<<grid_for(p.N, 256), 256, 0, stream>>>(p.part_dist, p.part_idx, p.N, p.splits, p.dist, p.indices);
   return cudaGetLastError();

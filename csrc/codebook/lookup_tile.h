@@ -15,8 +15,10 @@
 // thresholds live in registers.
 
 // Offers code k with expanded distance e to a row: keeps it when e < thr, tightens thr to best + margin
-// and drops the entries that no longer pass it; flags overflow when all kCap slots are taken.
-inline void offer(RowCands& r, float e, int32_t k) {
+// and drops the entries that no longer pass it. When all kCap slots are taken the code goes to the spill
+// buffer (row = the row's index within the scan's rc), and when that is full too the row is flagged
+// (overflow): best/thr keep tracking either way, and the glue resolves the row after the task.
+inline void offer(RowCands& r, float e, int32_t k, int32_t row, Spill* sp) {
   if (!(e < r.thr)) return;
   if (e < r.best) {
     r.best = e;
@@ -31,9 +33,27 @@ inline void offer(RowCands& r, float e, int32_t k) {
     }
     r.count = kept;
   }
-  if (r.count == kCap) {  // too many codes within the error bound: the glue re-scans this row exactly
-    r.overflow = 1;
-    r.thr = -__builtin_inff();
+  if (r.count == kCap) {  // many codes within the error bound (duplicate or near-identical codes)
+    if (sp->size == sp->cap) {  // drop the entries that their rows' thresholds have passed by since
+      int64_t kept = 0;
+      for (int64_t j = 0; j < sp->size; ++j) {
+        if (sp->val[j] < sp->rows[sp->row[j]].thr) {
+          sp->row[kept] = sp->row[j];
+          sp->idx[kept] = sp->idx[j];
+          sp->val[kept] = sp->val[j];
+          ++kept;
+        }
+      }
+      sp->size = kept;
+    }
+    if (sp->size < sp->cap) {
+      sp->row[sp->size] = row;
+      sp->idx[sp->size] = k;
+      sp->val[sp->size] = e;
+      ++sp->size;
+    } else {
+      r.overflow = 1;
+    }
     return;
   }
   r.idx[r.count] = k;
@@ -45,7 +65,7 @@ inline void offer(RowCands& r, float e, int32_t k) {
 template <class V, int MR, int NV>
 void scan_tiles(const typename V::E* __restrict__ zs, int64_t rows, int64_t steps,
                 const typename V::E* __restrict__ panel, const float* __restrict__ cn, int64_t ntiles, int32_t k0,
-                RowCands* __restrict__ rc) {
+                RowCands* __restrict__ rc, Spill* __restrict__ spill) {
   using F = typename V::F;
   using P = typename V::P;
   constexpr int W = V::kW;
@@ -108,7 +128,7 @@ void scan_tiles(const typename V::E* __restrict__ zs, int64_t rows, int64_t step
           while (hit != 0) {
             const int lane = __builtin_ctz(hit);
             hit &= hit - 1;
-            offer(r[m], e[lane], k0 + static_cast<int32_t>(t * NR + lane));
+            offer(r[m], e[lane], k0 + static_cast<int32_t>(t * NR + lane), static_cast<int32_t>(i0 + m), spill);
           }
           thr[m] = V::bcast(&r[m].thr);
         }

@@ -7,16 +7,25 @@ Precision policy (CPU). The scan ranks codes by the expanded distance ``|c|^2 - 
 any float dtype converted exactly to fp32; fp32 accumulation; bf16 l2 inputs on AVX-512 use VDPBF16PS,
 whose bf16 products are exact in fp32), fused with the argmin, and keeps as candidates every code within
 a rigorous bound on twice that form's rounding error of the row's best
-(``4 (D + 8) 2^-24 (3 max|c|^2 + |z|^2)``, plus a term for flushed denormals). The candidates are then re-checked with the exact form
+(``4 (D + 8) 2^-24 (3 max|c|^2 + |z|^2)``, plus a term for flushed denormals). On AVX-512 BF16 CPUs, l2
+with D >= 64 and a roughly centred codebook (``|mean c|^2 <= E|c|^2 / 2``) screens fp32/fp16 inputs too
+with bf16-rounded ``-2 z`` and ``c`` (twice the fp32 FMA rate); the bound then also covers that rounding
+(``+ 4 (2^-7 + 2^-16) |z| max|c|``, with slack), so the re-check below still decides exactly. The candidates are then re-checked with the exact form
 ``sum((z - c)^2)`` in float64 (cosine: ``1 - z.c / (|z| |c|)``), and the smallest wins, ties to the lowest
 index. So the result is the nearest code to float64 rounding, even for near-ties that the expanded form
 mis-orders, and it is the same on every ISA path (AVX-512, AVX2, portable). A row with more than 8
-candidates within the bound (duplicate codes) is re-scanned exactly over all codes (slow but exact).
+candidates within the bound (duplicate or near-identical codes, common in codebooks initialised from
+data) spills the others into a per-thread buffer that is re-checked exactly after its block; only when
+that buffer (32768 entries) fills up are the row's codes re-collected from the packed block.
 ``dist`` is that float64 distance rounded to fp32.
 
-CUDA: a tiled fp32 kernel on the direct form ``sum((z - c)^2)`` (no cancellation; no tensor cores yet),
-ties to the lowest index; it can differ from the CPU result only where two codes' distances are within
-fp32 rounding of each other.
+CUDA, l2: the same policy on tensor cores -- a bf16 WMMA screen of ``|c|^2 - 2 z.c`` (fp32 accumulation),
+a threshold of best + the same kind of bound (bf16 rounding, tensor-core sums), every code under it
+re-checked in float64 with the CPU's exact distance and tie rule (``csrc/codebook/lookup_bound.h``), all
+K codes for a row with more than 32 candidates: the indices and distances equal the CPU's. (Compiled for
+sm_80/sm_90a; not yet run on a GPU.) CUDA, cosine: a tiled fp32 kernel on normalised copies, ties to the
+lowest index; it can differ from the CPU result only where two codes' distances are within fp32
+rounding of each other.
 
 NaN / Inf: an error (``codebook_lookup: expected finite ... values``) naming the first bad row of ``z`` or
 ``codebook``; so is a squared norm beyond float32 range (l2). On CUDA the check reads back one flag (a
@@ -65,7 +74,7 @@ def codebook_lookup(
     The precision and NaN/Inf policy are in this module's docstring. Extra memory (CPU): O(N + K) (norms,
     about 80 bytes of candidate state per row and code split), one packed block of codes (fp32, at most
     16 MiB, shared by the threads) and per thread <= 256 rows of ``z`` in fp32; the N x K distance matrix is
-    never formed. CUDA: O(N) besides the outputs.
+    never formed. CUDA l2: bf16 copies of ``z`` and the codebook plus O(N + K); cosine: fp32 normalised copies.
     """
     if not isinstance(z, Tensor) or not isinstance(codebook, Tensor):
         raise TypeError(f"codebook_lookup: expected z and codebook to be tensors (got {type(z).__name__}, "
