@@ -28,11 +28,6 @@ echo "[setup] installing build, test and bench dependencies"
   "cmake>=3.26" "pybind11>=2.12" "scikit-build-core>=1.1" build pytest hypothesis matplotlib
 # Benchmark peers (optional: a missing one is reported as skipped): POT and GeomLoss for the ot family.
 "$PY" -m pip install "${PIP_PROGRESS[@]}" --disable-pip-version-check -q pot geomloss
-# Heavy / JIT-compiling ot peers, opt-in: OTT-JAX (jax on CPU) and KeOps (GeomLoss's online backend).
-if [ "${SPARSEOPS_BENCH_HEAVY_PEERS:-0}" = "1" ]; then
-  "$PY" -m pip install "${PIP_PROGRESS[@]}" --disable-pip-version-check -q ott-jax pykeops \
-    || echo "[setup] ott-jax / pykeops not installed: the ot bench reports them unavailable"
-fi
 # Integrations tested against: transformers (attn_implementation="sparseops").
 "$PY" -m pip install "${PIP_PROGRESS[@]}" --disable-pip-version-check -q "transformers>=5.0"
 "$PY" -m pip install "${PIP_PROGRESS[@]}" --disable-pip-version-check -q faiss-cpu \
@@ -42,10 +37,11 @@ fi
 # examples/vq_sample_images.py compares against vector-quantize-pytorch on scikit-learn's sample images.
 "$PY" -m pip install "${PIP_PROGRESS[@]}" --disable-pip-version-check -q scikit-learn vector-quantize-pytorch \
   || echo "[setup] vector-quantize-pytorch not installed (the codebook module bench and example skip it)"
-# Heavy or JIT-compiling peers, off by default (CI does not download them).
-if [ "${SPARSEOPS_BENCH_HEAVY_PEERS:-0}" = 1 ]; then
-  "$PY" -m pip install "${PIP_PROGRESS[@]}" --disable-pip-version-check -q pykeops \
-    || echo "[setup] pykeops not installed: the codebook bench skips its pykeops peer"
+# Heavy or JIT-compiling peers, off by default (CI does not download them): OTT-JAX (jax on CPU) for the
+# ot bench, KeOps (pykeops) for the codebook bench and GeomLoss's online backend.
+if [ "${SPARSEOPS_BENCH_HEAVY_PEERS:-0}" = "1" ]; then
+  "$PY" -m pip install "${PIP_PROGRESS[@]}" --disable-pip-version-check -q ott-jax pykeops \
+    || echo "[setup] ott-jax / pykeops not installed: the ot and codebook benches report them unavailable"
 fi
 
 # CUTLASS C++ headers only. Installed outside site-packages, so the environment stays consistent (the
