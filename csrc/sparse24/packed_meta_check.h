@@ -1,7 +1,8 @@
 #pragma once
 // Validation of "packed" 2:4 metadata rows (common/sparse24_format.h), cheap enough to run on every
-// call of the linear op: the AVX-512 / AVX2 kernels test each meta word they load with
-// invalid_code_bits; the other paths check a block's rows right after reading them (then in cache).
+// call of the linear op: the AVX-512 / AVX2 kernels test each W row's piece of meta as they start on it
+// (linear24_avx512.cpp has the 64-byte vector form); the portable path checks a block's rows right after
+// reading them (then in cache).
 // The functions are static (internal linkage): files compiled with -mavx512* / -mavx2 include this
 // too, and a shared inline copy could otherwise carry their instructions to CPUs without them.
 #include <cstdint>
