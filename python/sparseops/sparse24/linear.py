@@ -86,10 +86,11 @@ def sparse24_linear(
     the ``"cutlass_dense"`` fallback (pre-sm80 GPUs or K % 64 != 0) recomputes such rows after its dense
     product (a device sync per call).
 
-    Metadata: on the CPU every call checks the metadata rows it multiplies (right after the small-M
-    kernel read them, or before a tile is decompressed) and raises ``RuntimeError`` naming the row and
-    group of an invalid code, whatever the path (measured cost: 10-16% of an M=1 call on an L3-resident
-    4096x4096 weight, one thread). CUDA kernels do not re-check per call (it would need a device
+    Metadata: on the CPU every call checks the metadata rows it multiplies (the AVX-512 / AVX2 kernels
+    as they start on each row, the portable one right after, the tiles before decompressing) and raises
+    ``RuntimeError`` naming the row and group of an invalid code, whatever the path (measured cost at
+    M=1, one thread: +7-21% on an L3-resident or single-core-streamed weight; within noise with 2
+    threads streaming from DRAM). CUDA kernels do not re-check per call (it would need a device
     sync): there, metadata is trusted as :func:`compress_24` made it (``decompress_24`` still checks).
 
     Autograd: gradients for ``x``, ``w24.values`` and ``bias``. Without ``w24_t`` the backward
