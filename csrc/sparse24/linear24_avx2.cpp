@@ -106,7 +106,7 @@ constexpr int64_t kPrefetchRows = 4;
 // z rows m0..m0+MR-1 (ldz apart) at columns [nb0, nb1) += (or, for k0 == 0, = bias +) the piece
 // [k0, k0 + kl) of W's rows times x's rows (fp32, ldx apart, zero beyond K up to a multiple of 8).
 // Returns false when a meta code of the piece is invalid (linear24_cpu.cpp reports it): each row's
-// piece of meta (<= 96 bytes) is tested as it is first read, so the check needs no pass of its own.
+// piece of meta (96-768 bytes) is tested as it is first read, so the check needs no pass of its own.
 template <class T, int MR, int kSets = MR <= 2 ? 4 : MR <= 4 ? 2 : 1>
 bool block_piece(const T* vp, const uint8_t* mp, int64_t K, int64_t k0, int64_t kl, const float* x, int64_t ldx,
                  const float* bias, int64_t nb0, int64_t nb1, int64_t n_end, float* z, int64_t ldz) {
