@@ -1,13 +1,17 @@
-// sparse24_linear on CPU, AVX2 small-M kernel, for x86 CPUs without AVX-512 (compiled with -mavx2 -mfma
-// -mf16c; linear24_cpu.cpp calls it only when sparseops::cpu_use_avx2() and not AVX-512).
+// sparse24_linear on CPU, AVX2 small-M kernels, for x86 CPUs without AVX-512 (compiled with -mavx2 -mfma
+// -mf16c; linear24_cpu.cpp calls them only when sparseops::cpu_use_avx2() and not AVX-512).
 //
-// AVX2 has no two-source permute, so instead of gathering x by W's indices (the AVX-512 scheme) this
-// kernel expands W: per 8 columns (2 groups, one meta byte, 4 kept values) one vpermps with an index
-// vector from a 256-entry table (one per meta byte) spreads the 4 values into their dense lanes and zeros
-// the others (a zero lane 4..7 of the loaded values); for bf16 one vpshufb also converts them to fp32. The dense 8 columns then serve every x row of the
-// pass with one FMA each, so the expansion costs ~4 instructions per 8 columns and W row, shared by up
-// to 8 x rows. Half of the FMA lanes multiply zeros: above a few rows this is dense-GEMM work on half the
-// weight bytes, and the large-M tiled path takes over (linear24_cpu.cpp).
+// AVX2 has no two-source permute, so x cannot be gathered by W's indices 16 lanes at a time as in the
+// AVX-512 kernel. Two schemes instead, by the number of x rows (linear24_cpu.h, avx2_x_transposed):
+// - Up to 4 rows, "expand": per 8 columns (2 groups, one meta byte, 4 kept values) one vpermps with an
+//   index vector from a 256-entry table spreads the 4 values into their dense lanes and zeros the others
+//   (for bf16 one vpshufb also converts them to fp32); the dense 8 columns then serve every x row with
+//   one FMA each. Half of those FMA lanes multiply zeros, which is free while W's stream is the limit.
+// - From 5 rows, "transposed": x is packed as x^T panels (8 rows in the 8 lanes of a vector, one vector
+//   per column), and each kept value, broadcast, multiplies the column of x^T its meta code names: one
+//   FMA per kept value for 8 rows, half the FMAs of the expand scheme and half its x loads. On a Zen 3
+//   the expand scheme ran at ~8.5 cycles per 8 columns at 8 rows (4.6 GB/s of W on one core, half the
+//   read limit): it was FMA- and load-bound, not memory-bound.
 // Loop order as in the AVX-512 kernel: blocks of W rows, K pieces with the x rows of a pass in L1, x rows
 // 8 at a time, W rows one at a time (their piece from L2 after the first pass), the piece of the row a
 // few rows ahead prefetched as the current one is computed.
@@ -22,7 +26,6 @@
 #include <type_traits>
 
 #include "sparse24/linear24_cpu.h"
-#include "sparse24/packed_meta_check.h"
 
 namespace sparseops::sparse24 {
 namespace {
@@ -90,6 +93,25 @@ inline __m256 expand8(const T* v, int count, uint8_t meta_byte) {
   }
 }
 
+// Bit 2 of each nibble set where the code of the 32 meta bytes at p is invalid: the nibble test of
+// packed_meta_check.h (first kept index >= second), 32 bytes at once.
+inline __m256i invalid_codes32(const uint8_t* p) {
+  const __m256i k33 = _mm256_set1_epi8(0x33), k44 = _mm256_set1_epi8(0x44), k11 = _mm256_set1_epi8(0x11);
+  const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+  const __m256i f = _mm256_and_si256(v, k33), s = _mm256_and_si256(_mm256_srli_epi16(v, 2), k33);
+  const __m256i t = _mm256_sub_epi8(_mm256_sub_epi8(_mm256_or_si256(s, k44), f), k11);
+  return _mm256_xor_si256(_mm256_and_si256(t, k44), k44);
+}
+
+inline bool meta_valid(const uint8_t* p, int64_t bytes) {  // 32 bytes per step, the tail byte by byte
+  __m256i bad = _mm256_setzero_si256();
+  int64_t i = 0;
+  for (; i + 32 <= bytes; i += 32) bad = _mm256_or_si256(bad, invalid_codes32(p + i));
+  bool ok = _mm256_testz_si256(bad, bad);
+  for (; i < bytes; ++i) ok &= (p[i] & 3) < ((p[i] >> 2) & 3) && ((p[i] >> 4) & 3) < (p[i] >> 6);
+  return ok;
+}
+
 inline float hsum(__m256 v) {
   const __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
   const __m128 t = _mm_add_ps(s, _mm_movehl_ps(s, s));
@@ -107,7 +129,7 @@ constexpr int64_t kPrefetchRows = 4;
 // [k0, k0 + kl) of W's rows times x's rows (fp32, ldx apart, zero beyond K up to a multiple of 8).
 // Returns false when a meta code of the piece is invalid (linear24_cpu.cpp reports it): each row's
 // piece of meta (96-768 bytes) is tested as it is first read, so the check needs no pass of its own.
-template <class T, int MR, int kSets = MR <= 2 ? 4 : MR <= 4 ? 2 : 1>
+template <class T, int MR, int kSets = MR <= 2 ? 4 : 2>
 bool block_piece(const T* vp, const uint8_t* mp, int64_t K, int64_t k0, int64_t kl, const float* x, int64_t ldx,
                  const float* bias, int64_t nb0, int64_t nb1, int64_t n_end, float* z, int64_t ldz) {
   const int64_t half = K / 2, meta_cols = (K / 4 + 1) / 2;
@@ -117,7 +139,6 @@ bool block_piece(const T* vp, const uint8_t* mp, int64_t K, int64_t k0, int64_t 
   for (int64_t n = nb0; n < nb1; ++n) {
     const T* v = vp + n * half + k0 / 2;
     const uint8_t* m = mp + n * meta_cols + b0;
-    ok &= packed_meta_bytes_valid(m, chunks) && (tail == 0 || (m[chunks] & 3) < ((m[chunks] >> 2) & 3));
     const int64_t pn = n + kPrefetchRows < n_end ? n + kPrefetchRows : -1;
     const char* pv = pn >= 0 ? reinterpret_cast<const char*>(vp + pn * half + k0 / 2) : nullptr;
     // kSets accumulator sets, chunks alternating between them: with few x rows one set alone would be a
@@ -132,16 +153,23 @@ bool block_piece(const T* vp, const uint8_t* mp, int64_t K, int64_t k0, int64_t 
 #pragma GCC unroll 8
       for (int r = 0; r < MR; ++r) acc[s][r] = _mm256_fmadd_ps(w, _mm256_loadu_ps(xc + r * ldx), acc[s][r]);
     };
+    // The meta check rides in the loop, 32 bytes (chunks) at a time as the loop reaches them (a pass of
+    // its own before the loop cost bf16 M=1 4-6% on a Zen 3, one thread); the rest after it.
+    const int64_t checked = chunks / 32 * 32;
+    __m256i bad = _mm256_setzero_si256();
     int64_t c = 0;
     for (; c + kSets <= chunks; c += kSets) {
       if (pv != nullptr) {
         _mm_prefetch(pv + 4 * c * static_cast<int64_t>(sizeof(T)), _MM_HINT_T0);
         if ((c & 63) == 0) _mm_prefetch(reinterpret_cast<const char*>(mp + pn * meta_cols + b0 + c), _MM_HINT_T0);
       }
+      if ((c & 31) == 0 && c < checked) bad = _mm256_or_si256(bad, invalid_codes32(m + c));
 #pragma GCC unroll 4
       for (int s = 0; s < kSets; ++s) chunk(s, c + s);
     }
     for (; c < chunks; ++c) chunk(0, c);
+    ok &= _mm256_testz_si256(bad, bad) && meta_valid(m + checked, chunks - checked) &&
+          (tail == 0 || (m[chunks] & 3) < ((m[chunks] >> 2) & 3));
     if (tail) {  // the last group of a row with K % 8 == 4: 2 values, the low nibble of its byte
       const __m256 w = expand8(v + 4 * chunks, 2, static_cast<uint8_t>(m[chunks] & 0xF));
       const float* xc = x + k0 + 8 * chunks;  // x is zero from K to the next multiple of 8
@@ -157,25 +185,148 @@ bool block_piece(const T* vp, const uint8_t* mp, int64_t K, int64_t k0, int64_t 
   return ok;
 }
 
+// ---- transposed scheme (5-8 rows per pass) --------------------------------------------------------
+
+// Per meta byte: the dense lane (0..7) of each of its 4 kept values, times 32 (the bytes of one x^T
+// column of 8 floats), in the 4 bytes of an entry; an invalid code still names a lane of its own group.
+struct LaneOffsetTable {
+  uint32_t off[256];
+  constexpr LaneOffsetTable() : off() {
+    for (int b = 0; b < 256; ++b) {
+      const uint32_t l0 = b & 3, l1 = (b >> 2) & 3, l2 = 4 + ((b >> 4) & 3), l3 = 4 + ((b >> 6) & 3);
+      off[b] = (l0 << 5) | (l1 << 13) | (l2 << 21) | (l3 << 29);
+    }
+  }
+};
+constexpr LaneOffsetTable kLaneOffset{};
+
+template <class T>
+inline float to_float(T v) {
+  if constexpr (sizeof(T) == 4) {
+    return v;
+  } else if constexpr (std::is_same_v<T, Bf16Bits>) {
+    const uint32_t bits = static_cast<uint32_t>(v.bits) << 16;
+    float f;
+    std::memcpy(&f, &bits, 4);
+    return f;
+  } else {
+    return _cvtsh_ss(v);
+  }
+}
+
+// The 4 kept values of a meta byte as fp32, duplicated in both 128-bit halves (so that an in-lane shuffle
+// broadcasts any one of them to all 8 lanes). For bf16 the 8 bytes as loaded (broadcast_lane converts).
+template <class T>
+inline __m256 load4_dup(const T* v) {
+  if constexpr (sizeof(T) == 4) {
+    return _mm256_broadcast_ps(reinterpret_cast<const __m128*>(v));
+  } else {
+    int64_t bits;
+    std::memcpy(&bits, v, 8);
+    const __m128i q = _mm_set1_epi64x(bits);
+    if constexpr (std::is_same_v<T, Bf16Bits>) return _mm256_castsi256_ps(_mm256_broadcastsi128_si256(q));
+    else return _mm256_cvtph_ps(q);  // fp16: 8 halves (the 4 values twice) to 8 floats
+  }
+}
+
+// Value j of load4_dup's result in all 8 lanes, as fp32.
+template <class T, int j>
+inline __m256 broadcast_lane(__m256 dup) {
+  if constexpr (std::is_same_v<T, Bf16Bits>) {  // bf16 j's bytes to the high half of each fp32 lane
+    const __m256i ctrl = _mm256_set1_epi32(static_cast<int>(0x8080u | ((2u * j) << 16) | ((2u * j + 1) << 24)));
+    return _mm256_castsi256_ps(_mm256_shuffle_epi8(_mm256_castps_si256(dup), ctrl));
+  } else {
+    return _mm256_permute_ps(dup, j * 0x55);
+  }
+}
+
+// As block_piece, with x as one group's x^T panel (xt: element (row r, column k) at xt[8 k + r], zero
+// for k >= K and for rows beyond the group's `mr`), which the kernel reads at column k0 onwards.
+template <class T>
+bool block_piece_transposed(const T* vp, const uint8_t* mp, int64_t K, int64_t k0, int64_t kl, const float* xt,
+                            int64_t mr, const float* bias, int64_t nb0, int64_t nb1, int64_t n_end, float* z,
+                            int64_t ldz) {
+  const int64_t half = K / 2, meta_cols = (K / 4 + 1) / 2;
+  const int64_t chunks = kl / 8, tail = (kl % 8) / 4;
+  const int64_t b0 = k0 / 8;
+  const char* xk0 = reinterpret_cast<const char*>(xt + 8 * k0);
+  bool ok = true;
+  for (int64_t n = nb0; n < nb1; ++n) {
+    const T* v = vp + n * half + k0 / 2;
+    const uint8_t* m = mp + n * meta_cols + b0;
+    ok &= meta_valid(m, chunks) && (tail == 0 || (m[chunks] & 3) < ((m[chunks] >> 2) & 3));
+    const int64_t pn = n + kPrefetchRows < n_end ? n + kPrefetchRows : -1;
+    const char* pv = pn >= 0 ? reinterpret_cast<const char*>(vp + pn * half + k0 / 2) : nullptr;
+    // Two chunks per step into 8 accumulators: each FMA chain then waits on itself every other chunk.
+    __m256 acc[8];
+    for (auto& a : acc) a = _mm256_setzero_ps();
+    // Column `lane` (its byte offset, lane * 32) of the 8-column x^T block at xc.
+    auto column = [](const char* xc, uint32_t lane_bytes) {
+      return _mm256_load_ps(reinterpret_cast<const float*>(xc + lane_bytes));
+    };
+    auto chunk = [&](__m256* a, int64_t c) {
+      const __m256 dup = load4_dup(v + 4 * c);
+      const uint32_t off = kLaneOffset.off[m[c]];
+      const char* xc = xk0 + 256 * c;  // 8 columns x 8 rows x 4 bytes
+      a[0] = _mm256_fmadd_ps(broadcast_lane<T, 0>(dup), column(xc, off & 0xFF), a[0]);
+      a[1] = _mm256_fmadd_ps(broadcast_lane<T, 1>(dup), column(xc, (off >> 8) & 0xFF), a[1]);
+      a[2] = _mm256_fmadd_ps(broadcast_lane<T, 2>(dup), column(xc, (off >> 16) & 0xFF), a[2]);
+      a[3] = _mm256_fmadd_ps(broadcast_lane<T, 3>(dup), column(xc, off >> 24), a[3]);
+    };
+    int64_t c = 0;
+    for (; c + 2 <= chunks; c += 2) {
+      if (pv != nullptr) {
+        _mm_prefetch(pv + 4 * c * static_cast<int64_t>(sizeof(T)), _MM_HINT_T0);
+        if ((c & 63) == 0) _mm_prefetch(reinterpret_cast<const char*>(mp + pn * meta_cols + b0 + c), _MM_HINT_T0);
+      }
+      chunk(acc, c);
+      chunk(acc + 4, c + 1);
+    }
+    if (c < chunks) chunk(acc, c);
+    if (tail) {  // the last group of a row with K % 8 == 4: 2 values, the low nibble of its byte
+      const uint32_t off = kLaneOffset.off[m[chunks] & 0xF];
+      const char* xc = xk0 + 256 * chunks;
+      const float w0 = to_float(v[4 * chunks]), w1 = to_float(v[4 * chunks + 1]);
+      acc[4] = _mm256_fmadd_ps(_mm256_set1_ps(w0), column(xc, off & 0xFF), acc[4]);
+      acc[5] = _mm256_fmadd_ps(_mm256_set1_ps(w1), column(xc, (off >> 8) & 0xFF), acc[5]);
+    }
+    const __m256 s = _mm256_add_ps(_mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3])),
+                                   _mm256_add_ps(_mm256_add_ps(acc[4], acc[5]), _mm256_add_ps(acc[6], acc[7])));
+    alignas(32) float lanes[8];
+    _mm256_store_ps(lanes, s);
+    for (int64_t r = 0; r < mr; ++r) {
+      float& out = z[r * ldz + n];
+      out = k0 == 0 ? lanes[r] + (bias != nullptr ? bias[n] : 0.0f) : out + lanes[r];
+    }
+  }
+  return ok;
+}
+
 template <class T>
 bool rows(const void* values, const uint8_t* meta, int64_t K, const float* x, int64_t ldx, int64_t M,
           const float* bias, int64_t n0, int64_t n1, float* z, int64_t ldz) {
   const T* vp = static_cast<const T*>(values);
-  const int64_t mr_max = M < kPanelRows ? M : kPanelRows;
-  const int64_t piece = kPieceBytes / (static_cast<int64_t>(sizeof(float)) * mr_max) / 8 * 8;  // whole meta bytes
+  const bool transposed = avx2_x_transposed(M);
+  // x rows of a pass in kPieceBytes of L1: fp32 rows (expand) or an x^T panel of 8 lanes (transposed).
+  const int64_t lanes = transposed ? kPanelRows : (M < kPanelRows ? M : kPanelRows);
+  const int64_t piece = kPieceBytes / (static_cast<int64_t>(sizeof(float)) * lanes) / 8 * 8;  // whole meta bytes
   bool ok = true;
   for (int64_t nb0 = n0; nb0 < n1; nb0 += kRowBlock) {
     const int64_t nb1 = nb0 + kRowBlock < n1 ? nb0 + kRowBlock : n1;
     for (int64_t k0 = 0; k0 < K; k0 += piece) {
       const int64_t kl = K - k0 < piece ? K - k0 : piece;
       for (int64_t m0 = 0; m0 < M; m0 += kPanelRows) {
-        const float* xm = x + m0 * ldx;
+        const int64_t mr = M - m0 < kPanelRows ? M - m0 : kPanelRows;
         float* zm = z + m0 * ldz;
-        switch (M - m0 < kPanelRows ? M - m0 : kPanelRows) {
+        if (transposed) {
+          ok &= block_piece_transposed<T>(vp, meta, K, k0, kl, x + m0 / kPanelRows * ldx, mr, bias, nb0, nb1, n1, zm, ldz);
+          continue;
+        }
+        const float* xm = x + m0 * ldx;
+        switch (mr) {
 #define SPARSEOPS_PIECE(R) \
   case R: ok &= block_piece<T, R>(vp, meta, K, k0, kl, xm, ldx, bias, nb0, nb1, n1, zm, ldz); break;
           SPARSEOPS_PIECE(1) SPARSEOPS_PIECE(2) SPARSEOPS_PIECE(3) SPARSEOPS_PIECE(4)
-          SPARSEOPS_PIECE(5) SPARSEOPS_PIECE(6) SPARSEOPS_PIECE(7) SPARSEOPS_PIECE(8)
 #undef SPARSEOPS_PIECE
           default: break;
         }
@@ -187,21 +338,7 @@ bool rows(const void* values, const uint8_t* meta, int64_t K, const float* x, in
 
 }  // namespace
 
-bool packed_meta_bytes_valid_avx2(const uint8_t* p, int64_t bytes) {
-  // The nibble test of linear24_avx512.cpp's version, 32 bytes per step; the tail byte by byte.
-  const __m256i k33 = _mm256_set1_epi8(0x33), k44 = _mm256_set1_epi8(0x44), k11 = _mm256_set1_epi8(0x11);
-  __m256i bad = _mm256_setzero_si256();
-  int64_t i = 0;
-  for (; i + 32 <= bytes; i += 32) {
-    const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + i));
-    const __m256i f = _mm256_and_si256(v, k33), s = _mm256_and_si256(_mm256_srli_epi16(v, 2), k33);
-    const __m256i t = _mm256_sub_epi8(_mm256_sub_epi8(_mm256_or_si256(s, k44), f), k11);
-    bad = _mm256_or_si256(bad, _mm256_xor_si256(_mm256_and_si256(t, k44), k44));
-  }
-  bool ok = _mm256_testz_si256(bad, bad);
-  for (; i < bytes; ++i) ok &= (p[i] & 3) < ((p[i] >> 2) & 3) && ((p[i] >> 4) & 3) < (p[i] >> 6);
-  return ok;
-}
+bool packed_meta_bytes_valid_avx2(const uint8_t* p, int64_t bytes) { return meta_valid(p, bytes); }
 
 bool linear24_rows_avx2(ElemType type, const void* values, const uint8_t* meta, int64_t K, const float* x,
                         int64_t ldx, int64_t M, const float* bias, int64_t n0, int64_t n1, float* z, int64_t ldz) {

@@ -213,6 +213,12 @@ void linear24_small_m(const at::Tensor& xc, const at::Tensor& vc, const at::Tens
         pack_panels(xc.const_data_ptr<c10::Half>(), M, K, c, xk.mutable_data_ptr<float>());
       }
     }
+  } else if (avx2 && avx2_x_transposed(M)) {  // x^T panels [groups, round_up(K, 8), 8], zero padded
+    const int64_t groups = (M + kPanelRows - 1) / kPanelRows, k8 = (K + 7) / 8 * 8;
+    xk = at::constant_pad_nd(xc.to(at::kFloat), {0, k8 - K, 0, groups * kPanelRows - M})
+             .view({groups, kPanelRows, k8})
+             .transpose(1, 2)
+             .contiguous();
   } else {  // fp32 rows, zero beyond K (the AVX2 kernel reads up to the next multiple of 8)
     xk = at::empty({M, (K + 15) / 16 * 16 + 16}, xc.options().dtype(at::kFloat));
     xk.narrow(1, 0, K).copy_(xc);
@@ -235,7 +241,10 @@ void linear24_small_m(const at::Tensor& xc, const at::Tensor& vc, const at::Tens
   const auto rows_valid = [&](int64_t n0, int64_t n1) -> bool {
 #if SPARSEOPS_X86_KERNELS
     if (avx512) return linear24_rows_avx512(type, vp, mp, K, xp, M, bp, n0, n1, zp, N);
-    if (avx2) return linear24_rows_avx2(type, vp, mp, K, static_cast<const float*>(xp), xk.size(1), M, bp, n0, n1, zp, N);
+    if (avx2) {
+      const int64_t ldx = avx2_x_transposed(M) ? xk.stride(0) : xk.size(1);
+      return linear24_rows_avx2(type, vp, mp, K, static_cast<const float*>(xp), ldx, M, bp, n0, n1, zp, N);
+    }
 #endif
     linear24_rows_baseline(type, vp, mp, K, static_cast<const float*>(xp), xk.size(1), M, bp, n0, n1, zp, N);
     return meta_rows_valid(mp, K, n0, n1, first_bad);
@@ -337,8 +346,8 @@ std::vector<int64_t> nonfinite_rows(const at::Tensor& xc) {
 
 // A pruned weight is structurally absent: x at a pruned position never enters the product (so an inf
 // there cannot turn into 0 * inf = NaN), as on sparse tensor cores. The gather kernels (AVX-512,
-// portable) read x at kept positions only; the AVX2 kernel and the tiles multiply pruned positions by an
-// explicit zero, so after them the rows of x holding inf/NaN (rare; found by one pass over x) are
+// portable, AVX2 from 5 rows) read x at kept positions only; the AVX2 kernel below 5 rows and the tiles
+// multiply pruned positions by an explicit zero, so after them the rows of x holding inf/NaN (rare; found by one pass over x) are
 // recomputed by a gather kernel.
 void restore_structural_rows(const at::Tensor& xc, const at::Tensor& vc, const at::Tensor& mc,
                              const std::optional<at::Tensor>& bias, Act act, at::Tensor& out) {
@@ -382,7 +391,8 @@ at::Tensor sparse24_linear_cpu(const at::Tensor& x, const at::Tensor& values, co
   } else {
     linear24_large_m(xc, vc, mc, bc, act, out);
   }
-  if (!small_m || cpu_use_avx2()) restore_structural_rows(xc, vc, mc, bc, act, out);
+  const bool avx2_expands = cpu_use_avx2() && !avx2_x_transposed(s.m);  // multiplies pruned positions by 0
+  if (!small_m || avx2_expands) restore_structural_rows(xc, vc, mc, bc, act, out);
   return out;
 }
 

@@ -39,8 +39,13 @@ constexpr int64_t avx512_x_chunk(ElemType type) { return type == ElemType::kBFlo
 bool linear24_rows_avx512(ElemType type, const void* values, const uint8_t* meta, int64_t K, const void* x, int64_t M,
                           const float* bias, int64_t n0, int64_t n1, float* z, int64_t ldz);
 
-// The AVX2 kernel (x86 CPUs without AVX-512): the same z from x in the portable kernel's layout, fp32
-// rows ldx apart, which must also be zero from K up to the next multiple of 8.
+// The AVX2 kernel (x86 CPUs without AVX-512): the same z. x is fp32 in one of two layouts, by M:
+// - M < 5 (expand scheme, linear24_avx2.cpp): the portable kernel's, rows ldx apart, each also zero from
+//   K up to the next multiple of 8;
+// - M >= 5 (transposed scheme): x^T panels, one per group of kPanelRows rows, ldx floats apart (>= 8 *
+//   round_up(K, 8)), group g's element (8 g + r, k) at x[g * ldx + 8 k + r], zero for k >= K and for
+//   rows beyond M; 32-byte aligned.
+constexpr bool avx2_x_transposed(int64_t M) { return M >= 5; }
 bool linear24_rows_avx2(ElemType type, const void* values, const uint8_t* meta, int64_t K, const float* x,
                         int64_t ldx, int64_t M, const float* bias, int64_t n0, int64_t n1, float* z, int64_t ldz);
 
