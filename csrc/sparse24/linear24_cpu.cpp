@@ -196,9 +196,10 @@ void linear24_small_m(const at::Tensor& xc, const at::Tensor& vc, const at::Tens
   const bool avx512 = cpu_use_avx512();
   [[maybe_unused]] const bool avx2 = cpu_use_avx2() && !gather_only;
   const ElemType type = elem_type(vc.scalar_type());
-  // x as the kernel reads it (M is small here): the AVX-512 kernel's panel (linear24_cpu.h), or for the
-  // AVX2 and portable ones fp32 rows padded to a 64-byte multiple + 64 bytes (so that they do not start a
-  // multiple of 4 KiB apart: for K = 1024, 4096, ... 8 rows read in lockstep would share L1 sets).
+  // x as the kernel reads it (M is small here): the AVX-512 kernel's panel, the AVX2 kernel's x^T panels
+  // from 5 rows (linear24_cpu.h), or for fewer rows and the portable kernel fp32 rows padded to a 64-byte
+  // multiple + 64 bytes (so that they do not start a multiple of 4 KiB apart: for K = 1024, 4096, ... 8
+  // rows read in lockstep would share L1 sets).
   at::Tensor xk;
   if (avx512) {
     const int64_t c = avx512_x_chunk(type), chunks = (K + c - 1) / c;
@@ -213,16 +214,24 @@ void linear24_small_m(const at::Tensor& xc, const at::Tensor& vc, const at::Tens
         pack_panels(xc.const_data_ptr<c10::Half>(), M, K, c, xk.mutable_data_ptr<float>());
       }
     }
-  } else if (avx2 && avx2_x_transposed(M)) {  // x^T panels [groups, round_up(K, 8), 8], zero padded
+#if SPARSEOPS_X86_KERNELS
+  } else if (avx2 && avx2_x_transposed(M)) {
     const int64_t groups = (M + kPanelRows - 1) / kPanelRows, k8 = (K + 7) / 8 * 8;
-    xk = at::constant_pad_nd(xc.to(at::kFloat), {0, k8 - K, 0, groups * kPanelRows - M})
-             .view({groups, kPanelRows, k8})
-             .transpose(1, 2)
-             .contiguous();
+    xk = at::empty({groups, k8, kPanelRows}, xc.options().dtype(at::kFloat));
+    pack_x_transposed_avx2(xc.to(at::kFloat).const_data_ptr<float>(), M, K, xk.mutable_data_ptr<float>());
+#endif
   } else {  // fp32 rows, zero beyond K (the AVX2 kernel reads up to the next multiple of 8)
-    xk = at::empty({M, (K + 15) / 16 * 16 + 16}, xc.options().dtype(at::kFloat));
-    xk.narrow(1, 0, K).copy_(xc);
-    xk.narrow(1, K, xk.size(1) - K).zero_();
+    const int64_t ldx = (K + 15) / 16 * 16 + 16;
+    xk = at::empty({M, ldx}, xc.options().dtype(at::kFloat));
+    // Plain row copies: a torch copy into a narrowed view and a zero_ of the rest took 8-12 us at M = 1,
+    // K = 4096 (timed from Python, one thread), longer than the kernel on a small layer.
+    const at::Tensor xf = xc.to(at::kFloat);  // no copy for fp32
+    const float* src = xf.const_data_ptr<float>();
+    float* dst = xk.mutable_data_ptr<float>();
+    for (int64_t m = 0; m < M; ++m) {
+      std::memcpy(dst + m * ldx, src + m * K, sizeof(float) * K);
+      std::memset(dst + m * ldx + K, 0, sizeof(float) * (ldx - K));
+    }
   }
   const at::Tensor bf = bias.has_value() ? bias->to(at::kFloat).contiguous() : at::Tensor();
   at::Tensor z = out.scalar_type() == at::kFloat ? out : at::empty({M, N}, xc.options().dtype(at::kFloat));
@@ -329,18 +338,28 @@ void linear24_large_m(const at::Tensor& xc, const at::Tensor& vc, const at::Tens
 
 // ---- inf / NaN in x -----------------------------------------------------------------------------------
 
-// Rows of a contiguous x [M, K] that hold an inf or a NaN.
+// Rows of a contiguous x [M, K] that hold an inf or a NaN: an all-ones exponent, tested on the raw bits
+// without an early exit (the compiler vectorises it; std::isfinite on each element did not, ~1 ns each).
+template <typename Bits, Bits kExponent>
+bool row_finite(const Bits* row, int64_t K) {
+  bool finite = true;
+  for (int64_t k = 0; k < K; ++k) finite &= (row[k] & kExponent) != kExponent;
+  return finite;
+}
+
 std::vector<int64_t> nonfinite_rows(const at::Tensor& xc) {
   const int64_t M = xc.size(0), K = xc.size(1);
   std::vector<int64_t> rows;
-  SPARSEOPS_DISPATCH_FLOAT_HALF_BF16(xc.scalar_type(), kOp, [&] {
-    const scalar_t* x = xc.const_data_ptr<scalar_t>();
-    for (int64_t m = 0; m < M; ++m) {
-      bool finite = true;
-      for (int64_t k = 0; k < K; ++k) finite &= std::isfinite(static_cast<float>(x[m * K + k]));
-      if (!finite) rows.push_back(m);
+  for (int64_t m = 0; m < M; ++m) {
+    bool finite = true;
+    if (xc.scalar_type() == at::kFloat) {
+      finite = row_finite<uint32_t, 0x7F800000u>(static_cast<const uint32_t*>(xc.const_data_ptr()) + m * K, K);
+    } else {  // fp16 (exponent bits 0x7C00) or bf16 (0x7F80)
+      const uint16_t* row = static_cast<const uint16_t*>(xc.const_data_ptr()) + m * K;
+      finite = xc.scalar_type() == at::kHalf ? row_finite<uint16_t, 0x7C00>(row, K) : row_finite<uint16_t, 0x7F80>(row, K);
     }
-  });
+    if (!finite) rows.push_back(m);
+  }
   return rows;
 }
 

@@ -46,6 +46,8 @@ bool linear24_rows_avx512(ElemType type, const void* values, const uint8_t* meta
 //   round_up(K, 8)), group g's element (8 g + r, k) at x[g * ldx + 8 k + r], zero for k >= K and for
 //   rows beyond M; 32-byte aligned.
 constexpr bool avx2_x_transposed(int64_t M) { return M >= 5; }
+// x fp32 [M, K] (contiguous) into those panels (ceil(M / 8) * 8 * round_up(K, 8) floats, 32-byte aligned).
+void pack_x_transposed_avx2(const float* x, int64_t M, int64_t K, float* panels);
 bool linear24_rows_avx2(ElemType type, const void* values, const uint8_t* meta, int64_t K, const float* x,
                         int64_t ldx, int64_t M, const float* bias, int64_t n0, int64_t n1, float* z, int64_t ldz);
 
