@@ -11,14 +11,20 @@
 // call and shared by every q-block: extra memory up to 2 * B * Hkv * Skv * D floats (fp32 inputs with D a
 // multiple of 16 read V in place), plus per thread ~(2 G block_q D + kRowChunk block_k) floats.
 //
-// Backward (recompute from the saved lse, no Sq x Skv buffer), one pass per (b, kv head, KV-block)
-// walking the transposed mask (the q-blocks that keep the block) in transposed products: S^T = K Q^T,
-// P^T = exp(S^T - lse), dv += P^T dO, dP^T = V dO^T, dS^T = P^T (dP^T - delta), dk += dS^T q; dk/dv
-// summed over the group's query heads. dq: when the (b, kv head) pairs keep the threads evenly busy,
-// each is one work item owning its heads' dq rows and adds dS K there (fused, 5 products per tile);
-// else dq gets its own pass per (b, kv head, q-block) recomputing S and dP (7 products per tile).
-// Extra memory: fp32 copies of q, dO (row-major and block-transposed) and k, v (the same): 4 x (q's + k's
-// + v's) element counts in floats, plus the fp32 dq rows (fused) and delta [B, Hq, Sq].
+// Backward (recompute from the saved lse, no Sq x Skv buffer), per tile (a q-block's rows x a KV block's
+// keys) in the forward's orientation: S = q (scale K)^T, P = exp(S - lse), dv += P^T dO, dP = dO V^T,
+// dS = scale P (dP - delta), dk += dS^T q, dq += dS K; P^T and dS^T are read in place by gemm_at, so the
+// only transposed operands are the KV block's K^T / V^T panels, made once per KV block (AVX transpose
+// micro-kernel) into per-thread scratch. dk/dv: one KV block at a time, walking the transposed mask (the
+// q-blocks that keep it), summed over the group's query heads. dq: when the (b, kv head) pairs keep the
+// threads evenly busy, each is one work item owning its heads' dq rows (fused, 5 products per tile; a
+// q-block's rows are prepared on first use); else dq gets its own pass per (b, kv head, q-block)
+// recomputing S and dP (7 products per tile). q, dO, K rows are read in place when fp32 with D a multiple
+// of 16, else converted into per-thread scratch (q/dO once per item that uses them). Nothing is copied
+// per call at the size of the tensors: no page-fault storms, and blocks the mask skips cost nothing.
+// Extra memory: delta [B, Hq, Sq] floats; per worker thread 2 D bkP + 2 bq bkP + 2 bk Dp floats, and,
+// unless fp32 with D % 16 == 0, 3 G Sq Dp (fused: q, dO rows and dq of one KV head's query rows) or
+// 3 G bq Dp (two-pass) floats.
 //
 // Both hand their work items to the threads one at a time from a shared counter (ItemQueue), heavy
 // ones first, not in fixed ranges: ragged per-row block counts and a busy machine stay balanced.
@@ -538,14 +544,19 @@ struct Backward {
   int64_t Dp, bkP, G;
   bool direct;  // fp32 inputs with D == Dp: rows read in place, dq accumulated in place (fused mode)
 
+  // Leading dimension of the K^T / V^T panels and the S / dP tiles: one 16-float group past the width, so
+  // that a 128-float width does not put consecutive rows 512 B apart (rows that map to 1/8 of L1's sets:
+  // the gemm's B panel would not stay in L1).
+  static int64_t tile_ld(int64_t nP) { return nP + cpu::kColAlign; }
+
   BwdScratch scratch(int64_t q_rows) const {
     BwdScratch s;
-    s.kt.resize(d.D * bkP);
-    s.vt.resize(d.D * bkP);
+    s.kt.resize(d.D * tile_ld(bkP));
+    s.vt.resize(d.D * tile_ld(bkP));
     if (!direct) s.kr.resize(d.block_k * Dp);
     if (!std::is_same_v<T, float>) s.tmp.resize(d.block_k * d.D);
-    s.S.resize(d.block_q * bkP);
-    s.dP.resize(d.block_q * bkP);
+    s.S.resize(d.block_q * tile_ld(bkP));
+    s.dP.resize(d.block_q * tile_ld(bkP));
     s.dk.resize(d.block_k * Dp);
     s.dv.resize(d.block_k * Dp);
     if (!direct) {
@@ -568,8 +579,8 @@ struct Backward {
       KR = reinterpret_cast<const float*>(kb);
     else
       convert_rows(kb, n, d.D, d.D, s.kr.data(), Dp, 1.0f);
-    mk.transpose(KR, Dp, n, d.D, d.scale, s.kt.data(), nP);
-    transpose_block(mk, v + (bh * d.Skv + j0) * d.D, n, d.D, 1.0f, s.vt.data(), nP, s.tmp.data());
+    mk.transpose(KR, Dp, n, d.D, d.scale, s.kt.data(), tile_ld(nP));
+    transpose_block(mk, v + (bh * d.Skv + j0) * d.D, n, d.D, 1.0f, s.vt.data(), tile_ld(nP), s.tmp.data());
     return KR;
   }
 
@@ -600,17 +611,17 @@ struct Backward {
   // dv_acc ([n x Dp]) when given, and to dq_acc ([mq x Dp]) when given.
   void tile(const float* Q, const float* dO, int64_t row0, int64_t i0, int64_t mq, int64_t j0, int64_t n, int cls,
             const float* KR, float* dk_acc, float* dv_acc, float* dq_acc, BwdScratch& s) const {
-    const int64_t nP = round_up_cols(n);
+    const int64_t nP = round_up_cols(n), ld = tile_ld(nP);
     float* S = s.S.data();
     float* dP = s.dP.data();
-    mk.gemm(mq, nP, d.D, Q, Dp, s.kt.data(), nP, S, nP, false);
-    if (cls == 1 || n < nP) mask_tile(S, nP, mq, n, nP, cls == 1, rule, j0, [&](int64_t r) { return i0 + r; });
-    mk.exp_shift(S, nP, mq, nP, lse + row0, nullptr);
-    if (dv_acc) mk.gemm_at(n, Dp, mq, S, nP, dO, Dp, dv_acc, Dp, true);
-    mk.gemm(mq, nP, d.D, dO, Dp, s.vt.data(), nP, dP, nP, false);
-    ds_tile(S, dP, nP, mq, n, delta + row0, d.scale);
-    if (dk_acc) mk.gemm_at(n, Dp, mq, dP, nP, Q, Dp, dk_acc, Dp, true);
-    if (dq_acc) mk.gemm(mq, Dp, n, dP, nP, KR, Dp, dq_acc, Dp, true);
+    mk.gemm(mq, nP, d.D, Q, Dp, s.kt.data(), ld, S, ld, false);
+    if (cls == 1 || n < nP) mask_tile(S, ld, mq, n, nP, cls == 1, rule, j0, [&](int64_t r) { return i0 + r; });
+    mk.exp_shift(S, ld, mq, nP, lse + row0, nullptr);
+    if (dv_acc) mk.gemm_at(n, Dp, mq, S, ld, dO, Dp, dv_acc, Dp, true);
+    mk.gemm(mq, nP, d.D, dO, Dp, s.vt.data(), ld, dP, ld, false);
+    ds_tile(S, dP, ld, mq, n, delta + row0, d.scale);
+    if (dk_acc) mk.gemm_at(n, Dp, mq, dP, ld, Q, Dp, dk_acc, Dp, true);
+    if (dq_acc) mk.gemm(mq, Dp, n, dP, ld, KR, Dp, dq_acc, Dp, true);
   }
 
   void store_rows(const float* src, int64_t n, T* dst) const {
