@@ -9,7 +9,9 @@
 // results are merged with their log-sum-exp (flash-decoding).
 // K/V go through fp32 copies of the blocks the mask uses (K transposed per block), converted once per
 // call and shared by every q-block: extra memory up to 2 * B * Hkv * Skv * D floats (fp32 inputs with D a
-// multiple of 16 read V in place), plus per thread ~(2 G block_q D + kRowChunk block_k) floats.
+// multiple of 16 read V in place), plus per thread ~(2 G block_q D + kRowChunk block_k) floats. When the
+// q-blocks hardly reuse them (decode; under 2 uses per used block), each task converts its blocks into
+// per-thread scratch instead.
 //
 // Backward (recompute from the saved lse, no Sq x Skv buffer), per tile (a q-block's rows x a KV block's
 // keys) in the forward's orientation: S = q (scale K)^T, P = exp(S - lse), dv += P^T dO, dP = dO V^T,
@@ -208,7 +210,7 @@ struct Forward {
   const float* vf;  // rows ((b Hkv + hkv) Skv + j), ldv apart
   int64_t ldv;
   float* part;      // nsplit > 1: per (item, split): acc [G bq x Dp], m [G bq], l [G bq]
-  bool per_task_kv;  // convert each kept K/V block inside the task (kt/vf unused): one q-block, no reuse
+  bool per_task_kv;  // convert each kept K/V block inside the task (kt unused; vf only for fp32 V in place)
   // bf16 inputs with AVX-512 BF16 (vdpbf16ps) and even D: q and K as bf16 pairs, P rounded to bf16 for
   // P V; K^T pairs [blk][D/2][bkP] and V row pairs [blk][ceil(bk/2)][Dp] replace kt / vf.
   bool bf16 = false;
@@ -277,10 +279,14 @@ struct Forward {
           }
         } else if (per_task_kv) {
           transpose_block(mk, k + (bh * d.Skv + j0) * d.D, n, d.D, 1.0f, s.kt.data(), nP, s.tmp.data());
-          convert_rows(v + (bh * d.Skv + j0) * d.D, n, d.D, d.D, s.v.data(), Dp, 1.0f);
           KT = s.kt.data();
-          V = s.v.data();
-          ld_v = Dp;
+          if (vf) {  // fp32 V read in place
+            V = vf + (bh * d.Skv + j0) * ldv;
+          } else {
+            convert_rows(v + (bh * d.Skv + j0) * d.D, n, d.D, d.D, s.v.data(), Dp, 1.0f);
+            V = s.v.data();
+            ld_v = Dp;
+          }
         } else {
           KT = kt + (bh * d.nkv + kb) * d.D * bkP;
           V = vf + (bh * d.Skv + j0) * ldv;
@@ -365,17 +371,17 @@ struct Forward {
   }
 };
 
-// Which (b, kv head, kv-block) the mask uses anywhere (so that only those are converted).
-std::vector<uint8_t> used_kv_blocks(const AttnDims& d, const MaskView& mask) {
-  std::vector<uint8_t> used(static_cast<size_t>(d.B * d.Hkv * d.nkv), 0);
+// How many times the forward's tasks use each (b, kv head, kv-block) (0: not converted).
+std::vector<int32_t> kv_block_uses(const AttnDims& d, const MaskView& mask) {
+  std::vector<int32_t> uses(static_cast<size_t>(d.B * d.Hkv * d.nkv), 0);
   const int64_t G = d.Hq / d.Hkv;
   for (int64_t b = 0; b < d.B; ++b)
     for (int64_t h = 0; h < d.Hq; h += (d.mask_h == 1 ? G : 1))
       for (int64_t qb = 0; qb < d.nq; ++qb) {
         const int64_t r = mask.row(b, h, qb);
-        for (int64_t c = 0; c < mask.num[r]; ++c) used[(b * d.Hkv + h / G) * d.nkv + mask.idx[r * mask.width + c]] = 1;
+        for (int64_t c = 0; c < mask.num[r]; ++c) ++uses[(b * d.Hkv + h / G) * d.nkv + mask.idx[r * mask.width + c]];
       }
-  return used;
+  return uses;
 }
 
 std::tuple<at::Tensor, at::Tensor> block_sparse_attention_cpu(const at::Tensor& q, const at::Tensor& k,
@@ -397,10 +403,14 @@ std::tuple<at::Tensor, at::Tensor> block_sparse_attention_cpu(const at::Tensor& 
   const int64_t Dp = round_up_cols(d.D), bkP = round_up_cols(d.block_k);
   const int64_t items = d.B * d.Hkv * d.nq, threads = at::get_num_threads();
   const int64_t nsplit = items >= threads ? 1 : std::max<int64_t>(1, std::min(ceil_div(threads, items), d.width));
-  // One q-block (decode): every K/V block is used by one item only, so it is converted inside that
-  // item, where it stays in cache, instead of into the shared fp32 copy.
-  const bool per_task_kv = d.nq == 1;
-  const std::vector<uint8_t> used = per_task_kv ? std::vector<uint8_t>() : used_kv_blocks(d, mask);
+  // A K/V block that several q-blocks use is converted once, into the shared fp32 copy. When they mostly
+  // do not (decode: one q-block; very sparse masks: under 2 uses per used block on average), each is
+  // converted inside the task that uses it, where it stays in cache, and no copy at the size of K/V is
+  // allocated (and page-faulted in) per call.
+  const std::vector<int32_t> used = d.nq == 1 ? std::vector<int32_t>() : kv_block_uses(d, mask);
+  const int64_t total_uses = std::accumulate(used.begin(), used.end(), int64_t{0});
+  const int64_t used_blocks = std::count_if(used.begin(), used.end(), [](int32_t u) { return u > 0; });
+  const bool per_task_kv = d.nq == 1 || total_uses < 2 * used_blocks;
   SPARSEOPS_DISPATCH_FLOAT_HALF_BF16(qc.scalar_type(), op, [&] {
     const scalar_t* kp = kc.const_data_ptr<scalar_t>();
     const scalar_t* vp = vc.const_data_ptr<scalar_t>();
