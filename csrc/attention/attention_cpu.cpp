@@ -24,7 +24,7 @@
 // recomputing S and dP (7 products per tile). q, dO, K rows are read in place when fp32 with D a multiple
 // of 16, else converted into per-thread scratch (q/dO once per item that uses them). Nothing is copied
 // per call at the size of the tensors: no page-fault storms, and blocks the mask skips cost nothing.
-// Extra memory: delta [B, Hq, Sq] floats; per worker thread 2 D bkP + 2 bq bkP + 2 bk Dp floats, and,
+// Extra memory: delta [B, Hq, Sq] floats; per worker thread (2 D + 2 bq) (bkP + 16) + 2 bk Dp floats, and,
 // unless fp32 with D % 16 == 0, 3 G Sq Dp (fused: q, dO rows and dq of one KV head's query rows) or
 // 3 G bq Dp (two-pass) floats.
 //
