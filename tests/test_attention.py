@@ -124,6 +124,7 @@ BWD_SHAPES = [
     (2, 4, 2, 33, 70, 80, 16, 32, 4),
     (1, 4, 1, 7, 130, 32, 16, 64, 1),
     (1, 2, 2, 100, 100, 96, 64, 32, 2),
+    (1, 4, 2, 45, 50, 40, 16, 16, 1),  # fp32 with D not a multiple of 16: rows converted, not read in place
 ]
 
 
@@ -260,19 +261,26 @@ def test_bf16_odd_and_extreme_head_dims(D):
 
 
 @pytest.mark.parametrize("threads", [1, 3])
-def test_backward_fused_and_two_pass_modes_agree(threads):
+@pytest.mark.parametrize("dtype,D,mask_heads", [(torch.float32, 32, 4), (torch.float32, 40, 1), (torch.bfloat16, 48, 1)],
+                         ids=str)
+def test_backward_fused_and_two_pass_modes_agree(threads, dtype, D, mask_heads):
     """dq is accumulated in the KV-block pass when the (b, kv head) items keep the threads busy (here
-    with 1 thread) and computed in its own pass otherwise (2 groups on 3 threads)."""
+    with 1 thread) and computed in its own pass otherwise (2 groups on 3 threads); fp32 with D a multiple
+    of 16 reads q/dO/k rows in place, the other cases convert them."""
     old = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        q, k, v = _inputs(2, 4, 1, 50, 70, 32, torch.float32, requires_grad=True)
-        m = _random_mask(2, 4, 50, 70, 16, 16, 0.6)
+        q, k, v = _inputs(2, 4, 1, 50, 70, D, dtype, requires_grad=True)
+        m = _random_mask(2, mask_heads, 50, 70, 16, 16, 0.6)
         out = block_sparse_attention(q, k, v, m, causal=True, window=(30, 0))
         g = torch.randn_like(out)
         grads = torch.autograd.grad(out, (q, k, v), g)
-        ref = torch.autograd.grad(block_sparse_attention_ref(q, k, v, m, causal=True, window=(30, 0)), (q, k, v), g)
+        qf, kf, vf = (t.detach().float().requires_grad_() for t in (q, k, v))
+        ref = torch.autograd.grad(block_sparse_attention_ref(qf, kf, vf, m, causal=True, window=(30, 0)), (qf, kf, vf),
+                                  g.float())
+        atol, rtol = (5e-5, 1e-4) if dtype == torch.float32 else (3 * TOL[dtype], 3 * TOL[dtype])
         for a, b in zip(grads, ref):
-            torch.testing.assert_close(a, b, atol=5e-5, rtol=1e-4)
+            assert a.dtype == dtype
+            torch.testing.assert_close(a.float(), b, atol=atol, rtol=rtol)
     finally:
         torch.set_num_threads(old)

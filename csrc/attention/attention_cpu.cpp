@@ -9,16 +9,24 @@
 // results are merged with their log-sum-exp (flash-decoding).
 // K/V go through fp32 copies of the blocks the mask uses (K transposed per block), converted once per
 // call and shared by every q-block: extra memory up to 2 * B * Hkv * Skv * D floats (fp32 inputs with D a
-// multiple of 16 read V in place), plus per thread ~(2 G block_q D + kRowChunk block_k) floats.
+// multiple of 16 read V in place), plus per thread ~(2 G block_q D + kRowChunk block_k) floats. When the
+// q-blocks hardly reuse them (decode; under 2 uses per used block), each task converts its blocks into
+// per-thread scratch instead.
 //
-// Backward (recompute from the saved lse, no Sq x Skv buffer), one pass per (b, kv head, KV-block)
-// walking the transposed mask (the q-blocks that keep the block) in transposed products: S^T = K Q^T,
-// P^T = exp(S^T - lse), dv += P^T dO, dP^T = V dO^T, dS^T = P^T (dP^T - delta), dk += dS^T q; dk/dv
-// summed over the group's query heads. dq: when the (b, kv head) pairs keep the threads evenly busy,
-// each is one work item owning its heads' dq rows and adds dS K there (fused, 5 products per tile);
-// else dq gets its own pass per (b, kv head, q-block) recomputing S and dP (7 products per tile).
-// Extra memory: fp32 copies of q, dO (row-major and block-transposed) and k, v (the same): 4 x (q's + k's
-// + v's) element counts in floats, plus the fp32 dq rows (fused) and delta [B, Hq, Sq].
+// Backward (recompute from the saved lse, no Sq x Skv buffer), per tile (a q-block's rows x a KV block's
+// keys) in the forward's orientation: S = q (scale K)^T, P = exp(S - lse), dv += P^T dO, dP = dO V^T,
+// dS = scale P (dP - delta), dk += dS^T q, dq += dS K; P^T and dS^T are read in place by gemm_at, so the
+// only transposed operands are the KV block's K^T / V^T panels, made once per KV block (AVX transpose
+// micro-kernel) into per-thread scratch. dk/dv: one KV block at a time, walking the transposed mask (the
+// q-blocks that keep it), summed over the group's query heads. dq: when the (b, kv head) pairs keep the
+// threads evenly busy, each is one work item owning its heads' dq rows (fused, 5 products per tile; a
+// q-block's rows are prepared on first use); else dq gets its own pass per (b, kv head, q-block)
+// recomputing S and dP (7 products per tile). q, dO, K rows are read in place when fp32 with D a multiple
+// of 16, else converted into per-thread scratch (q/dO once per item that uses them). Nothing is copied
+// per call at the size of the tensors: no page-fault storms, and blocks the mask skips cost nothing.
+// Extra memory: delta [B, Hq, Sq] floats; per worker thread (2 D + 2 bq) (bkP + 16) + 2 bk Dp floats, and,
+// unless fp32 with D % 16 == 0, 3 G Sq Dp (fused: q, dO rows and dq of one KV head's query rows) or
+// 3 G bq Dp (two-pass) floats.
 //
 // Both hand their work items to the threads one at a time from a shared counter (ItemQueue), heavy
 // ones first, not in fixed ranges: ragged per-row block counts and a busy machine stay balanced.
@@ -115,15 +123,19 @@ void convert_rows(const T* src, int64_t rows, int64_t cols, int64_t lds, float* 
   }
 }
 
-// dst[c][r] = src[r][c] * s for r < rows, zero for rows <= r < ldd: a [cols x ldd] panel.
+// dst = s * src^T, a [D x ldd] fp32 panel of src's n rows (D columns, contiguous), zero for columns
+// n..ldd: through the transpose micro-kernel, fp32 rows in place, others converted into tmp [n x D] first.
 template <typename T>
-void convert_transposed(const T* src, int64_t rows, int64_t cols, int64_t lds, float* dst, int64_t ldd, float s) {
-  for (int64_t r = 0; r < rows; ++r) {
-    const T* a = src + r * lds;
-    for (int64_t c = 0; c < cols; ++c) dst[c * ldd + r] = static_cast<float>(a[c]) * s;
+void transpose_block(const cpu::MicroKernels& mk, const T* src, int64_t n, int64_t D, float s, float* dst, int64_t ldd,
+                     float* tmp) {
+  const float* f = nullptr;
+  if constexpr (std::is_same_v<T, float>) {
+    f = src;
+  } else {
+    convert_rows(src, n, D, D, tmp, D, 1.0f);
+    f = tmp;
   }
-  for (int64_t c = 0; c < cols; ++c)
-    for (int64_t r = rows; r < ldd; ++r) dst[c * ldd + r] = 0.0f;
+  mk.transpose(f, D, n, D, s, dst, ldd);
 }
 
 // bf16 K block as pairs along D, transposed: dst[p][j] = (k[j][2p], k[j][2p+1]) for j < n, zero for
@@ -156,7 +168,7 @@ void mask_tile(float* S, int64_t lds, int64_t rows, int64_t n, int64_t nP, bool 
 // ---- forward ------------------------------------------------------------------------------------
 
 struct FwdScratch {
-  std::vector<float> q, acc, m, l, alpha, S, kt, v;
+  std::vector<float> q, acc, m, l, alpha, S, kt, v, tmp;
   std::vector<uint16_t> qb;                // bf16 path: the item's q rows (raw bf16)
   std::vector<uint32_t> pb, ktb, vb;       // bf16 path: P as pairs; per-task K^T / V pairs
   FwdScratch(const AttnDims& d, int64_t Dp, bool per_task_kv, bool bf16) {
@@ -171,6 +183,7 @@ struct FwdScratch {
     } else if (per_task_kv) {
       kt.resize(d.D * bkP);
       v.resize(d.block_k * Dp);
+      tmp.resize(d.block_k * d.D);
     }
     if (!bf16) q.resize(rows * d.D);
     acc.resize(rows * Dp);
@@ -197,7 +210,7 @@ struct Forward {
   const float* vf;  // rows ((b Hkv + hkv) Skv + j), ldv apart
   int64_t ldv;
   float* part;      // nsplit > 1: per (item, split): acc [G bq x Dp], m [G bq], l [G bq]
-  bool per_task_kv;  // convert each kept K/V block inside the task (kt/vf unused): one q-block, no reuse
+  bool per_task_kv;  // convert each kept K/V block inside the task (kt unused; vf only for fp32 V in place)
   // bf16 inputs with AVX-512 BF16 (vdpbf16ps) and even D: q and K as bf16 pairs, P rounded to bf16 for
   // P V; K^T pairs [blk][D/2][bkP] and V row pairs [blk][ceil(bk/2)][Dp] replace kt / vf.
   bool bf16 = false;
@@ -265,11 +278,15 @@ struct Forward {
             Vb = vpb + blk * half_bk * Dp;
           }
         } else if (per_task_kv) {
-          convert_transposed(k + (bh * d.Skv + j0) * d.D, n, d.D, d.D, s.kt.data(), nP, 1.0f);
-          convert_rows(v + (bh * d.Skv + j0) * d.D, n, d.D, d.D, s.v.data(), Dp, 1.0f);
+          transpose_block(mk, k + (bh * d.Skv + j0) * d.D, n, d.D, 1.0f, s.kt.data(), nP, s.tmp.data());
           KT = s.kt.data();
-          V = s.v.data();
-          ld_v = Dp;
+          if (vf) {  // fp32 V read in place
+            V = vf + (bh * d.Skv + j0) * ldv;
+          } else {
+            convert_rows(v + (bh * d.Skv + j0) * d.D, n, d.D, d.D, s.v.data(), Dp, 1.0f);
+            V = s.v.data();
+            ld_v = Dp;
+          }
         } else {
           KT = kt + (bh * d.nkv + kb) * d.D * bkP;
           V = vf + (bh * d.Skv + j0) * ldv;
@@ -354,17 +371,17 @@ struct Forward {
   }
 };
 
-// Which (b, kv head, kv-block) the mask uses anywhere (so that only those are converted).
-std::vector<uint8_t> used_kv_blocks(const AttnDims& d, const MaskView& mask) {
-  std::vector<uint8_t> used(static_cast<size_t>(d.B * d.Hkv * d.nkv), 0);
+// How many times the forward's tasks use each (b, kv head, kv-block) (0: not converted).
+std::vector<int32_t> kv_block_uses(const AttnDims& d, const MaskView& mask) {
+  std::vector<int32_t> uses(static_cast<size_t>(d.B * d.Hkv * d.nkv), 0);
   const int64_t G = d.Hq / d.Hkv;
   for (int64_t b = 0; b < d.B; ++b)
     for (int64_t h = 0; h < d.Hq; h += (d.mask_h == 1 ? G : 1))
       for (int64_t qb = 0; qb < d.nq; ++qb) {
         const int64_t r = mask.row(b, h, qb);
-        for (int64_t c = 0; c < mask.num[r]; ++c) used[(b * d.Hkv + h / G) * d.nkv + mask.idx[r * mask.width + c]] = 1;
+        for (int64_t c = 0; c < mask.num[r]; ++c) ++uses[(b * d.Hkv + h / G) * d.nkv + mask.idx[r * mask.width + c]];
       }
-  return used;
+  return uses;
 }
 
 std::tuple<at::Tensor, at::Tensor> block_sparse_attention_cpu(const at::Tensor& q, const at::Tensor& k,
@@ -386,10 +403,14 @@ std::tuple<at::Tensor, at::Tensor> block_sparse_attention_cpu(const at::Tensor& 
   const int64_t Dp = round_up_cols(d.D), bkP = round_up_cols(d.block_k);
   const int64_t items = d.B * d.Hkv * d.nq, threads = at::get_num_threads();
   const int64_t nsplit = items >= threads ? 1 : std::max<int64_t>(1, std::min(ceil_div(threads, items), d.width));
-  // One q-block (decode): every K/V block is used by one item only, so it is converted inside that
-  // item, where it stays in cache, instead of into the shared fp32 copy.
-  const bool per_task_kv = d.nq == 1;
-  const std::vector<uint8_t> used = per_task_kv ? std::vector<uint8_t>() : used_kv_blocks(d, mask);
+  // A K/V block that several q-blocks use is converted once, into the shared fp32 copy. When they mostly
+  // do not (decode: one q-block; very sparse masks: under 2 uses per used block on average), each is
+  // converted inside the task that uses it, where it stays in cache, and no copy at the size of K/V is
+  // allocated (and page-faulted in) per call.
+  const std::vector<int32_t> used = d.nq == 1 ? std::vector<int32_t>() : kv_block_uses(d, mask);
+  const int64_t total_uses = std::accumulate(used.begin(), used.end(), int64_t{0});
+  const int64_t used_blocks = std::count_if(used.begin(), used.end(), [](int32_t u) { return u > 0; });
+  const bool per_task_kv = d.nq == 1 || total_uses < 2 * used_blocks;
   SPARSEOPS_DISPATCH_FLOAT_HALF_BF16(qc.scalar_type(), op, [&] {
     const scalar_t* kp = kc.const_data_ptr<scalar_t>();
     const scalar_t* vp = vc.const_data_ptr<scalar_t>();
@@ -422,10 +443,11 @@ std::tuple<at::Tensor, at::Tensor> block_sparse_attention_cpu(const at::Tensor& 
     float* ktp = kt.defined() ? kt.mutable_data_ptr<float>() : nullptr;
     float* vfp = vf.defined() ? vf.mutable_data_ptr<float>() : nullptr;
     if (fp32_copies) at::parallel_for(0, blocks, 4, [&](int64_t begin, int64_t end) {
+      std::vector<float> tmp(std::is_same_v<scalar_t, float> ? 0 : d.block_k * d.D);
       for (int64_t blk = begin; blk < end; ++blk) {
         if (!used[blk]) continue;
         const int64_t kb = blk % d.nkv, bh = blk / d.nkv, j0 = kb * d.block_k, n = std::min(d.block_k, d.Skv - j0);
-        convert_transposed(kp + (bh * d.Skv + j0) * d.D, n, d.D, d.D, ktp + blk * d.D * bkP, bkP, 1.0f);
+        transpose_block(mk, kp + (bh * d.Skv + j0) * d.D, n, d.D, 1.0f, ktp + blk * d.D * bkP, bkP, tmp.data());
         if (!v_direct) convert_rows(vp + (bh * d.Skv + j0) * d.D, n, d.D, d.D, vfp + (bh * d.Skv + j0) * Dp, Dp, 1.0f);
       }
     });
@@ -484,31 +506,252 @@ TransposedMask transpose_mask(const AttnDims& d, const MaskView& mask) {
   return t;
 }
 
-// dS = P * (dP - delta) over rows x cols, delta per row (row_delta) or per column (col_delta).
-void ds_tile(const float* P, float* dP, int64_t ld, int64_t rows, int64_t cols, const float* row_delta,
-             const float* col_delta) {
+// dS = scale * P * (dP - delta[r]) over rows x cols, in place in dP (the softmax scale of dq and dk
+// folded in here, once per tile, instead of into their write-back).
+void ds_tile(const float* P, float* dP, int64_t ld, int64_t rows, int64_t cols, const float* delta, float scale) {
   for (int64_t r = 0; r < rows; ++r) {
     const float* p = P + r * ld;
     float* g = dP + r * ld;
-    if (row_delta) {
-      const float dl = row_delta[r];
-      for (int64_t j = 0; j < cols; ++j) g[j] = p[j] * (g[j] - dl);
-    } else {
-      for (int64_t j = 0; j < cols; ++j) g[j] = p[j] * (g[j] - col_delta[j]);
-    }
+    const float dl = delta[r];
+    for (int64_t j = 0; j < cols; ++j) g[j] = scale * p[j] * (g[j] - dl);
   }
 }
 
-// fp32 copies for the backward, block t (of nb per head) of a [heads, S, D] tensor: its rows into rows
-// ([S x Dp] per head, scaled by s) and transposed into blocks ([D x bP] per block).
+// Per-thread scratch of the backward, allocated once per worker and reused across its items.
+struct BwdScratch {
+  std::vector<float> kt, vt, kr;   // one KV block: (scale K)^T, V^T [D x bkP]; K rows [bk x Dp]
+  std::vector<float> tmp;          // V rows [bk x D] on their way to V^T (non-fp32 inputs)
+  std::vector<float> S, dP;        // one tile [bq x bkP]
+  std::vector<float> dk, dv;       // one KV block's accumulators [bk x Dp]
+  std::vector<float> qr, gr, dqa;  // q, dO rows and fp32 dq of the item's query rows [.. x Dp]
+  std::vector<uint8_t> ready;      // fused: per (head, q-block) of the item, its rows are prepared
+};
+
+// Backward products per tile, all in the forward's orientation (rows = query tokens, columns = keys):
+// S = q (scale K)^T, P = exp(S - lse), dv += P^T dO, dP = dO V^T, dS = scale P (dP - delta),
+// dk += dS^T q, dq += dS K. The transposed products read P and dS in place (gemm_at), so the only
+// transposed operands are the KV block's K^T and V^T panels, converted once per KV block into per-thread
+// scratch. q, dO, K rows are read in place when fp32 with D a multiple of kColAlign (ld = Dp = D), else
+// converted (a q-block's rows once per item that uses it).
 template <typename T>
-void convert_both(const T* src, int64_t S, int64_t D, int64_t block, float s, float* rows, float* blocks, int64_t t) {
-  const int64_t Dp = round_up_cols(D), bP = round_up_cols(block), nb = ceil_div(S, block);
-  const int64_t h = t / nb, j0 = (t % nb) * block, n = std::min(block, S - j0);
-  const T* a = src + (h * S + j0) * D;
-  convert_rows(a, n, D, D, rows + (h * S + j0) * Dp, Dp, s);
-  convert_transposed(a, n, D, D, blocks + t * D * bP, bP, s);
-}
+struct Backward {
+  AttnDims d;
+  MaskView mask;
+  const TransposedMask& tmask;
+  TokenRule rule;
+  cpu::MicroKernels mk;
+  const T* q;
+  const T* k;
+  const T* v;
+  const T* go;
+  const T* o;
+  const float* lse;
+  const float* glse;  // null: no lse gradient
+  float* delta;       // [B Hq Sq]: rowsum(dO * O) - grad_lse
+  T* dq;
+  T* dk;
+  T* dv;
+  int64_t Dp, bkP, G;
+  bool direct;  // fp32 inputs with D == Dp: rows read in place, dq accumulated in place (fused mode)
+
+  // Leading dimension of the K^T / V^T panels and the S / dP tiles: one 16-float group past the width, so
+  // that a 128-float width does not put consecutive rows 512 B apart (rows that map to 1/8 of L1's sets:
+  // the gemm's B panel would not stay in L1).
+  static int64_t tile_ld(int64_t nP) { return nP + cpu::kColAlign; }
+
+  BwdScratch scratch(int64_t q_rows) const {
+    BwdScratch s;
+    s.kt.resize(d.D * tile_ld(bkP));
+    s.vt.resize(d.D * tile_ld(bkP));
+    if (!direct) s.kr.resize(d.block_k * Dp);
+    if (!std::is_same_v<T, float>) s.tmp.resize(d.block_k * d.D);
+    s.S.resize(d.block_q * tile_ld(bkP));
+    s.dP.resize(d.block_q * tile_ld(bkP));
+    s.dk.resize(d.block_k * Dp);
+    s.dv.resize(d.block_k * Dp);
+    if (!direct) {
+      s.qr.resize(q_rows * Dp);
+      s.gr.resize(q_rows * Dp);
+    }
+    return s;
+  }
+
+  int64_t mask_row_of(int64_t b, int64_t h) const {
+    return (d.mask_b == 1 ? 0 : b) * d.mask_h + (d.mask_h == 1 ? 0 : h);
+  }
+
+  // KV block (bh, tokens j0..j0+n): K^T (scaled) and V^T panels [D x nP] (zero past n) into s; returns
+  // K's fp32 rows (ld Dp), in place when direct.
+  const float* kv_panels(int64_t bh, int64_t j0, int64_t n, int64_t nP, BwdScratch& s) const {
+    const T* kb = k + (bh * d.Skv + j0) * d.D;
+    const float* KR = s.kr.data();
+    if (direct)
+      KR = reinterpret_cast<const float*>(kb);
+    else
+      convert_rows(kb, n, d.D, d.D, s.kr.data(), Dp, 1.0f);
+    mk.transpose(KR, Dp, n, d.D, d.scale, s.kt.data(), tile_ld(nP));
+    transpose_block(mk, v + (bh * d.Skv + j0) * d.D, n, d.D, 1.0f, s.vt.data(), tile_ld(nP), s.tmp.data());
+    return KR;
+  }
+
+  // fp32 rows (ld Dp) of q and dO for global rows row0..row0+mq: in place when direct, else converted
+  // into qbuf / gbuf. With want_delta, also delta of those rows (from the same dO rows).
+  void q_rows(int64_t row0, int64_t mq, float* qbuf, float* gbuf, const float*& Q, const float*& dO,
+              bool want_delta) const {
+    if (direct) {
+      Q = reinterpret_cast<const float*>(q) + row0 * d.D;
+      dO = reinterpret_cast<const float*>(go) + row0 * d.D;
+    } else {
+      convert_rows(q + row0 * d.D, mq, d.D, d.D, qbuf, Dp, 1.0f);
+      convert_rows(go + row0 * d.D, mq, d.D, d.D, gbuf, Dp, 1.0f);
+      Q = qbuf;
+      dO = gbuf;
+    }
+    if (!want_delta) return;
+    for (int64_t r = 0; r < mq; ++r) {
+      const float* g = dO + r * Dp;
+      const T* orow = o + (row0 + r) * d.D;
+      float acc = 0.0f;
+      for (int64_t x = 0; x < d.D; ++x) acc += g[x] * static_cast<float>(orow[x]);
+      delta[row0 + r] = glse ? acc - glse[row0 + r] : acc;
+    }
+  }
+
+  // One tile: query rows row0..row0+mq (tokens i0..), keys j0..j0+n of one KV block. Adds to dk_acc and
+  // dv_acc ([n x Dp]) when given, and to dq_acc ([mq x Dp]) when given.
+  void tile(const float* Q, const float* dO, int64_t row0, int64_t i0, int64_t mq, int64_t j0, int64_t n, int cls,
+            const float* KR, float* dk_acc, float* dv_acc, float* dq_acc, BwdScratch& s) const {
+    const int64_t nP = round_up_cols(n), ld = tile_ld(nP);
+    float* S = s.S.data();
+    float* dP = s.dP.data();
+    mk.gemm(mq, nP, d.D, Q, Dp, s.kt.data(), ld, S, ld, false);
+    if (cls == 1 || n < nP) mask_tile(S, ld, mq, n, nP, cls == 1, rule, j0, [&](int64_t r) { return i0 + r; });
+    mk.exp_shift(S, ld, mq, nP, lse + row0, nullptr);
+    if (dv_acc) mk.gemm_at(n, Dp, mq, S, ld, dO, Dp, dv_acc, Dp, true);
+    mk.gemm(mq, nP, d.D, dO, Dp, s.vt.data(), ld, dP, ld, false);
+    ds_tile(S, dP, ld, mq, n, delta + row0, d.scale);
+    if (dk_acc) mk.gemm_at(n, Dp, mq, dP, ld, Q, Dp, dk_acc, Dp, true);
+    if (dq_acc) mk.gemm(mq, Dp, n, dP, ld, KR, Dp, dq_acc, Dp, true);
+  }
+
+  void store_rows(const float* src, int64_t n, T* dst) const {
+    for (int64_t r = 0; r < n; ++r)
+      for (int64_t x = 0; x < d.D; ++x) dst[r * d.D + x] = static_cast<T>(src[r * Dp + x]);
+  }
+
+  // dk, dv of KV block kb of (b, kv head), summed over the group's query heads, walking the q-blocks that
+  // keep it. prepare(g, qb, Q, dO) supplies the rows of a tile; dq_of(g, qb) its dq accumulator (null:
+  // dq not accumulated here).
+  template <typename Prepare, typename DqOf>
+  void kv_block(int64_t bh, int64_t kb, BwdScratch& s, const Prepare& prepare, const DqOf& dq_of) const {
+    const int64_t b = bh / d.Hkv, hkv = bh % d.Hkv;
+    const int64_t j0 = kb * d.block_k, n = std::min(d.block_k, d.Skv - j0), krow0 = bh * d.Skv + j0;
+    const float* KR = nullptr;
+    bool converted = false;
+    for (int64_t g = 0; g < G; ++g) {
+      const int64_t h = hkv * G + g, mr = mask_row_of(b, h);
+      for (int64_t t = tmask.start[mr * d.nkv + kb]; t < tmask.start[mr * d.nkv + kb + 1]; ++t) {
+        const int64_t qb = tmask.qblocks[t], i0 = qb * d.block_q, mq = std::min(d.block_q, d.Sq - i0);
+        const int cls = rule.block(i0, i0 + mq, j0, j0 + n);
+        if (cls == 0) continue;
+        float* dqa = dq_of(g, qb);
+        if (!converted) {  // the first visible tile: this block's panels, its accumulators
+          KR = kv_panels(bh, j0, n, round_up_cols(n), s);
+          std::fill_n(s.dk.data(), n * Dp, 0.0f);
+          std::fill_n(s.dv.data(), n * Dp, 0.0f);
+          converted = true;
+        }
+        const float* Q;
+        const float* dO;
+        prepare(g, qb, Q, dO);
+        tile(Q, dO, (b * d.Hq + h) * d.Sq + i0, i0, mq, j0, n, cls, KR, s.dk.data(), s.dv.data(), dqa, s);
+      }
+    }
+    if (!converted) {  // no query sees this block
+      std::fill_n(dk + krow0 * d.D, n * d.D, T(0));
+      std::fill_n(dv + krow0 * d.D, n * d.D, T(0));
+      return;
+    }
+    store_rows(s.dk.data(), n, dk + krow0 * d.D);
+    store_rows(s.dv.data(), n, dv + krow0 * d.D);
+  }
+
+  // Fused mode, item (b, kv head): every KV block of the head, dq of the group's G heads accumulated
+  // here (the item owns those rows). A q-block's rows are prepared on first use (converted, delta, dq
+  // zeroed); the ones no KV block reaches get dq = 0.
+  void fused_item(int64_t bh, BwdScratch& s) const {
+    const int64_t b = bh / d.Hkv, hkv = bh % d.Hkv, qrow0 = (b * d.Hq + hkv * G) * d.Sq;  // the group's rows
+    float* dq_base = direct ? reinterpret_cast<float*>(dq) + qrow0 * d.D : s.dqa.data();
+    s.ready.assign(G * d.nq, 0);
+    auto prepare = [&](int64_t g, int64_t qb, const float*& Q, const float*& dO) {
+      const int64_t r = g * d.Sq + qb * d.block_q, mq = std::min(d.block_q, d.Sq - qb * d.block_q);
+      float* qbuf = direct ? nullptr : s.qr.data() + r * Dp;
+      float* gbuf = direct ? nullptr : s.gr.data() + r * Dp;
+      if (!s.ready[g * d.nq + qb]) {
+        s.ready[g * d.nq + qb] = 1;
+        q_rows(qrow0 + r, mq, qbuf, gbuf, Q, dO, /*want_delta=*/true);
+        std::fill_n(dq_base + r * Dp, mq * Dp, 0.0f);
+      } else if (direct) {
+        Q = reinterpret_cast<const float*>(q) + (qrow0 + r) * d.D;
+        dO = reinterpret_cast<const float*>(go) + (qrow0 + r) * d.D;
+      } else {
+        Q = qbuf;
+        dO = gbuf;
+      }
+    };
+    auto dq_of = [&](int64_t g, int64_t qb) { return dq_base + (g * d.Sq + qb * d.block_q) * Dp; };
+    for (int64_t kb = 0; kb < d.nkv; ++kb) kv_block(bh, kb, s, prepare, dq_of);
+    for (int64_t g = 0; g < G; ++g)
+      for (int64_t qb = 0; qb < d.nq; ++qb) {
+        const int64_t r = g * d.Sq + qb * d.block_q, mq = std::min(d.block_q, d.Sq - qb * d.block_q);
+        if (!s.ready[g * d.nq + qb])
+          std::fill_n(dq + (qrow0 + r) * d.D, mq * d.D, T(0));
+        else if (!direct)
+          store_rows(dq_base + r * Dp, mq, dq + (qrow0 + r) * d.D);
+      }
+  }
+
+  // Two-pass mode, pass 1, item (b, kv head, q-block): dq of the group's heads for this q-block, and the
+  // delta of its rows (which pass 2 reads). Each kept KV block's panels are converted once for the heads
+  // that share its list.
+  void dq_item(int64_t item, BwdScratch& s) const {
+    const int64_t qb = item % d.nq, bh = item / d.nq, hkv = bh % d.Hkv, b = bh / d.Hkv;
+    const int64_t i0 = qb * d.block_q, mq = std::min(d.block_q, d.Sq - i0);
+    const HeadSets sets = head_sets(d);
+    std::vector<const float*> Q(sets.heads), dO(sets.heads);
+    for (int64_t set = 0; set < sets.count; ++set) {
+      const int64_t h0 = hkv * G + set * sets.heads, mrow = mask.row(b, h0, qb), cnt = mask.num[mrow];
+      const int32_t* list = mask.idx + mrow * mask.width;
+      for (int64_t hh = 0; hh < sets.heads; ++hh) {
+        const int64_t row0 = ((b * d.Hq + h0 + hh) * d.Sq + i0);
+        q_rows(row0, mq, direct ? nullptr : s.qr.data() + hh * d.block_q * Dp,
+               direct ? nullptr : s.gr.data() + hh * d.block_q * Dp, Q[hh], dO[hh], /*want_delta=*/true);
+      }
+      std::fill_n(s.dqa.data(), sets.heads * d.block_q * Dp, 0.0f);
+      for (int64_t c = 0; c < cnt; ++c) {
+        const int64_t kb = list[c], j0 = kb * d.block_k, n = std::min(d.block_k, d.Skv - j0);
+        const int cls = rule.block(i0, i0 + mq, j0, j0 + n);
+        if (cls == 0) continue;
+        const float* KR = kv_panels(bh, j0, n, round_up_cols(n), s);
+        for (int64_t hh = 0; hh < sets.heads; ++hh)
+          tile(Q[hh], dO[hh], (b * d.Hq + h0 + hh) * d.Sq + i0, i0, mq, j0, n, cls, KR, nullptr, nullptr,
+               s.dqa.data() + hh * d.block_q * Dp, s);
+      }
+      for (int64_t hh = 0; hh < sets.heads; ++hh)
+        store_rows(s.dqa.data() + hh * d.block_q * Dp, mq, dq + ((b * d.Hq + h0 + hh) * d.Sq + i0) * d.D);
+    }
+  }
+
+  // Two-pass mode, pass 2, item (b, kv head, KV block): dk, dv; the q-side rows converted per tile.
+  void dkv_item(int64_t blk, BwdScratch& s) const {
+    const int64_t kb = blk % d.nkv, bh = blk / d.nkv, b = bh / d.Hkv, hkv = bh % d.Hkv;
+    auto prepare = [&](int64_t g, int64_t qb, const float*& Q, const float*& dO) {
+      const int64_t row0 = (b * d.Hq + hkv * G + g) * d.Sq + qb * d.block_q;
+      q_rows(row0, std::min(d.block_q, d.Sq - qb * d.block_q), s.qr.data(), s.gr.data(), Q, dO, false);
+    };
+    kv_block(bh, kb, s, prepare, [](int64_t, int64_t) -> float* { return nullptr; });
+  }
+};
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> block_sparse_attention_backward_cpu(
     const at::Tensor& grad_out, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& out,
@@ -532,178 +775,52 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> block_sparse_attention_backward_c
              dv = at::empty(vc.sizes(), vc.options());
   const MaskView mask{num.const_data_ptr<int32_t>(), idx.const_data_ptr<int32_t>(), d.mask_b, d.mask_h, d.nq,
                       d.width};
-  const TokenRule rule = token_rule(d);
-  const cpu::MicroKernels mk = pick_kernels();
-  const int64_t Dp = round_up_cols(d.D), bqP = round_up_cols(d.block_q), bkP = round_up_cols(d.block_k);
-  const int64_t G = d.Hq / d.Hkv;
-  const auto f32 = qc.options().dtype(at::kFloat);
-  at::Tensor q_rows = at::empty({d.B * d.Hq * d.Sq * Dp}, f32), q_blk = at::empty({d.B * d.Hq * d.nq * d.D * bqP}, f32);
-  at::Tensor g_rows = at::empty_like(q_rows), g_blk = at::empty_like(q_blk);
-  at::Tensor k_rows = at::empty({d.B * d.Hkv * d.Skv * Dp}, f32), k_blk = at::empty({d.B * d.Hkv * d.nkv * d.D * bkP}, f32);
-  at::Tensor v_rows = at::empty_like(k_rows), v_blk = at::empty_like(k_blk);
-  const float* QR = q_rows.const_data_ptr<float>();
-  const float* QB = q_blk.const_data_ptr<float>();
-  const float* GR = g_rows.const_data_ptr<float>();
-  const float* GB = g_blk.const_data_ptr<float>();
-  const float* KR = k_rows.const_data_ptr<float>();
-  const float* KB = k_blk.const_data_ptr<float>();
-  const float* VR = v_rows.const_data_ptr<float>();
-  const float* VB = v_blk.const_data_ptr<float>();
-  const float* L = lse_c.const_data_ptr<float>();
-  const float* DL = delta.const_data_ptr<float>();
   const TransposedMask tmask = transpose_mask(d, mask);
+  const int64_t Dp = round_up_cols(d.D), G = d.Hq / d.Hkv;
   // Fused mode (one pass over KV blocks, dq accumulated per (b, kv head)) when those items keep the
   // threads evenly busy; else dq in its own pass over q-blocks.
   const int64_t threads = at::get_num_threads(), groups = d.B * d.Hkv;
   const bool fused = groups % threads == 0 || groups >= 4 * threads;
-  at::Tensor dq_acc = fused ? at::zeros({d.B * d.Hq * d.Sq * Dp}, f32) : at::Tensor();
   SPARSEOPS_DISPATCH_FLOAT_HALF_BF16(qc.scalar_type(), op, [&] {
-    // One parallel region for every conversion and delta: q-side blocks first, then k/v-side ones.
-    const int64_t q_tasks = d.B * d.Hq * d.nq, kv_tasks = d.B * d.Hkv * d.nkv;
-    const scalar_t* op_ = oc.const_data_ptr<scalar_t>();
-    const scalar_t* gp = gc.const_data_ptr<scalar_t>();
-    const float* glp = glse.defined() ? glse.const_data_ptr<float>() : nullptr;
-    float* dlp = delta.mutable_data_ptr<float>();
-    at::parallel_for(0, q_tasks + kv_tasks, 1, [&](int64_t begin, int64_t end) {
-      for (int64_t t = begin; t < end; ++t) {
-        if (t < q_tasks) {
-          convert_both(qc.const_data_ptr<scalar_t>(), d.Sq, d.D, d.block_q, d.scale, q_rows.mutable_data_ptr<float>(),
-                       q_blk.mutable_data_ptr<float>(), t);
-          convert_both(gp, d.Sq, d.D, d.block_q, 1.0f, g_rows.mutable_data_ptr<float>(),
-                       g_blk.mutable_data_ptr<float>(), t);
-          const int64_t h = t / d.nq, i0 = (t % d.nq) * d.block_q, mq = std::min(d.block_q, d.Sq - i0);
-          for (int64_t i = h * d.Sq + i0; i < h * d.Sq + i0 + mq; ++i) {
-            const float* g = g_rows.const_data_ptr<float>() + i * Dp;
-            float acc = 0.0f;
-            for (int64_t x = 0; x < d.D; ++x) acc += g[x] * static_cast<float>(op_[i * d.D + x]);
-            dlp[i] = glp ? acc - glp[i] : acc;
-          }
-        } else {
-          const int64_t u = t - q_tasks;
-          convert_both(kc.const_data_ptr<scalar_t>(), d.Skv, d.D, d.block_k, 1.0f, k_rows.mutable_data_ptr<float>(),
-                       k_blk.mutable_data_ptr<float>(), u);
-          convert_both(vc.const_data_ptr<scalar_t>(), d.Skv, d.D, d.block_k, 1.0f, v_rows.mutable_data_ptr<float>(),
-                       v_blk.mutable_data_ptr<float>(), u);
-        }
-      }
-    });
-    scalar_t* dqp = dq.mutable_data_ptr<scalar_t>();
-    scalar_t* dkp = dk.mutable_data_ptr<scalar_t>();
-    scalar_t* dvp = dv.mutable_data_ptr<scalar_t>();
-    const HeadSets sets = head_sets(d);
-
-    // Pass 1 (two-pass mode): dq per (b, kv head, q-block).
-    if (!fused) parallel_pull(d.B * d.Hkv * d.nq, /*heavy_last=*/true, [&](ItemQueue& queue) {
-      std::vector<float> acc(d.block_q * Dp), S(kRowChunk * bkP), dP(kRowChunk * bkP);
-      for (int64_t item; queue.next(item);) {
-        const int64_t qb = item % d.nq, bh = item / d.nq, hkv = bh % d.Hkv, b = bh / d.Hkv;
-        const int64_t i0 = qb * d.block_q, mq = std::min(d.block_q, d.Sq - i0);
-        for (int64_t set = 0; set < sets.count; ++set) {
-          const int64_t h0 = hkv * G + set * sets.heads, mrow = mask.row(b, h0, qb), cnt = mask.num[mrow];
-          const int32_t* list = mask.idx + mrow * mask.width;
-          for (int64_t hh = 0; hh < sets.heads; ++hh) {
-            const int64_t bhq = b * d.Hq + h0 + hh, row0 = bhq * d.Sq + i0;
-            std::fill_n(acc.data(), mq * Dp, 0.0f);
-            for (int64_t c = 0; c < cnt; ++c) {
-              const int64_t kb = list[c], j0 = kb * d.block_k, n = std::min(d.block_k, d.Skv - j0);
-              const int cls = rule.block(i0, i0 + mq, j0, j0 + n);
-              if (cls == 0) continue;
-              const int64_t nP = round_up_cols(n), blk = bh * d.nkv + kb;
-              for (int64_t r0 = 0; r0 < mq; r0 += kRowChunk) {
-                const int64_t rc = std::min(kRowChunk, mq - r0);
-                mk.gemm(rc, nP, d.D, QR + (row0 + r0) * Dp, Dp, KB + blk * d.D * bkP, bkP, S.data(), nP, false);
-                if (cls == 1 || n < nP)
-                  mask_tile(S.data(), nP, rc, n, nP, cls == 1, rule, j0, [&](int64_t r) { return i0 + r0 + r; });
-                mk.exp_shift(S.data(), nP, rc, nP, L + row0 + r0, nullptr);
-                mk.gemm(rc, nP, d.D, GR + (row0 + r0) * Dp, Dp, VB + blk * d.D * bkP, bkP, dP.data(), nP, false);
-                ds_tile(S.data(), dP.data(), nP, rc, n, DL + row0 + r0, nullptr);
-                mk.gemm(rc, Dp, n, dP.data(), nP, KR + (bh * d.Skv + j0) * Dp, Dp, acc.data() + r0 * Dp, Dp, true);
-              }
-            }
-            for (int64_t r = 0; r < mq; ++r)
-              for (int64_t x = 0; x < d.D; ++x)
-                dqp[(row0 + r) * d.D + x] = static_cast<scalar_t>(acc[r * Dp + x] * d.scale);
-          }
-        }
-      }
-    });
-
-    // dk, dv of one KV block, summed over the group's query heads, walking the q-blocks that keep it.
-    // With dq_acc (fused mode) it also adds this block's dS^T K to the fp32 dq rows [B Hq Sq x Dp].
-    struct KvScratch {
-      std::vector<float> dk_acc, dv_acc, S, dP, dsT, lse_pad, delta_pad;
-    };
-    auto kv_block = [&](int64_t blk, KvScratch& w, float* dq_acc) {
-      const int64_t kb = blk % d.nkv, bh = blk / d.nkv, hkv = bh % d.Hkv, b = bh / d.Hkv;
-      const int64_t j0 = kb * d.block_k, n = std::min(d.block_k, d.Skv - j0), krow0 = bh * d.Skv + j0;
-      std::fill_n(w.dk_acc.data(), n * Dp, 0.0f);
-      std::fill_n(w.dv_acc.data(), n * Dp, 0.0f);
-      for (int64_t g = 0; g < G; ++g) {
-        const int64_t h = hkv * G + g, bhq = b * d.Hq + h;
-        const int64_t mr = (d.mask_b == 1 ? 0 : b) * d.mask_h + (d.mask_h == 1 ? 0 : h);
-        for (int64_t t = tmask.start[mr * d.nkv + kb]; t < tmask.start[mr * d.nkv + kb + 1]; ++t) {
-          const int64_t qb = tmask.qblocks[t], i0 = qb * d.block_q, mq = std::min(d.block_q, d.Sq - i0);
-          const int cls = rule.block(i0, i0 + mq, j0, j0 + n);
-          if (cls == 0) continue;
-          const int64_t mP = round_up_cols(mq), row0 = bhq * d.Sq + i0, qblk = bhq * d.nq + qb;
-          std::copy_n(L + row0, mq, w.lse_pad.data());
-          std::fill(w.lse_pad.begin() + mq, w.lse_pad.begin() + mP, 0.0f);
-          std::copy_n(DL + row0, mq, w.delta_pad.data());
-          std::fill(w.delta_pad.begin() + mq, w.delta_pad.begin() + mP, 0.0f);
-          float* S = w.S.data();
-          float* dP = w.dP.data();
-          mk.gemm(n, mP, d.D, KR + krow0 * Dp, Dp, QB + qblk * d.D * bqP, bqP, S, mP, false);
-          if (cls == 1 || mq < mP) {
-            for (int64_t j = 0; j < n; ++j) {
-              float* s = S + j * mP;
-              if (cls == 1)
-                for (int64_t r = 0; r < mq; ++r)
-                  if (!rule.visible(i0 + r, j0 + j)) s[r] = kNegInf;
-              for (int64_t r = mq; r < mP; ++r) s[r] = kNegInf;
-            }
-          }
-          mk.exp_shift(S, mP, n, mP, nullptr, w.lse_pad.data());
-          mk.gemm(n, Dp, mq, S, mP, GR + row0 * Dp, Dp, w.dv_acc.data(), Dp, true);
-          mk.gemm(n, mP, d.D, VR + krow0 * Dp, Dp, GB + qblk * d.D * bqP, bqP, dP, mP, false);
-          ds_tile(S, dP, mP, n, mq, nullptr, w.delta_pad.data());
-          mk.gemm(n, Dp, mq, dP, mP, QR + row0 * Dp, Dp, w.dk_acc.data(), Dp, true);
-          if (dq_acc) {
-            for (int64_t r = 0; r < mq; ++r)
-              for (int64_t j = 0; j < n; ++j) w.dsT[r * n + j] = dP[j * mP + r];
-            mk.gemm(mq, Dp, n, w.dsT.data(), n, KR + krow0 * Dp, Dp, dq_acc + row0 * Dp, Dp, true);
-          }
-        }
-      }
-      for (int64_t j = 0; j < n; ++j)
-        for (int64_t x = 0; x < d.D; ++x) {
-          dkp[(krow0 + j) * d.D + x] = static_cast<scalar_t>(w.dk_acc[j * Dp + x]);
-          dvp[(krow0 + j) * d.D + x] = static_cast<scalar_t>(w.dv_acc[j * Dp + x]);
-        }
-    };
-    auto kv_scratch = [&] {
-      return KvScratch{std::vector<float>(d.block_k * Dp), std::vector<float>(d.block_k * Dp),
-                       std::vector<float>(d.block_k * bqP), std::vector<float>(d.block_k * bqP),
-                       std::vector<float>(d.block_q * d.block_k), std::vector<float>(bqP), std::vector<float>(bqP)};
-    };
-
+    const bool direct = std::is_same_v<scalar_t, float> && d.D == Dp;
+    const Backward<scalar_t> bw{d,
+                                mask,
+                                tmask,
+                                token_rule(d),
+                                pick_kernels(),
+                                qc.const_data_ptr<scalar_t>(),
+                                kc.const_data_ptr<scalar_t>(),
+                                vc.const_data_ptr<scalar_t>(),
+                                gc.const_data_ptr<scalar_t>(),
+                                oc.const_data_ptr<scalar_t>(),
+                                lse_c.const_data_ptr<float>(),
+                                glse.defined() ? glse.const_data_ptr<float>() : nullptr,
+                                delta.mutable_data_ptr<float>(),
+                                dq.mutable_data_ptr<scalar_t>(),
+                                dk.mutable_data_ptr<scalar_t>(),
+                                dv.mutable_data_ptr<scalar_t>(),
+                                Dp,
+                                round_up_cols(d.block_k),
+                                G,
+                                direct};
     if (fused) {
-      // One item per (b, kv head): it owns its heads' dq rows, so dS^T K is added without races and
-      // the dq pass (S, dP recomputed once more) is skipped.
-      float* dqa = dq_acc.mutable_data_ptr<float>();
-      parallel_pull(d.B * d.Hkv, /*heavy_last=*/false, [&](ItemQueue& queue) {
-        KvScratch w = kv_scratch();
-        for (int64_t bh; queue.next(bh);) {
-          for (int64_t kb = 0; kb < d.nkv; ++kb) kv_block(bh * d.nkv + kb, w, dqa);
-          const int64_t b = bh / d.Hkv, hkv = bh % d.Hkv;
-          for (int64_t r = (b * d.Hq + hkv * G) * d.Sq; r < (b * d.Hq + hkv * G + G) * d.Sq; ++r)
-            for (int64_t x = 0; x < d.D; ++x) dqp[r * d.D + x] = static_cast<scalar_t>(dqa[r * Dp + x] * d.scale);
-        }
+      // One item per (b, kv head): it owns its heads' dq rows, so dS K is added without races and the
+      // dq pass (S, dP recomputed once more) is skipped.
+      parallel_pull(groups, /*heavy_last=*/false, [&](ItemQueue& queue) {
+        BwdScratch s = bw.scratch(G * d.Sq);
+        if (!direct) s.dqa.resize(G * d.Sq * Dp);
+        for (int64_t bh; queue.next(bh);) bw.fused_item(bh, s);
       });
     } else {
-      // Pass 2: dk, dv per (b, kv head, kv-block).
-      parallel_pull(d.B * d.Hkv * d.nkv, /*heavy_last=*/false, [&](ItemQueue& queue) {
-        KvScratch w = kv_scratch();
-        for (int64_t blk; queue.next(blk);) kv_block(blk, w, nullptr);
+      // Pass 1: dq (and delta) per (b, kv head, q-block); pass 2: dk, dv per (b, kv head, KV block).
+      parallel_pull(groups * d.nq, /*heavy_last=*/true, [&](ItemQueue& queue) {
+        BwdScratch s = bw.scratch(G * d.block_q);
+        s.dqa.resize(G * d.block_q * Dp);
+        for (int64_t item; queue.next(item);) bw.dq_item(item, s);
+      });
+      parallel_pull(groups * d.nkv, /*heavy_last=*/false, [&](ItemQueue& queue) {
+        BwdScratch s = bw.scratch(d.block_q);
+        for (int64_t blk; queue.next(blk);) bw.dkv_item(blk, s);
       });
     }
   });

@@ -1,6 +1,6 @@
 #pragma once
 // fp32 micro-kernels of the CPU block-sparse attention (attention_cpu.cpp drives them): a small GEMM
-// for QK^T / PV and their backward products, the online-softmax step and the exp of the backward.
+// (and its A-transposed twin) for QK^T / PV and their backward products, the online-softmax step and the exp of the backward.
 // One set per ISA: microkernels_portable_cpu.cpp (no -m flags), microkernels_avx2.cpp (-mavx2 -mfma),
 // microkernels_avx512.cpp (-mavx512*), chosen at run time by attention_cpu.cpp.
 //
@@ -21,6 +21,13 @@ struct MicroKernels {
   // C[M x N] = A[M x K] * B[K x N] (accumulate: C += ...). N % kColAlign == 0; ldb, ldc >= N; K >= 0.
   void (*gemm)(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, const float* B, int64_t ldb, float* C,
                int64_t ldc, bool accumulate);
+  // The same with A stored transposed: C[M x N] = A^T B where A is [K x M] (lda >= M), i.e. A(r, k) =
+  // A[k * lda + r]. The backward's P^T dO and dS^T Q read P and dS as they were computed, untransposed.
+  void (*gemm_at)(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, const float* B, int64_t ldb, float* C,
+                  int64_t ldc, bool accumulate);
+  // dst[c * ldd + r] = scale * src[r * lds + c] for r < rows, c < cols, and 0 for rows <= r < ldd: the
+  // [cols x ldd] panel of K^T / V^T (gemm's B operand for q K^T and dO V^T).
+  void (*transpose)(const float* src, int64_t lds, int64_t rows, int64_t cols, float scale, float* dst, int64_t ldd);
   // One online-softmax step over the logits S[M x N] (N % kColAlign == 0; masked or padded entries are
   // -inf). Per row r: m' = max(row_max[r], max_j S[r][j]); S[r][j] <- exp(S[r][j] - m');
   // alpha[r] = exp(row_max[r] - m'); row_sum[r] = row_sum[r] * alpha[r] + sum_j S[r][j]; row_max[r] = m'.

@@ -2,6 +2,8 @@
 // calls them only when sparseops::cpu_use_avx2()). See attention_microkernels.h for the contracts.
 //   gemm: register tiles of up to 6 rows x 16 columns (12 ymm accumulators), B's 16-column panel loaded
 //         once per k for all rows of the tile, A broadcast from memory.
+//   gemm_at: the same with A read transposed (6 consecutive A values broadcast per k).
+//   transpose: common/simd_transpose_avx.h (8 x 8 register blocks).
 //   exp:  common/simd_exp_avx2.h (Cephes' expf as on AVX-512, 2^n built in the exponent field: ~2 ulp;
 //         below -87.3 and -inf exactly 0; NaN stays NaN), shared with the ot family.
 // No torch headers and nothing inline shared with non-AVX2 files (see the header).
@@ -13,6 +15,7 @@
 
 #include "attention/attention_microkernels.h"
 #include "common/simd_exp_avx2.h"
+#include "common/simd_transpose_avx.h"
 
 namespace sparseops::attention::cpu {
 namespace {
@@ -33,7 +36,8 @@ inline float hsum256(__m256 v) {
   return _mm_cvtss_f32(s);
 }
 
-template <int MR>
+// TA: A stored transposed (A(r, k) at A[k * lda + r]).
+template <int MR, bool TA>
 void gemm_tile(int64_t K, const float* A, int64_t lda, const float* B, int64_t ldb, float* C, int64_t ldc,
                bool accumulate) {
   // Fully unrolled so that GCC keeps the 2 MR accumulators in registers (without the pragmas it
@@ -48,7 +52,7 @@ void gemm_tile(int64_t K, const float* A, int64_t lda, const float* B, int64_t l
     const __m256 b0 = _mm256_loadu_ps(B + k * ldb), b1 = _mm256_loadu_ps(B + k * ldb + 8);
 #pragma GCC unroll 8
     for (int r = 0; r < MR; ++r) {
-      const __m256 a = _mm256_broadcast_ss(A + r * lda + k);
+      const __m256 a = _mm256_broadcast_ss(TA ? A + k * lda + r : A + r * lda + k);
       c[r][0] = _mm256_fmadd_ps(a, b0, c[r][0]);
       c[r][1] = _mm256_fmadd_ps(a, b1, c[r][1]);
     }
@@ -62,22 +66,33 @@ void gemm_tile(int64_t K, const float* A, int64_t lda, const float* B, int64_t l
 
 constexpr int kMR = 6;
 
-void gemm_avx2(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, const float* B, int64_t ldb, float* C,
-               int64_t ldc, bool accumulate) {
+template <bool TA>
+void gemm_any(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, const float* B, int64_t ldb, float* C,
+              int64_t ldc, bool accumulate) {
   for (int64_t j = 0; j < N; j += 16) {
     for (int64_t r = 0; r < M; r += kMR) {
-      const float* a = A + r * lda;
+      const float* a = TA ? A + r : A + r * lda;
       float* c = C + r * ldc + j;
       switch (M - r < kMR ? M - r : kMR) {
-        case 1: gemm_tile<1>(K, a, lda, B + j, ldb, c, ldc, accumulate); break;
-        case 2: gemm_tile<2>(K, a, lda, B + j, ldb, c, ldc, accumulate); break;
-        case 3: gemm_tile<3>(K, a, lda, B + j, ldb, c, ldc, accumulate); break;
-        case 4: gemm_tile<4>(K, a, lda, B + j, ldb, c, ldc, accumulate); break;
-        case 5: gemm_tile<5>(K, a, lda, B + j, ldb, c, ldc, accumulate); break;
-        default: gemm_tile<6>(K, a, lda, B + j, ldb, c, ldc, accumulate); break;
+        case 1: gemm_tile<1, TA>(K, a, lda, B + j, ldb, c, ldc, accumulate); break;
+        case 2: gemm_tile<2, TA>(K, a, lda, B + j, ldb, c, ldc, accumulate); break;
+        case 3: gemm_tile<3, TA>(K, a, lda, B + j, ldb, c, ldc, accumulate); break;
+        case 4: gemm_tile<4, TA>(K, a, lda, B + j, ldb, c, ldc, accumulate); break;
+        case 5: gemm_tile<5, TA>(K, a, lda, B + j, ldb, c, ldc, accumulate); break;
+        default: gemm_tile<6, TA>(K, a, lda, B + j, ldb, c, ldc, accumulate); break;
       }
     }
   }
+}
+
+void gemm_avx2(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, const float* B, int64_t ldb, float* C,
+               int64_t ldc, bool accumulate) {
+  gemm_any<false>(M, N, K, A, lda, B, ldb, C, ldc, accumulate);
+}
+
+void gemm_at_avx2(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, const float* B, int64_t ldb, float* C,
+                  int64_t ldc, bool accumulate) {
+  gemm_any<true>(M, N, K, A, lda, B, ldb, C, ldc, accumulate);
 }
 
 void softmax_step_avx2(float* S, int64_t lds, int64_t M, int64_t N, float* row_max, float* row_sum, float* alpha) {
@@ -127,7 +142,7 @@ void exp_shift_avx2(float* S, int64_t lds, int64_t M, int64_t N, const float* ro
 }  // namespace
 
 MicroKernels microkernels_avx2() {
-  return {gemm_avx2, softmax_step_avx2, exp_shift_avx2, nullptr, nullptr, nullptr};
+  return {gemm_avx2, gemm_at_avx2, simd::transpose_scaled_avx, softmax_step_avx2, exp_shift_avx2, nullptr, nullptr, nullptr};
 }
 
 }  // namespace sparseops::attention::cpu

@@ -3,6 +3,7 @@
 //   gemm: register tiles of up to 12 rows x 32 columns (24 zmm accumulators), B's 32-column panel
 //         loaded once per k for all rows of the tile, A broadcast from memory; the tile loops are
 //         unrolled by pragma (without, GCC stored the accumulators to the stack on every k).
+//   transpose: common/simd_transpose_avx.h (8 x 8 blocks in ymm registers, shared with the AVX2 set).
 //   exp:  common/simd_exp_avx512.h (Cephes' expf, ~2 ulp; below -87.3 and -inf exactly 0; NaN stays
 //         NaN), shared with the ot family.
 // No torch headers and nothing inline shared with non-AVX-512 files (see the header).
@@ -14,13 +15,15 @@
 
 #include "attention/attention_microkernels.h"
 #include "common/simd_exp_avx512.h"
+#include "common/simd_transpose_avx.h"
 
 namespace sparseops::attention::cpu {
 namespace {
 
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 
-template <int MR, int NV>
+// TA: A stored transposed (A(r, k) at A[k * lda + r]).
+template <int MR, int NV, bool TA>
 void gemm_tile(int64_t K, const float* A, int64_t lda, const float* B, int64_t ldb, float* C, int64_t ldc,
                bool accumulate) {
   __m512 c[MR][NV];
@@ -34,7 +37,7 @@ void gemm_tile(int64_t K, const float* A, int64_t lda, const float* B, int64_t l
     for (int v = 0; v < NV; ++v) b[v] = _mm512_loadu_ps(B + k * ldb + 16 * v);
 #pragma GCC unroll 12
     for (int r = 0; r < MR; ++r) {
-      const __m512 a = _mm512_set1_ps(A[r * lda + k]);
+      const __m512 a = _mm512_set1_ps(TA ? A[k * lda + r] : A[r * lda + k]);
 #pragma GCC unroll 2
       for (int v = 0; v < NV; ++v) c[r][v] = _mm512_fmadd_ps(a, b[v], c[r][v]);
     }
@@ -47,13 +50,13 @@ void gemm_tile(int64_t K, const float* A, int64_t lda, const float* B, int64_t l
 
 constexpr int kMR = 12;
 
-template <int NV>
+template <int NV, bool TA>
 void gemm_rows(int rows, int64_t K, const float* A, int64_t lda, const float* B, int64_t ldb, float* C, int64_t ldc,
                bool acc) {
   switch (rows) {
 #define SPARSEOPS_TILE(R) \
   case R:                 \
-    return gemm_tile<R, NV>(K, A, lda, B, ldb, C, ldc, acc);
+    return gemm_tile<R, NV, TA>(K, A, lda, B, ldb, C, ldc, acc);
     SPARSEOPS_TILE(1) SPARSEOPS_TILE(2) SPARSEOPS_TILE(3) SPARSEOPS_TILE(4) SPARSEOPS_TILE(5) SPARSEOPS_TILE(6)
     SPARSEOPS_TILE(7) SPARSEOPS_TILE(8) SPARSEOPS_TILE(9) SPARSEOPS_TILE(10) SPARSEOPS_TILE(11) SPARSEOPS_TILE(12)
 #undef SPARSEOPS_TILE
@@ -62,19 +65,31 @@ void gemm_rows(int rows, int64_t K, const float* A, int64_t lda, const float* B,
   }
 }
 
-void gemm_avx512(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, const float* B, int64_t ldb, float* C,
-                 int64_t ldc, bool accumulate) {
+template <bool TA>
+void gemm_any(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, const float* B, int64_t ldb, float* C,
+              int64_t ldc, bool accumulate) {
   for (int64_t j = 0; j < N; j += 32) {
     const bool two = N - j >= 32;
     for (int64_t r = 0; r < M; r += kMR) {
       const int rows = static_cast<int>(M - r < kMR ? M - r : kMR);
+      const float* a = TA ? A + r : A + r * lda;
       if (two) {
-        gemm_rows<2>(rows, K, A + r * lda, lda, B + j, ldb, C + r * ldc + j, ldc, accumulate);
+        gemm_rows<2, TA>(rows, K, a, lda, B + j, ldb, C + r * ldc + j, ldc, accumulate);
       } else {
-        gemm_rows<1>(rows, K, A + r * lda, lda, B + j, ldb, C + r * ldc + j, ldc, accumulate);
+        gemm_rows<1, TA>(rows, K, a, lda, B + j, ldb, C + r * ldc + j, ldc, accumulate);
       }
     }
   }
+}
+
+void gemm_avx512(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, const float* B, int64_t ldb, float* C,
+                 int64_t ldc, bool accumulate) {
+  gemm_any<false>(M, N, K, A, lda, B, ldb, C, ldc, accumulate);
+}
+
+void gemm_at_avx512(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, const float* B, int64_t ldb,
+                    float* C, int64_t ldc, bool accumulate) {
+  gemm_any<true>(M, N, K, A, lda, B, ldb, C, ldc, accumulate);
 }
 
 void softmax_step_avx512(float* S, int64_t lds, int64_t M, int64_t N, float* row_max, float* row_sum, float* alpha) {
@@ -215,8 +230,8 @@ void pair_rows_bf16_avx512(const uint16_t* src, int64_t lds, int64_t n, int64_t 
 }  // namespace
 
 MicroKernels microkernels_avx512() {
-  return {gemm_avx512,      softmax_step_avx512, exp_shift_avx512, gemm_bf16_avx512, pack_bf16_avx512,
-          pair_rows_bf16_avx512};
+  return {gemm_avx512,         gemm_at_avx512,   simd::transpose_scaled_avx, softmax_step_avx512, exp_shift_avx512,
+          gemm_bf16_avx512,    pack_bf16_avx512, pair_rows_bf16_avx512};
 }
 
 }  // namespace sparseops::attention::cpu

@@ -25,6 +25,30 @@ void gemm_portable(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda,
   }
 }
 
+void gemm_at_portable(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, const float* B, int64_t ldb,
+                      float* C, int64_t ldc, bool accumulate) {
+  for (int64_t r = 0; r < M; ++r) {
+    float* __restrict__ c = C + r * ldc;
+    if (!accumulate) std::memset(c, 0, sizeof(float) * N);
+    for (int64_t k = 0; k < K; ++k) {
+      const float ak = A[k * lda + r];
+      const float* __restrict__ b = B + k * ldb;
+      for (int64_t j = 0; j < N; ++j) c[j] += ak * b[j];
+    }
+  }
+}
+
+// In 8 x 8 blocks, so that reads and writes each stay within a few cache lines at a time.
+void transpose_portable(const float* src, int64_t lds, int64_t rows, int64_t cols, float scale, float* dst,
+                        int64_t ldd) {
+  for (int64_t c0 = 0; c0 < cols; c0 += 8)
+    for (int64_t r0 = 0; r0 < rows; r0 += 8)
+      for (int64_t c = c0; c < c0 + 8 && c < cols; ++c)
+        for (int64_t r = r0; r < r0 + 8 && r < rows; ++r) dst[c * ldd + r] = scale * src[r * lds + c];
+  if (rows < ldd)
+    for (int64_t c = 0; c < cols; ++c) std::memset(dst + c * ldd + rows, 0, sizeof(float) * (ldd - rows));
+}
+
 void softmax_step_portable(float* S, int64_t lds, int64_t M, int64_t N, float* row_max, float* row_sum,
                            float* alpha) {
   for (int64_t r = 0; r < M; ++r) {
@@ -62,7 +86,7 @@ void exp_shift_portable(float* S, int64_t lds, int64_t M, int64_t N, const float
 }  // namespace
 
 MicroKernels microkernels_portable() {
-  return {gemm_portable, softmax_step_portable, exp_shift_portable, nullptr, nullptr, nullptr};
+  return {gemm_portable, gemm_at_portable, transpose_portable, softmax_step_portable, exp_shift_portable, nullptr, nullptr, nullptr};
 }
 
 }  // namespace sparseops::attention::cpu

@@ -52,9 +52,14 @@ def block_sparse_attention(
         ``out`` of q's shape and dtype (and ``lse``). A query row that sees no key gives 0 (lse -inf).
 
     Never materialises ``Sq x Skv``; reads only the kept blocks. Extra memory (CPU): fp32 copies of the
-    K/V blocks the mask uses (up to 2x K's element count in floats); the backward recomputes the
-    probabilities from lse and keeps fp32 copies of q, dO, k and v (row-major and block-transposed, 8 in
-    all) plus fp32 dq rows. NaN in q/k/v propagates.
+    K/V blocks the mask uses (up to 2x K's element count in floats; per-thread copies of one block
+    instead when the query blocks hardly share them: decoding, or under 2 uses per used block). The
+    backward recomputes the probabilities from lse and copies nothing at the size of q/k/v: it takes
+    ``delta`` (``B*Hq*Sq`` floats) plus, per worker thread, one KV block's fp32 K^T / V^T panels and one
+    tile's scratch (``2*D*bk + 2*bq*bk + 2*bk*D`` floats, sizes rounded up to 16), and, unless the inputs
+    are float32 with ``D`` a multiple of 16 (then read in place), fp32 rows of q, dO and dq for the
+    ``Hq/Hkv * Sq`` query rows of one KV head (``3 * Hq/Hkv * Sq * D`` floats; ``Hq/Hkv * bq`` rows when
+    ``B*Hkv`` is too small to keep the threads busy). NaN in q/k/v propagates.
 
     Mask validation: on CPU the op checks the mask's contents (indices in range and distinct, counts
     within the index width) and raises. On CUDA it does not copy the mask to the host (that would cost a
