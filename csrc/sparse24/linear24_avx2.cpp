@@ -25,6 +25,7 @@
 #include <cstring>
 #include <type_traits>
 
+#include "common/simd_transpose_avx.h"
 #include "sparse24/linear24_cpu.h"
 
 namespace sparseops::sparse24 {
@@ -339,7 +340,7 @@ bool rows(const void* values, const uint8_t* meta, int64_t K, const float* x, in
 }  // namespace
 
 void pack_x_transposed_avx2(const float* x, int64_t M, int64_t K, float* panels) {
-  // 8x8 blocks transposed in registers (unpack, shuffle, 128-bit permute); torch's transpose + contiguous
+  // 8x8 blocks transposed in registers; torch's transpose + contiguous
   // of an [8, 4096] x took ~54 us on a Zen 3, as long as the kernel's work on a 16-row W.
   const int64_t k8 = (K + 7) / 8 * 8;
   for (int64_t m0 = 0; m0 < M; m0 += kPanelRows) {
@@ -349,23 +350,8 @@ void pack_x_transposed_avx2(const float* x, int64_t M, int64_t K, float* panels)
     for (; k + 8 <= K; k += 8) {
       __m256 r[8];
       for (int i = 0; i < 8; ++i) r[i] = i < mr ? _mm256_loadu_ps(x + (m0 + i) * K + k) : _mm256_setzero_ps();
-      const __m256 t0 = _mm256_unpacklo_ps(r[0], r[1]), t1 = _mm256_unpackhi_ps(r[0], r[1]);
-      const __m256 t2 = _mm256_unpacklo_ps(r[2], r[3]), t3 = _mm256_unpackhi_ps(r[2], r[3]);
-      const __m256 t4 = _mm256_unpacklo_ps(r[4], r[5]), t5 = _mm256_unpackhi_ps(r[4], r[5]);
-      const __m256 t6 = _mm256_unpacklo_ps(r[6], r[7]), t7 = _mm256_unpackhi_ps(r[6], r[7]);
-      const __m256 u0 = _mm256_shuffle_ps(t0, t2, 0x44), u1 = _mm256_shuffle_ps(t0, t2, 0xEE);
-      const __m256 u2 = _mm256_shuffle_ps(t1, t3, 0x44), u3 = _mm256_shuffle_ps(t1, t3, 0xEE);
-      const __m256 u4 = _mm256_shuffle_ps(t4, t6, 0x44), u5 = _mm256_shuffle_ps(t4, t6, 0xEE);
-      const __m256 u6 = _mm256_shuffle_ps(t5, t7, 0x44), u7 = _mm256_shuffle_ps(t5, t7, 0xEE);
-      float* o = panel + k * 8;  // column k + j: rows 0..3 from u*'s low half, 4..7 from the high one
-      _mm256_store_ps(o + 0, _mm256_permute2f128_ps(u0, u4, 0x20));
-      _mm256_store_ps(o + 8, _mm256_permute2f128_ps(u1, u5, 0x20));
-      _mm256_store_ps(o + 16, _mm256_permute2f128_ps(u2, u6, 0x20));
-      _mm256_store_ps(o + 24, _mm256_permute2f128_ps(u3, u7, 0x20));
-      _mm256_store_ps(o + 32, _mm256_permute2f128_ps(u0, u4, 0x31));
-      _mm256_store_ps(o + 40, _mm256_permute2f128_ps(u1, u5, 0x31));
-      _mm256_store_ps(o + 48, _mm256_permute2f128_ps(u2, u6, 0x31));
-      _mm256_store_ps(o + 56, _mm256_permute2f128_ps(u3, u7, 0x31));
+      simd::transpose8x8_ps(r);  // r[j]: column k + j's 8 rows
+      for (int i = 0; i < 8; ++i) _mm256_store_ps(panel + (k + i) * 8, r[i]);
     }
     for (; k < k8; ++k) {
       for (int64_t i = 0; i < 8; ++i) panel[k * 8 + i] = i < mr && k < K ? x[(m0 + i) * K + k] : 0.0f;
