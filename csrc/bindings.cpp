@@ -48,6 +48,7 @@ static py::dict build_info() {
   info["cpu_parallel_backend"] = "none (serial)";
 #endif
   info["cpu_isa"] = sparseops::cpu_isa_name();
+  info["cpu_amx_bf16"] = sparseops::cpu_use_amx_bf16();
   py::list variants;
   variants.append("baseline");
 #if SPARSEOPS_X86_KERNELS

@@ -150,7 +150,8 @@ ISA_SCRIPT = textwrap.dedent(
     torch.manual_seed(0)
     print(sparseops.build_info()["cpu_isa"])
     for dtype in (torch.float32, torch.bfloat16, torch.float16):
-        for m, n, k in ((1, 7, 36), (3, 33, 260), (11, 5, 100), (40, 9, 68), (16, 70, 1600), (2, 13, 1540)):
+        for m, n, k in ((1, 7, 36), (3, 33, 260), (11, 5, 100), (40, 9, 68), (16, 70, 1600), (2, 13, 1540),
+                        (70, 20, 516)):  # 70: two passes of the AMX kernel (64 x rows each)
             w = torch.randn(n, k).to(dtype)
             v, meta = ops.compress_24(w, True, "packed")
             x, b = torch.randn(m, k).to(dtype), torch.randn(n).to(dtype)
@@ -166,8 +167,12 @@ ISA_SCRIPT = textwrap.dedent(
 
 def _run_on_path(script: str, path: str) -> list[str]:
     """Runs `script` in a child Python on one CPU path (the knobs are read once, at import): "baseline",
-    "avx2", "default" or "tiles" (the tiled large-M path forced for every M). Returns its stdout words."""
-    knobs = {"tiles": {"SPARSEOPS_LINEAR24_GEMV_MAX_M": "0"}, "default": {}}.get(path, {"SPARSEOPS_CPU_ISA": path})
+    "avx2", "default", "noamx" (the AVX-512 kernels on a CPU whose default for bf16 is the AMX one) or
+    "tiles" (the tiled large-M path forced for every M). Returns its stdout words."""
+    if path == "noamx" and not sparseops.build_info().get("cpu_amx_bf16"):
+        pytest.skip("no AMX-BF16 here: the default path already runs the AVX-512 kernels")
+    knobs = {"tiles": {"SPARSEOPS_LINEAR24_GEMV_MAX_M": "0"}, "default": {},
+             "noamx": {"SPARSEOPS_CPU_AMX": "0"}}.get(path, {"SPARSEOPS_CPU_ISA": path})
     out = subprocess.run([sys.executable, "-c", script], env=_child_env(**knobs), capture_output=True, text=True,
                          timeout=120)
     assert out.returncode == 0, out.stderr
@@ -180,15 +185,16 @@ def _child_env(**knobs: str) -> dict:
     env = dict(os.environ)
     env.pop("SPARSEOPS_CPU_ISA", None)
     env.pop("SPARSEOPS_LINEAR24_GEMV_MAX_M", None)
+    env.pop("SPARSEOPS_CPU_AMX", None)
     env.update(knobs)
     env["PYTHONPATH"] = os.pathsep.join([os.path.dirname(os.path.dirname(sparseops.__file__)), env.get("PYTHONPATH", "")])
     return env
 
 
-@pytest.mark.parametrize("isa", ["baseline", "avx2", "default", "tiles"])
+@pytest.mark.parametrize("isa", ["baseline", "avx2", "default", "noamx", "tiles"])
 def test_isa_paths(isa):
     """Each CPU path in a fresh process (the knobs are read once): the portable kernels, the AVX2 ones,
-    the default (AVX-512) ones, and the tiled large-M path forced for every M and dtype (by default
+    the default (AVX-512, and AMX for bf16 where the CPU has it) ones, AVX-512 without AMX, and the tiled large-M path forced for every M and dtype (by default
     fp32/fp16 never take it on AVX-512 CPUs). K values end in a partial 8-column chunk and span pieces."""
     lines = _run_on_path(ISA_SCRIPT, isa)
     assert lines[-1] == "ok"
@@ -196,7 +202,7 @@ def test_isa_paths(isa):
         assert lines[0] == "baseline"
     elif isa == "avx2":
         assert lines[0] in ("avx2", "baseline")  # baseline on a CPU without AVX2
-    elif "SPARSEOPS_CPU_ISA" not in os.environ:  # else this process runs a capped variant itself
+    elif "SPARSEOPS_CPU_ISA" not in os.environ and isa == "default":  # else this process runs a capped variant
         assert lines[0] == sparseops.build_info()["cpu_isa"]
 
 
@@ -267,14 +273,14 @@ NONFINITE_X_SCRIPT = textwrap.dedent(
 )
 
 
-@pytest.mark.parametrize("isa", ["baseline", "avx2", "default", "tiles"])
+@pytest.mark.parametrize("isa", ["baseline", "avx2", "default", "noamx", "tiles"])
 def test_nonfinite_x_at_a_pruned_position_never_enters_the_product(isa):
     """A pruned weight is structurally absent on every path (the issue's example gave NaN on the AVX2 and
     tiled paths and 3.0 on the portable one)."""
     assert _run_on_path(NONFINITE_X_SCRIPT, isa)[-1] == "ok"
 
 
-@pytest.mark.parametrize("isa", ["baseline", "avx2", "default", "tiles"])
+@pytest.mark.parametrize("isa", ["baseline", "avx2", "default", "noamx", "tiles"])
 def test_corrupt_meta_is_an_error_on_every_path(isa):
     """Every CPU path (portable, AVX2, AVX-512 small-M kernels; tiles) checks the metadata rows of its work
     item before its kernel reads them, so corrupt metadata is one error everywhere, not a path-dependent

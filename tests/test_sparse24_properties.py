@@ -113,11 +113,14 @@ def test_linear_rejects_exactly_the_corrupt_metadata(m, n, groups, seed, flips):
 
 
 @pytest.mark.parametrize("knobs", [{"SPARSEOPS_CPU_ISA": "avx2"}, {"SPARSEOPS_CPU_ISA": "baseline"},
-                                   {"SPARSEOPS_LINEAR24_GEMV_MAX_M": "0"}], ids=["avx2", "baseline", "tiles"])
+                                   {"SPARSEOPS_LINEAR24_GEMV_MAX_M": "0"}, {"SPARSEOPS_CPU_AMX": "0"}],
+                         ids=["avx2", "baseline", "tiles", "noamx"])
 def test_every_cpu_path(knobs):
     """The properties above, in a child process per other CPU path (fewer examples each)."""
     if "SPARSEOPS_PROPERTY_CHILD" in os.environ:
         pytest.skip("already a child run")
+    if "SPARSEOPS_CPU_AMX" in knobs and not sparseops.build_info().get("cpu_amx_bf16"):
+        pytest.skip("no AMX-BF16 here: the default path already runs the AVX-512 kernels")
     env = dict(os.environ, SPARSEOPS_PROPERTY_CHILD="1", SPARSEOPS_HYPOTHESIS_EXAMPLES="12", **knobs)
     env["PYTHONPATH"] = os.pathsep.join([os.path.dirname(os.path.dirname(sparseops.__file__)), env.get("PYTHONPATH", "")])
     out = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__, "-k", "not every_cpu_path"],

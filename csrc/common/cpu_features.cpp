@@ -5,6 +5,11 @@
 #include <cstdlib>
 #include <cstring>
 
+#if defined(__linux__) && (defined(__x86_64__) || defined(_M_X64))
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
+
 namespace sparseops {
 
 static CpuIsa detect_isa() {
@@ -35,6 +40,40 @@ static CpuIsa detect_isa() {
 CpuIsa cpu_isa() {
   static const CpuIsa isa = detect_isa();
   return isa;
+}
+
+static bool detect_amx_bf16() {
+#if SPARSEOPS_X86_KERNELS && defined(__linux__) && defined(__x86_64__)
+  if (!cpu_use_avx512()) return false;
+  const char* env = std::getenv("SPARSEOPS_CPU_AMX");
+  if (env != nullptr && std::strcmp(env, "0") == 0) return false;
+  if (!__builtin_cpu_supports("amx-tile") || !__builtin_cpu_supports("amx-bf16") ||
+      !__builtin_cpu_supports("avx512vbmi2")) {
+    return false;
+  }
+  // The tile data state is off until the process asks for it (Linux 5.16+); oneDNN asks the same way.
+  constexpr long kArchReqXcompPerm = 0x1023, kXfeatureXtiledata = 18;
+  return syscall(SYS_arch_prctl, kArchReqXcompPerm, kXfeatureXtiledata) == 0;
+#else
+  return false;
+#endif
+}
+
+bool cpu_use_amx_bf16() {
+  static const bool amx = detect_amx_bf16();
+  return amx;
+}
+
+bool cpu_is_intel() {
+#if defined(__x86_64__) || defined(_M_X64)
+  static const bool intel = [] {
+    __builtin_cpu_init();
+    return __builtin_cpu_is("intel") != 0;
+  }();
+  return intel;
+#else
+  return false;
+#endif
 }
 
 std::string cpu_isa_name() {

@@ -17,5 +17,12 @@ enum class CpuIsa { kBaseline, kAvx2, kAvx512 };
 CpuIsa cpu_isa();
 inline bool cpu_use_avx512() { return cpu_isa() == CpuIsa::kAvx512; }
 inline bool cpu_use_avx2() { return cpu_isa() == CpuIsa::kAvx2; }
+// AMX tiles with bf16 products (Sapphire Rapids and later Xeons) on top of the AVX-512 variant: the CPU
+// has AMX-TILE, AMX-BF16 and AVX512-VBMI2, and Linux granted this process the tile state
+// (arch_prctl ARCH_REQ_XCOMP_PERM). SPARSEOPS_CPU_AMX=0 turns it off (tests use it to cover the plain
+// AVX-512 kernels on such CPUs); capping SPARSEOPS_CPU_ISA below avx512 does too.
+bool cpu_use_amx_bf16();
+// An Intel CPU (tuning only: e.g. where MKL's dense GEMM is strong, see sparse24's gemv_max_m).
+bool cpu_is_intel();
 std::string cpu_isa_name();
 }  // namespace sparseops

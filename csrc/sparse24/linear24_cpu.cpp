@@ -3,7 +3,8 @@
 // Two paths, chosen by M (rows of x) and the CPU (gemv_max_m below):
 //  - small M: parallel over blocks of output rows n; each W row is streamed once for all M rows of x
 //    (the AVX-512 kernel in linear24_avx512.cpp on x repacked into its chunk-interleaved panels, the
-//    AVX2 one in linear24_avx2.cpp, or the portable one below), writing fp32 z = x W^T + bias; the
+//    AMX one for bf16 on Xeons with AMX tiles in linear24_amx.cpp, the AVX2 one in linear24_avx2.cpp, or
+//    the portable one below), writing fp32 z = x W^T + bias; the
 //    activation then runs on z in fp32 before the one rounding to x's dtype. Bandwidth-bound for a few
 //    rows: the packed W is ~9/16 (fp32) or ~5/8 (16-bit) of dense.
 //  - large M: parallel over tiles of kTileN rows of W; each thread decompresses its tile into a
@@ -37,6 +38,7 @@ namespace {
 
 constexpr const char* kOp = "sparse24_linear";
 constexpr int64_t kTileN = 256;  // rows of W per dense tile in the large-M path
+constexpr int64_t kAmxMinM = 4;    // fewest rows of x for the AMX kernel (bf16; measured below)
 
 // Small-M / large-M crossover (largest M on the small-M path), measured with 2 threads on the bench
 // shapes (N, K) in {4096, 11008} x {4096, 11008} on a Zen 5 with OpenMP.
@@ -50,6 +52,12 @@ constexpr int64_t kTileN = 256;  // rows of W per dense tile in the large-M path
 //   beats tiles + MKL up to M = 64 (1.2-1.6x vs F.linear at M = 32), tiles win from M = 128; bf16 and
 //   fp16, which torch computes without native support there, stay ~2.9x faster than F.linear at every M
 //   measured (up to 512), so they use the kernel at every M.
+// - AVX-512 on an Intel Xeon with AMX (Sapphire Rapids class, 2 threads): torch's dense GEMMs are strong
+//   there (MKL fp32; oneDNN bf16 on AMX tiles). fp32: the kernel beats tiles + MKL up to M = 64 (1.1-1.2x),
+//   tiles win from M = 128 (1.1-1.3x), hence 96. bf16 runs the AMX kernel (linear24_amx.cpp) from
+//   kAmxMinM = 4 rows (below, the AVX-512 pair scheme is faster: 0.45 vs 0.75 ms at M = 1, 4096x4096;
+//   even at M = 4); it beats tiles + oneDNN by 1.4-3.6x up to M = 128 on the three bench shapes and at
+//   M = 256 on two of them (the packed x of a long K then spills out of L2), hence 192.
 // - The portable kernel is scalar: only for a handful of rows (a guess, not measured on such a CPU).
 // SPARSEOPS_LINEAR24_GEMV_MAX_M overrides all of them (tuning, benchmarks, tests forcing the tiled path).
 int64_t gemv_max_m(at::ScalarType dtype) {
@@ -70,7 +78,8 @@ int64_t gemv_max_m(at::ScalarType dtype) {
   constexpr int64_t kEvery = std::numeric_limits<int64_t>::max();
   if (cpu_use_avx2()) return dtype == at::kFloat ? 64 : kEvery;
   if (!cpu_use_avx512()) return 4;
-  return dtype == at::kBFloat16 ? 96 : kEvery;
+  if (dtype == at::kBFloat16) return cpu_use_amx_bf16() ? 512 : 96;
+  return kEvery;
 }
 
 void apply_activation_(at::Tensor& t, Act act) {
@@ -189,11 +198,19 @@ bool meta_rows_valid(const uint8_t* mp, int64_t K, int64_t n0, int64_t n1, std::
   return true;
 }
 
-// gather_only: never the AVX2 kernel, which expands W with explicit zeros (see restore_structural_rows).
+// Whether the small-M path runs the AMX kernel (bf16 on CPUs with AMX-BF16), which multiplies pruned
+// positions by an explicit zero.
+bool small_m_uses_amx(at::ScalarType dtype, int64_t M) {
+  return dtype == at::kBFloat16 && M >= kAmxMinM && cpu_use_amx_bf16();
+}
+
+// gather_only: never the AVX2 expand or AMX kernels, which multiply pruned positions by explicit zeros
+// (see restore_structural_rows).
 void linear24_small_m(const at::Tensor& xc, const at::Tensor& vc, const at::Tensor& mc,
                       const std::optional<at::Tensor>& bias, Act act, at::Tensor& out, bool gather_only = false) {
   const int64_t M = xc.size(0), K = xc.size(1), N = vc.size(0);
-  const bool avx512 = cpu_use_avx512();
+  [[maybe_unused]] const bool amx = small_m_uses_amx(vc.scalar_type(), M) && !gather_only;
+  const bool avx512 = cpu_use_avx512() && !amx;
   [[maybe_unused]] const bool avx2 = cpu_use_avx2() && !gather_only;
   const ElemType type = elem_type(vc.scalar_type());
   // x as the kernel reads it (M is small here): the AVX-512 kernel's panel, the AVX2 kernel's x^T panels
@@ -201,6 +218,16 @@ void linear24_small_m(const at::Tensor& xc, const at::Tensor& vc, const at::Tens
   // multiple + 64 bytes (so that they do not start a multiple of 4 KiB apart: for K = 1024, 4096, ... 8
   // rows read in lockstep would share L1 sets).
   at::Tensor xk;
+#if SPARSEOPS_X86_KERNELS
+  if (amx) {
+    xk = at::empty({amx_x_elems(M, K)}, xc.options());  // the CPU allocator aligns to 64 bytes
+    const uint16_t* src = static_cast<const uint16_t*>(xc.const_data_ptr());
+    uint16_t* dst = static_cast<uint16_t*>(xk.mutable_data_ptr());
+    at::parallel_for(0, (K + 31) / 32, std::max<int64_t>(1, 4096 / M), [&](int64_t s0, int64_t s1) {
+      pack_x_amx_bf16(src, M, K, s0, s1, dst);
+    });
+  } else
+#endif
   if (avx512) {
     const int64_t c = avx512_x_chunk(type), chunks = (K + c - 1) / c;
     if (type == ElemType::kBFloat16) {
@@ -249,6 +276,10 @@ void linear24_small_m(const at::Tensor& xc, const at::Tensor& vc, const at::Tens
   // L3 / DRAM without overlapping the kernel's own stream; a separate check after, +10-16%.
   const auto rows_valid = [&](int64_t n0, int64_t n1) -> bool {
 #if SPARSEOPS_X86_KERNELS
+    if (amx) {
+      return linear24_rows_amx_bf16(static_cast<const uint16_t*>(vp), mp, K, static_cast<const uint16_t*>(xp), M, bp, n0,
+                                    n1, zp, N);
+    }
     if (avx512) return linear24_rows_avx512(type, vp, mp, K, xp, M, bp, n0, n1, zp, N);
     if (avx2) {
       const int64_t ldx = avx2_x_transposed(M) ? xk.stride(0) : xk.size(1);
@@ -410,8 +441,9 @@ at::Tensor sparse24_linear_cpu(const at::Tensor& x, const at::Tensor& values, co
   } else {
     linear24_large_m(xc, vc, mc, bc, act, out);
   }
-  const bool avx2_expands = cpu_use_avx2() && !avx2_x_transposed(s.m);  // multiplies pruned positions by 0
-  if (!small_m || avx2_expands) restore_structural_rows(xc, vc, mc, bc, act, out);
+  // Kernels that multiply pruned positions by 0:
+  const bool expands = (cpu_use_avx2() && !avx2_x_transposed(s.m)) || small_m_uses_amx(x.scalar_type(), s.m);
+  if (!small_m || expands) restore_structural_rows(xc, vc, mc, bc, act, out);
   return out;
 }
 

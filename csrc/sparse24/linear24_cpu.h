@@ -51,6 +51,17 @@ void pack_x_transposed_avx2(const float* x, int64_t M, int64_t K, float* panels)
 bool linear24_rows_avx2(ElemType type, const void* values, const uint8_t* meta, int64_t K, const float* x,
                         int64_t ldx, int64_t M, const float* bias, int64_t n0, int64_t n1, float* z, int64_t ldz);
 
+// The AMX kernel (linear24_amx.cpp; bf16 only, when cpu_use_amx_bf16()): the same z, from x packed by
+// pack_x_amx_bf16 into the VNNI layout of AMX's second source: per K step of 32 columns and block of 16
+// x rows, a 1 KiB tile whose row k holds K pair k of the 16 rows (bf16 x[16 b + j][32 s + 2k + t] at
+// packed[((s * ceil(M / 16) + b) * 16 + k) * 32 + 2 j + t]), zero beyond M and K; 64-byte aligned.
+// pack_x_amx_bf16 writes steps [step0, step1) of ceil(K / 32) (callers split them across threads).
+// Pruned positions are multiplied by an explicit zero, as in the AVX2 expand scheme.
+constexpr int64_t amx_x_elems(int64_t M, int64_t K) { return (K + 31) / 32 * ((M + 15) / 16) * 512; }
+void pack_x_amx_bf16(const uint16_t* x, int64_t M, int64_t K, int64_t step0, int64_t step1, uint16_t* packed);
+bool linear24_rows_amx_bf16(const uint16_t* values, const uint8_t* meta, int64_t K, const uint16_t* xpacked, int64_t M,
+                            const float* bias, int64_t n0, int64_t n1, float* z, int64_t ldz);
+
 // Metadata check: true when each of the `bytes` bytes at p holds two valid 2:4 codes (low nibble's
 // first kept index < its second, the same for the high nibble). The AVX-512 / AVX2 versions of the
 // SWAR test in packed_meta_check.h, 64 / 32 bytes per step.

@@ -18,7 +18,8 @@ def build_info() -> dict[str, Any]:
     (torch's intra-op threads now), ``cpu_parallel_backend`` (how our CPU kernels' ``at::parallel_for``
     was compiled: ``"openmp"`` like torch's default build), ``cpu_isa`` (the CPU kernel variant in use: ``"avx512"``,
     ``"avx2"`` or ``"baseline"``; set ``SPARSEOPS_CPU_ISA=avx2`` or ``=baseline`` before import to cap it)
-    and ``cpu_isa_compiled``.
+    ``cpu_amx_bf16`` (whether the bf16 kernels that have an AMX variant use it: an AVX-512 CPU with AMX-BF16
+    that granted the tile state; ``SPARSEOPS_CPU_AMX=0`` turns it off) and ``cpu_isa_compiled``.
     """
     return dict(_C.build_info())
 
