@@ -1,6 +1,7 @@
 """The CPU kernel variants of block_sparse_attention (forward and backward) agree: the avx2 and baseline
 micro-kernels run in subprocesses started with SPARSEOPS_CPU_ISA (the variant is chosen once per
-process), this process runs the default (AVX-512 where the CPU has it). Their exp and summation orders
+process), this process runs the default (AVX-512 where the CPU has it; its bf16 products on AMX tiles
+where the CPU has AMX-BF16, "noamx" runs them on AVX-512 there). Their exp and summation orders
 differ, so the comparison is to fp32 rounding, and each is also checked against the reference."""
 from __future__ import annotations
 
@@ -45,7 +46,7 @@ _CHILD = """
 import sys, torch
 sys.path.insert(0, {tests!r})
 import sparseops
-assert sparseops.build_info()["cpu_isa"] == {isa!r}, sparseops.build_info()["cpu_isa"]
+assert sparseops.build_info()["cpu_isa"] == {isa!r} or {isa!r} == "noamx", sparseops.build_info()["cpu_isa"]
 import test_attention_isa as t
 torch.save(t.run_all(), {out!r})
 """
@@ -53,7 +54,7 @@ torch.save(t.run_all(), {out!r})
 
 def _run_child(isa: str, tmp: Path) -> dict:
     out = tmp / f"{isa}.pt"
-    env = dict(os.environ, SPARSEOPS_CPU_ISA=isa)
+    env = dict(os.environ, **({"SPARSEOPS_CPU_AMX": "0"} if isa == "noamx" else {"SPARSEOPS_CPU_ISA": isa}))
     code = _CHILD.format(tests=str(Path(__file__).parent), out=str(out), isa=isa)
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
@@ -65,10 +66,12 @@ def default_results():
     return run_all()
 
 
-@pytest.mark.parametrize("isa", ["avx2", "baseline"])
+@pytest.mark.parametrize("isa", ["avx2", "baseline", "noamx"])
 def test_isa_variant_agrees(isa, default_results, tmp_path):
     if isa == "avx2" and sparseops.build_info()["cpu_isa"] == "baseline":
         pytest.skip("no AVX2 on this CPU (or this build has no x86 kernels)")
+    if isa == "noamx" and not sparseops.build_info()["cpu_amx_bf16"]:
+        pytest.skip("no AMX-BF16 here: the default run already used the AVX-512 products")
     other = _run_child(isa, tmp_path)
     for i, case in enumerate(CASES):
         dtype = case[-1]

@@ -59,6 +59,7 @@ constexpr int64_t kRowChunk = 48;  // rows per S tile: 48 x 128 floats stay in L
 
 cpu::MicroKernels pick_kernels() {
 #if SPARSEOPS_X86_KERNELS
+  if (cpu_use_amx_bf16()) return cpu::microkernels_amx();
   if (cpu_use_avx512()) return cpu::microkernels_avx512();
   if (cpu_use_avx2()) return cpu::microkernels_avx2();
 #endif

@@ -2,7 +2,8 @@
 // fp32 micro-kernels of the CPU block-sparse attention (attention_cpu.cpp drives them): a small GEMM
 // (and its A-transposed twin) for QK^T / PV and their backward products, the online-softmax step and the exp of the backward.
 // One set per ISA: microkernels_portable_cpu.cpp (no -m flags), microkernels_avx2.cpp (-mavx2 -mfma),
-// microkernels_avx512.cpp (-mavx512*), chosen at run time by attention_cpu.cpp.
+// microkernels_avx512.cpp (-mavx512*), microkernels_amx.cpp (its bf16 product on AMX tiles), chosen at run
+// time by attention_cpu.cpp.
 //
 // Deliberately free of torch headers and of shared inline functions: the AVX files must not compile a
 // copy of an inline function the linker could then hand to baseline code (ODR; see
@@ -54,5 +55,6 @@ struct MicroKernels {
 MicroKernels microkernels_portable();
 MicroKernels microkernels_avx2();
 MicroKernels microkernels_avx512();
+MicroKernels microkernels_amx();  // the AVX-512 set with gemm_bf16 on AMX tiles (microkernels_amx.cpp)
 
 }  // namespace sparseops::attention::cpu

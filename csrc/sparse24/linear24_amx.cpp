@@ -5,13 +5,15 @@
 // columns, row-major, which is what TDPBF16PS takes as its first source), B = x^T in the VNNI layout that
 // pack_x_amx_bf16 writes once per call (K pair k of 16 x rows), C = 16 W rows x 16 x rows in fp32. The
 // decompression is one VPEXPANDW per W row and 32 columns: the kept values expanded into the positions that
-// the meta nibbles name (a 256-entry table maps a meta byte to its 8-bit position mask). So the work per
+// the meta nibbles name (a 16-entry vpshufb table maps a nibble to its 4-bit position mask). So the work per
 // weight element no longer grows with M: one decompression serves up to 64 rows of x (4 C tiles), where
 // the AVX-512 pair scheme does one permute + dot per x row (at M = 8 that kernel ran at ~40% of the read
-// limit on a Sapphire Rapids class Xeon, slower than oneDNN's dense AMX GEMV on the dense weight).
-// A code whose first index is not below its second maps to an empty mask, so each step also checks that
-// the mask has two bits per group (the meta check the other kernels do, at one popcount per step).
+// limit on a Sapphire Rapids class Xeon, 0.5x oneDNN's dense AMX GEMV; this one 2x that, at M = 64 ~5x).
+// A code whose first index is not below its second maps to an empty mask: one vector test per row chunk
+// is the meta check that the other kernels do.
 // Pruned positions are multiplied by an explicit zero: the caller restores structural inf/NaN rows.
+// Measured bound at M <= 16: the memory access of its 32 interleaved row streams (~15 GB/s a core with
+// the products and expansions left out), not the tile products.
 //
 // No torch headers here (see linear24_cpu.h).
 #pragma GCC diagnostic ignored "-Wuninitialized"
@@ -20,10 +22,13 @@
 
 #include <cstring>
 
+#include "common/amx_tiles.h"
 #include "sparse24/linear24_cpu.h"
 
 namespace sparseops::sparse24 {
 namespace {
+
+using namespace sparseops::amx;
 
 constexpr int64_t kStep = 32;        // K columns per tile step: 16 bf16 pairs, a 64-byte tile row
 constexpr int64_t kTile = 16;        // rows of every tile; C is 16 x 16 fp32
@@ -87,61 +92,7 @@ inline void transpose16x16_epi32(__m512i (&r)[16]) {
   }
 }
 
-// ---- tiles ------------------------------------------------------------------------------------------
-// Tile registers are named by immediates (the intrinsics stringify them), hence the switches; with
-// constant arguments after inlining they fold to one instruction. tmm0-1: A (W rows), tmm2-3: B (x^T,
-// alternating so a load need not wait for the previous product), tmm4-7: C.
-
-struct alignas(64) TileConfig {
-  uint8_t palette = 1, start_row = 0, reserved[14] = {};
-  uint16_t colsb[16] = {};
-  uint8_t rows[16] = {};
-};
-
-__attribute__((always_inline)) inline void tile_load(int t, const void* p, int64_t stride) {
-  switch (t) {
-    case 0: _tile_loadd(0, p, stride); break;
-    case 1: _tile_loadd(1, p, stride); break;
-    case 2: _tile_loadd(2, p, stride); break;
-    default: _tile_loadd(3, p, stride); break;
-  }
-}
-
-__attribute__((always_inline)) inline void tile_store_c(int t, void* p) {
-  switch (t) {
-    case 4: _tile_stored(4, p, 64); break;
-    case 5: _tile_stored(5, p, 64); break;
-    case 6: _tile_stored(6, p, 64); break;
-    default: _tile_stored(7, p, 64); break;
-  }
-}
-
-__attribute__((always_inline)) inline void tile_zero_c(int t) {
-  switch (t) {
-    case 4: _tile_zero(4); break;
-    case 5: _tile_zero(5); break;
-    case 6: _tile_zero(6); break;
-    default: _tile_zero(7); break;
-  }
-}
-
-// C tile c += A tile a . B tile b
-__attribute__((always_inline)) inline void tile_dot(int c, int a, int b) {
-#define SPARSEOPS_DOT(C, A, B) \
-  case (C) * 4 + (A) * 2 + (B) - 2: _tile_dpbf16ps(C, A, B); break;
-  switch (c * 4 + a * 2 + b - 2) {
-    SPARSEOPS_DOT(4, 0, 2) SPARSEOPS_DOT(4, 0, 3) SPARSEOPS_DOT(4, 1, 2) SPARSEOPS_DOT(4, 1, 3)
-    SPARSEOPS_DOT(5, 0, 2) SPARSEOPS_DOT(5, 0, 3) SPARSEOPS_DOT(5, 1, 2) SPARSEOPS_DOT(5, 1, 3)
-    SPARSEOPS_DOT(6, 0, 2) SPARSEOPS_DOT(6, 0, 3) SPARSEOPS_DOT(6, 1, 2) SPARSEOPS_DOT(6, 1, 3)
-    SPARSEOPS_DOT(7, 0, 2) SPARSEOPS_DOT(7, 0, 3) SPARSEOPS_DOT(7, 1, 2) SPARSEOPS_DOT(7, 1, 3)
-    default: break;
-  }
-#undef SPARSEOPS_DOT
-}
-
-// The intrinsics' asm does not declare the memory it reads or writes: keep the compiler from moving the
-// plain stores into the A buffer past a tile load, or the reads of the C buffer before a tile store.
-inline void memory_barrier() { asm volatile("" ::: "memory"); }
+// ---- tiles (common/amx_tiles.h: tmm0-1 A, tmm2-3 B, tmm4-7 C) ------------------------------------------
 
 // One block of NB * 16 W rows [n, n + rows) against x blocks [mb0, mb0 + MBK) (16 rows each): C tiles
 // held over all of K, A refilled every kChunkCols columns. Returns non-zero on an invalid meta code.
@@ -156,7 +107,7 @@ uint32_t tile_block(const uint16_t* vp, const uint8_t* mp, int64_t K, const uint
   alignas(64) static const uint16_t zeros[kChunkCols / 2] = {};  // the values of rows past the block's end
   const uint16_t* values[NB * kTile];
   uint32_t bad = 0;
-  for (int c = 0; c < NB * MBK; ++c) tile_zero_c(4 + c);
+  for (int c = 0; c < NB * MBK; ++c) zero_acc(4 + c);
   for (int64_t k0 = 0; k0 < K; k0 += kChunkCols) {
     const int64_t cols = K - k0 < kChunkCols ? K - k0 : kChunkCols, full = cols / kStep;
     const int64_t tail = (cols % kStep) / 4, steps = full + (tail > 0);  // tail: codes of a last partial step
@@ -189,11 +140,11 @@ uint32_t tile_block(const uint16_t* vp, const uint8_t* mp, int64_t K, const uint
       memory_barrier();
       if (s > 0) {
         const int64_t t = s - 1;
-        for (int b = 0; b < NB; ++b) tile_load(b, abuf + b * kTile * kChunkCols + t * kStep, kChunkCols * 2);
+        for (int b = 0; b < NB; ++b) load_source(b, abuf + b * kTile * kChunkCols + t * kStep, kChunkCols * 2);
         const uint16_t* xs = xpk + ((k0 / kStep + t) * mblocks + mb0) * kTileElems;
         for (int mb = 0; mb < MBK; ++mb) {
-          tile_load(2 + mb % 2, xs + mb * kTileElems, 64);
-          for (int b = 0; b < NB; ++b) tile_dot(4 + b * MBK + mb, b, 2 + mb % 2);
+          load_source(2 + mb % 2, xs + mb * kTileElems, 64);
+          for (int b = 0; b < NB; ++b) dot_bf16(4 + b * MBK + mb, b, 2 + mb % 2);
         }
       }
       memory_barrier();
@@ -206,7 +157,7 @@ uint32_t tile_block(const uint16_t* vp, const uint8_t* mp, int64_t K, const uint
     const __mmask16 lanes = static_cast<__mmask16>((1u << valid) - 1);
     const __m512 bv = bias != nullptr ? _mm512_maskz_loadu_ps(lanes, bias + nb) : _mm512_setzero_ps();
     for (int mb = 0; mb < MBK; ++mb) {
-      tile_store_c(4 + b * MBK + mb, cbuf);
+      store_acc(4 + b * MBK + mb, cbuf, 64);
       memory_barrier();
       __m512i r[kTile];
       for (int i = 0; i < kTile; ++i) r[i] = _mm512_load_si512(cbuf + i * kTile);
@@ -242,12 +193,7 @@ void pack_x_amx_bf16(const uint16_t* x, int64_t M, int64_t K, int64_t step0, int
 
 bool linear24_rows_amx_bf16(const uint16_t* values, const uint8_t* meta, int64_t K, const uint16_t* xpacked, int64_t M,
                             const float* bias, int64_t n0, int64_t n1, float* z, int64_t ldz) {
-  TileConfig cfg;
-  for (int t = 0; t < 8; ++t) {
-    cfg.rows[t] = kTile;
-    cfg.colsb[t] = 64;
-  }
-  _tile_loadconfig(&cfg);
+  configure_tiles();
   const int64_t mblocks = (M + kTile - 1) / kTile;
   uint32_t bad = 0;
   // Passes of up to 4 x blocks (64 rows) over this thread's W rows; 2 W blocks per A load when 1-2 x
