@@ -112,6 +112,7 @@ void run_scan(ScanIsa isa, const float* zs, int64_t rows, int64_t D, const float
 
 constexpr double kEps = 1e-12;          // cosine: x / max(|x|, eps), as torch.nn.functional.normalize
 constexpr double kUnit = 0x1p-24;       // fp32 unit roundoff
+constexpr double kUnitTensorCore = 0x1p-23;  // fp32 sums that may truncate (lookup_bound.h)
 constexpr int64_t kRoundedScreenMinD = 64;  // see Lookup::run
 constexpr int64_t kSpillCap = 1 << 15;  // spilled candidates per task (see cpu::Spill): 384 KiB per thread
 
@@ -139,6 +140,7 @@ struct Lookup {
   // fp32/fp16 inputs screened with bf16-rounded values (VDPBF16PS; see run()): the margin then also
   // covers the rounding of z and c to bf16.
   bool rounded_screen = false;
+  bool bf16_scan_on_amx = false;  // the bf16 screen runs on AMX tiles (its margin: kUnitTensorCore)
 
   // Whether the codebook is roughly centred: |mean c|^2 <= E|c|^2 / 2 over an evenly spaced sample of at
   // most 4096 codes. Off-centre data make bf16's rounding (relative to |z| |c|) large against the gaps
@@ -205,6 +207,9 @@ struct Lookup {
     if (rounded_screen && !centred_codebook()) rounded_screen = false;
 
     margin.resize(N);
+    // AMX's tile products (bf16 scans on CPUs with AMX-BF16) get the tensor-core accumulation bound.
+    const bool amx = bf16_scan_on_amx && (rounded_screen || std::is_same_v<T, c10::BFloat16>);
+    const double unit = amx ? kUnitTensorCore : kUnit;
     if (cosine) {
       zinv.resize(N);
       zero_row.assign(N, 0);
@@ -228,7 +233,7 @@ struct Lookup {
           zz = 1.0;  // normalised; the normalisation's own rounding is covered by the extra 4 terms below
         }
         // lookup_bound.h: fp32 sums, flushed denormals (VDPBF16PS), bf16 rounding when rounded_screen.
-        margin[i] = static_cast<float>(screen_margin(D, kUnit, maxc2, zz, rounded_screen));
+        margin[i] = static_cast<float>(screen_margin(D, unit, maxc2, zz, rounded_screen));
       }
     });
     TORCH_CHECK(bad.load() == std::numeric_limits<int64_t>::max(), "codebook_lookup: expected finite z values "
@@ -317,6 +322,7 @@ struct Lookup {
     bf16_scan = isa == ScanIsa::kAvx512 && !cosine &&
                 (std::is_same_v<T, c10::BFloat16> || D >= kRoundedScreenMinD);
     rounded_screen = bf16_scan && !std::is_same_v<T, c10::BFloat16>;
+    bf16_scan_on_amx = bf16_scan && cpu_use_amx_bf16();
 #endif
     prepare();
     if (!std::is_same_v<T, c10::BFloat16>) bf16_scan = rounded_screen;
@@ -346,7 +352,8 @@ struct Lookup {
     });
 #if SPARSEOPS_X86_KERNELS
     if (bf16_scan) {  // bf16 pair dots: twice the fp32 FMA rate
-      scan_all<uint16_t, 2>(nr, mc, nqb, sb_codes, kc_tiles, splits, n_pad, cands, cpu::scan_avx512_bf16);
+      scan_all<uint16_t, 2>(nr, mc, nqb, sb_codes, kc_tiles, splits, n_pad, cands,
+                            cpu_use_amx_bf16() ? cpu::scan_amx_bf16 : cpu::scan_avx512_bf16);
       finish(cands, splits, n_pad, out_idx, out_dist);
       return;
     }

@@ -56,6 +56,9 @@ void scan_avx512(const float* zs, int64_t rows, int64_t D, const float* panel, c
 // panel [ntiles][steps][32][2] bf16 codes.
 void scan_avx512_bf16(const uint16_t* zs, int64_t rows, int64_t steps, const uint16_t* panel, const float* cn,
                       int64_t ntiles, int32_t k0, RowCands* rc, Spill* spill);
+// The same on AMX tiles (lookup_amx.cpp; CPUs with AMX-BF16), on the same packed inputs.
+void scan_amx_bf16(const uint16_t* zs, int64_t rows, int64_t steps, const uint16_t* panel, const float* cn,
+                   int64_t ntiles, int32_t k0, RowCands* rc, Spill* spill);
 void scan_avx2(const float* zs, int64_t rows, int64_t D, const float* panel, const float* cn, int64_t ntiles,
                int32_t k0, RowCands* rc, Spill* spill);
 
