@@ -64,14 +64,16 @@ def sparse24_linear(
 
     CPU paths (chosen by ``M``, the product of ``x``'s leading dims):
 
-    - small ``M`` (AVX-512 CPUs: every ``M`` for fp32/fp16, ``M <= 96`` for bf16; AVX2 CPUs: ``M <= 64``
-      for fp32, every ``M`` for fp16/bf16; other CPUs: ``M <= 4``; ``SPARSEOPS_LINEAR24_GEMV_MAX_M``
-      overrides): a GEMV-style kernel, parallel over output features, that streams the packed weights
-      once for all ``M`` rows (AVX-512, bf16 with ``vdpbf16ps``; else AVX2; else portable C++;
-      ``SPARSEOPS_CPU_ISA=avx2`` or ``=baseline`` caps the choice). It reads ~9/16 (fp32) or ~5/8
-      (fp16/bf16) of the dense weight's bytes. Bias and activation run in fp32 before the single
-      rounding to ``x``'s dtype. Extra memory: a padded copy of ``x`` (fp32, or bf16 for bf16 on
-      AVX-512) and, for fp16/bf16, an fp32 ``[M, N]`` buffer.
+    - small ``M`` (AVX-512 CPUs: every ``M`` for fp16, and for fp32 on AMD (``M <= 96`` on Intel),
+      ``M <= 96`` for bf16 (``M <= 192`` with AMX); AVX2 CPUs: ``M <= 64`` for fp32, every ``M`` for
+      fp16/bf16; other CPUs: ``M <= 4``; ``SPARSEOPS_LINEAR24_GEMV_MAX_M`` overrides): a GEMV-style kernel,
+      parallel over output features, that streams the packed weights once for all ``M`` rows (AVX-512,
+      bf16 with ``vdpbf16ps``, or from 4 rows on AMX tiles where the CPU has AMX-BF16,
+      ``SPARSEOPS_CPU_AMX=0`` turns that off; else AVX2; else portable C++; ``SPARSEOPS_CPU_ISA=avx2`` or
+      ``=baseline`` caps the choice). It reads ~9/16 (fp32) or ~5/8 (fp16/bf16) of the dense weight's
+      bytes. Bias and activation run in fp32 before the single rounding to ``x``'s dtype. Extra memory: a
+      padded copy of ``x`` (fp32, or bf16 for bf16 on AVX-512 and AMX: rows to a multiple of 16 and
+      columns of 32 there) and, for fp16/bf16, an fp32 ``[M, N]`` buffer.
     - larger ``M``: tiles of up to 256 weight rows are decompressed into one thread-local dense
       ``[256, K]`` buffer per thread and multiplied by torch's dense GEMM, bias fused in the GEMM and the
       activation applied in place (for fp16/bf16 on the GEMM's rounded output, as ``F.linear`` + act).
