@@ -139,18 +139,6 @@ void transpose_block(const cpu::MicroKernels& mk, const T* src, int64_t n, int64
   mk.transpose(f, D, n, D, s, dst, ldd);
 }
 
-// bf16 K block as pairs along D, transposed: dst[p][j] = (k[j][2p], k[j][2p+1]) for j < n, zero for
-// n <= j < ldd (D even).
-void transpose_pairs(const uint16_t* k, int64_t n, int64_t D, uint32_t* dst, int64_t ldd) {
-  const int64_t P = D / 2;
-  for (int64_t j = 0; j < n; ++j) {
-    const uint16_t* row = k + j * D;
-    for (int64_t p = 0; p < P; ++p) dst[p * ldd + j] = row[2 * p] | static_cast<uint32_t>(row[2 * p + 1]) << 16;
-  }
-  for (int64_t p = 0; p < P; ++p)
-    for (int64_t j = n; j < ldd; ++j) dst[p * ldd + j] = 0;
-}
-
 // S[r][j] = -inf where the rule hides key j0 + j from query token(r), and for padding columns j >= n.
 template <typename TokenOf>
 void mask_tile(float* S, int64_t lds, int64_t rows, int64_t n, int64_t nP, bool partial, const TokenRule& rule,
@@ -270,7 +258,7 @@ struct Forward {
           if (per_task_kv) {
             const uint16_t* kr = reinterpret_cast<const uint16_t*>(k + (bh * d.Skv + j0) * d.D);
             const uint16_t* vr = reinterpret_cast<const uint16_t*>(v + (bh * d.Skv + j0) * d.D);
-            transpose_pairs(kr, n, d.D, s.ktb.data(), nP);
+            mk.transpose_pairs_bf16(kr, n, d.D, s.ktb.data(), nP);
             mk.pair_rows_bf16(vr, d.D, n, d.D, s.vb.data(), Dp, Dp);
             KTb = s.ktb.data();
             Vb = s.vb.data();
@@ -433,7 +421,7 @@ std::tuple<at::Tensor, at::Tensor> block_sparse_attention_cpu(const at::Tensor& 
           const int64_t kb = blk % d.nkv, bh = blk / d.nkv, j0 = kb * d.block_k, n = std::min(d.block_k, d.Skv - j0);
           const uint16_t* kr = reinterpret_cast<const uint16_t*>(kp + (bh * d.Skv + j0) * d.D);
           const uint16_t* vr = reinterpret_cast<const uint16_t*>(vp + (bh * d.Skv + j0) * d.D);
-          transpose_pairs(kr, n, d.D, ktbp + blk * d.D / 2 * bkP, bkP);
+          mk.transpose_pairs_bf16(kr, n, d.D, ktbp + blk * d.D / 2 * bkP, bkP);
           mk.pair_rows_bf16(vr, d.D, n, d.D, vpbp + blk * half_bk * Dp, Dp, Dp);
         }
       });
@@ -525,6 +513,9 @@ struct BwdScratch {
   std::vector<float> S, dP;        // one tile [bq x bkP]
   std::vector<float> dk, dv;       // one KV block's accumulators [bk x Dp]
   std::vector<float> qr, gr, dqa;  // q, dO rows and fp32 dq of the item's query rows [.. x Dp]
+  // bf16 products on AMX (Backward::amx): one KV block's K^T and V^T as pairs along D [D/2 x ld] and K as
+  // pairs of rows [bk/2 x Dp]; one tile's dS as row pairs [bq x ld/2]
+  std::vector<uint32_t> ktb, vtb, kpr, dsb;
   std::vector<uint8_t> ready;      // fused: per (head, q-block) of the item, its rows are prepared
 };
 
@@ -554,6 +545,9 @@ struct Backward {
   T* dv;
   int64_t Dp, bkP, G;
   bool direct;  // fp32 inputs with D == Dp: rows read in place, dq accumulated in place (fused mode)
+  // bf16 inputs, even D, AMX-BF16: q K^T, dO V^T and dS K as bf16 products on AMX tiles, from q, dO and K
+  // as they are and dS rounded to bf16 (as FlashAttention's backward does); P^T dO and dS^T Q stay fp32.
+  bool amx;
 
   // Leading dimension of the K^T / V^T panels and the S / dP tiles: one 16-float group past the width, so
   // that a 128-float width does not put consecutive rows 512 B apart (rows that map to 1/8 of L1's sets:
@@ -562,10 +556,17 @@ struct Backward {
 
   BwdScratch scratch(int64_t q_rows) const {
     BwdScratch s;
-    s.kt.resize(d.D * tile_ld(bkP));
-    s.vt.resize(d.D * tile_ld(bkP));
-    if (!direct) s.kr.resize(d.block_k * Dp);
-    if (!std::is_same_v<T, float>) s.tmp.resize(d.block_k * d.D);
+    if (amx) {
+      s.ktb.resize(d.D / 2 * tile_ld(bkP));
+      s.vtb.resize(d.D / 2 * tile_ld(bkP));
+      s.kpr.resize((d.block_k + 1) / 2 * Dp);
+      s.dsb.resize(d.block_q * tile_ld(bkP) / 2);
+    } else {
+      s.kt.resize(d.D * tile_ld(bkP));
+      s.vt.resize(d.D * tile_ld(bkP));
+      if (!direct) s.kr.resize(d.block_k * Dp);
+      if (!std::is_same_v<T, float>) s.tmp.resize(d.block_k * d.D);
+    }
     s.S.resize(d.block_q * tile_ld(bkP));
     s.dP.resize(d.block_q * tile_ld(bkP));
     s.dk.resize(d.block_k * Dp);
@@ -582,9 +583,17 @@ struct Backward {
   }
 
   // KV block (bh, tokens j0..j0+n): K^T (scaled) and V^T panels [D x nP] (zero past n) into s; returns
-  // K's fp32 rows (ld Dp), in place when direct.
+  // K's fp32 rows (ld Dp), in place when direct. With amx: the bf16 pair panels instead (returns null).
   const float* kv_panels(int64_t bh, int64_t j0, int64_t n, int64_t nP, BwdScratch& s) const {
     const T* kb = k + (bh * d.Skv + j0) * d.D;
+    if (amx) {
+      const uint16_t* kbits = reinterpret_cast<const uint16_t*>(kb);
+      mk.transpose_pairs_bf16(kbits, n, d.D, s.ktb.data(), tile_ld(nP));
+      mk.transpose_pairs_bf16(reinterpret_cast<const uint16_t*>(v + (bh * d.Skv + j0) * d.D), n, d.D, s.vtb.data(),
+                      tile_ld(nP));
+      mk.pair_rows_bf16(kbits, d.D, n, d.D, s.kpr.data(), Dp, Dp);
+      return nullptr;
+    }
     const float* KR = s.kr.data();
     if (direct)
       KR = reinterpret_cast<const float*>(kb);
@@ -625,14 +634,29 @@ struct Backward {
     const int64_t nP = round_up_cols(n), ld = tile_ld(nP);
     float* S = s.S.data();
     float* dP = s.dP.data();
-    mk.gemm(mq, nP, d.D, Q, Dp, s.kt.data(), ld, S, ld, false);
+    const int64_t half_d = d.D / 2;
+    // amx: q and dO rows of this tile as bf16 pairs (row-major: AMX's first-source layout), read in place
+    const uint32_t* qpairs = amx ? reinterpret_cast<const uint32_t*>(q + row0 * d.D) : nullptr;
+    const uint32_t* gpairs = amx ? reinterpret_cast<const uint32_t*>(go + row0 * d.D) : nullptr;
+    if (amx)
+      mk.gemm_bf16(mq, nP, half_d, qpairs, half_d, s.ktb.data(), ld, S, ld, false, d.scale);
+    else
+      mk.gemm(mq, nP, d.D, Q, Dp, s.kt.data(), ld, S, ld, false);
     if (cls == 1 || n < nP) mask_tile(S, ld, mq, n, nP, cls == 1, rule, j0, [&](int64_t r) { return i0 + r; });
     mk.exp_shift(S, ld, mq, nP, lse + row0, nullptr);
     if (dv_acc) mk.gemm_at(n, Dp, mq, S, ld, dO, Dp, dv_acc, Dp, true);
-    mk.gemm(mq, nP, d.D, dO, Dp, s.vt.data(), ld, dP, ld, false);
+    if (amx)
+      mk.gemm_bf16(mq, nP, half_d, gpairs, half_d, s.vtb.data(), ld, dP, ld, false, 1.0f);
+    else
+      mk.gemm(mq, nP, d.D, dO, Dp, s.vt.data(), ld, dP, ld, false);
     ds_tile(S, dP, ld, mq, n, delta + row0, d.scale);
     if (dk_acc) mk.gemm_at(n, Dp, mq, dP, ld, Q, Dp, dk_acc, Dp, true);
-    if (dq_acc) mk.gemm(mq, Dp, n, dP, ld, KR, Dp, dq_acc, Dp, true);
+    if (dq_acc && amx) {  // dS past column n is 0 (P and V^T are 0 there), as is K's pair row past n
+      mk.pack_bf16(dP, ld, mq, nP, s.dsb.data(), nP / 2);
+      mk.gemm_bf16(mq, Dp, (n + 1) / 2, s.dsb.data(), nP / 2, s.kpr.data(), Dp, dq_acc, Dp, true, 1.0f);
+    } else if (dq_acc) {
+      mk.gemm(mq, Dp, n, dP, ld, KR, Dp, dq_acc, Dp, true);
+    }
   }
 
   void store_rows(const float* src, int64_t n, T* dst) const {
@@ -803,7 +827,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> block_sparse_attention_backward_c
                                 Dp,
                                 round_up_cols(d.block_k),
                                 G,
-                                direct};
+                                direct,
+                                std::is_same_v<scalar_t, c10::BFloat16> && d.D % 2 == 0 && cpu_use_amx_bf16()};
     if (fused) {
       // One item per (b, kv head): it owns its heads' dq rows, so dS K is added without races and the
       // dq pass (S, dP recomputed once more) is skipped.

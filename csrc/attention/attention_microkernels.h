@@ -50,6 +50,10 @@ struct MicroKernels {
   // t < ceil(n / 2), a missing row n and the columns D..Dp zero (Dp % kColAlign == 0, ldd >= Dp).
   void (*pair_rows_bf16)(const uint16_t* src, int64_t lds, int64_t n, int64_t D, uint32_t* dst, int64_t ldd,
                          int64_t Dp);
+  // A bf16 block of n rows (D columns, contiguous, D even) as pairs along D, transposed: dst[p][j] =
+  // (src[j][2p], src[j][2p+1]) for j < n, p < D / 2, zero for n <= j < ldd (ldd % kColAlign == 0): the
+  // second-source panel of q K^T and dO V^T.
+  void (*transpose_pairs_bf16)(const uint16_t* src, int64_t n, int64_t D, uint32_t* dst, int64_t ldd);
 };
 
 MicroKernels microkernels_portable();

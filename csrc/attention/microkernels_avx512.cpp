@@ -3,7 +3,8 @@
 //   gemm: register tiles of up to 12 rows x 32 columns (24 zmm accumulators), B's 32-column panel
 //         loaded once per k for all rows of the tile, A broadcast from memory; the tile loops are
 //         unrolled by pragma (without, GCC stored the accumulators to the stack on every k).
-//   transpose: common/simd_transpose_avx.h (8 x 8 blocks in ymm registers, shared with the AVX2 set).
+//   transpose: common/simd_transpose_avx.h (8 x 8 blocks in ymm registers, shared with the AVX2 set);
+//         bf16 pairs: common/simd_transpose_avx512.h (16 x 16 blocks of 32-bit pairs).
 //   exp:  common/simd_exp_avx512.h (Cephes' expf, ~2 ulp; below -87.3 and -inf exactly 0; NaN stays
 //         NaN), shared with the ot family.
 // No torch headers and nothing inline shared with non-AVX-512 files (see the header).
@@ -16,6 +17,7 @@
 #include "attention/attention_microkernels.h"
 #include "common/simd_exp_avx512.h"
 #include "common/simd_transpose_avx.h"
+#include "common/simd_transpose_avx512.h"
 
 namespace sparseops::attention::cpu {
 namespace {
@@ -227,11 +229,28 @@ void pair_rows_bf16_avx512(const uint16_t* src, int64_t lds, int64_t n, int64_t 
   }
 }
 
+// 16 x 16 blocks of pairs (16 rows x 32 bf16 columns) transposed in registers.
+void transpose_pairs_bf16_avx512(const uint16_t* src, int64_t n, int64_t D, uint32_t* dst, int64_t ldd) {
+  const int64_t P = D / 2;
+  for (int64_t j0 = 0; j0 < ldd; j0 += 16) {
+    for (int64_t p0 = 0; p0 < P; p0 += 16) {
+      const int64_t np = P - p0 < 16 ? P - p0 : 16;
+      const __mmask16 lanes = static_cast<__mmask16>((1u << np) - 1u);
+      __m512i r[16];
+      for (int64_t i = 0; i < 16; ++i) {
+        r[i] = j0 + i < n ? _mm512_maskz_loadu_epi32(lanes, src + (j0 + i) * D + 2 * p0) : _mm512_setzero_si512();
+      }
+      simd::transpose16x16_epi32(r);  // r[q] lane i: pair p0 + q of row j0 + i
+      for (int64_t q = 0; q < np; ++q) _mm512_storeu_si512(dst + (p0 + q) * ldd + j0, r[q]);
+    }
+  }
+}
+
 }  // namespace
 
 MicroKernels microkernels_avx512() {
   return {gemm_avx512,         gemm_at_avx512,   simd::transpose_scaled_avx, softmax_step_avx512, exp_shift_avx512,
-          gemm_bf16_avx512,    pack_bf16_avx512, pair_rows_bf16_avx512};
+          gemm_bf16_avx512,    pack_bf16_avx512, pair_rows_bf16_avx512,       transpose_pairs_bf16_avx512};
 }
 
 }  // namespace sparseops::attention::cpu

@@ -23,12 +23,14 @@
 #include <cstring>
 
 #include "common/amx_tiles.h"
+#include "common/simd_transpose_avx512.h"
 #include "sparse24/linear24_cpu.h"
 
 namespace sparseops::sparse24 {
 namespace {
 
 using namespace sparseops::amx;
+using sparseops::simd::transpose16x16_epi32;
 
 constexpr int64_t kStep = 32;        // K columns per tile step: 16 bf16 pairs, a 64-byte tile row
 constexpr int64_t kTile = 16;        // rows of every tile; C is 16 x 16 fp32
@@ -63,33 +65,6 @@ inline uint32_t row_masks(const uint8_t* m, int64_t cols, uint32_t* masks) {
   // hi < 16: the 16-bit shift keeps each byte's bits within it
   _mm256_store_si256(reinterpret_cast<__m256i*>(masks), _mm256_or_si256(lo, _mm256_slli_epi16(hi, 4)));
   return (_mm256_testn_epi8_mask(lo, lo) & lo_codes) | (_mm256_testn_epi8_mask(hi, hi) & hi_codes);
-}
-
-// 16 x 16 transpose of 32-bit elements (r[i] lane j -> r[j] lane i).
-inline void transpose16x16_epi32(__m512i (&r)[16]) {
-  __m512i t[16];
-  for (int i = 0; i < 8; ++i) {  // within 128-bit lanes: pairs of rows interleaved
-    t[2 * i] = _mm512_unpacklo_epi32(r[2 * i], r[2 * i + 1]);
-    t[2 * i + 1] = _mm512_unpackhi_epi32(r[2 * i], r[2 * i + 1]);
-  }
-  for (int i = 0; i < 4; ++i) {  // 4 x 4 blocks within 128-bit lanes done
-    r[4 * i] = _mm512_unpacklo_epi64(t[4 * i], t[4 * i + 2]);
-    r[4 * i + 1] = _mm512_unpackhi_epi64(t[4 * i], t[4 * i + 2]);
-    r[4 * i + 2] = _mm512_unpacklo_epi64(t[4 * i + 1], t[4 * i + 3]);
-    r[4 * i + 3] = _mm512_unpackhi_epi64(t[4 * i + 1], t[4 * i + 3]);
-  }
-  for (int i = 0; i < 4; ++i) {  // 128-bit blocks: rows 4q+i of groups (0,1) and (2,3)
-    t[i] = _mm512_shuffle_i32x4(r[i], r[4 + i], 0x88);
-    t[4 + i] = _mm512_shuffle_i32x4(r[i], r[4 + i], 0xDD);
-    t[8 + i] = _mm512_shuffle_i32x4(r[8 + i], r[12 + i], 0x88);
-    t[12 + i] = _mm512_shuffle_i32x4(r[8 + i], r[12 + i], 0xDD);
-  }
-  for (int i = 0; i < 4; ++i) {
-    r[i] = _mm512_shuffle_i32x4(t[i], t[8 + i], 0x88);
-    r[8 + i] = _mm512_shuffle_i32x4(t[i], t[8 + i], 0xDD);
-    r[4 + i] = _mm512_shuffle_i32x4(t[4 + i], t[12 + i], 0x88);
-    r[12 + i] = _mm512_shuffle_i32x4(t[4 + i], t[12 + i], 0xDD);
-  }
 }
 
 // ---- tiles (common/amx_tiles.h: tmm0-1 A, tmm2-3 B, tmm4-7 C) ------------------------------------------
