@@ -514,8 +514,9 @@ struct BwdScratch {
   std::vector<float> dk, dv;       // one KV block's accumulators [bk x Dp]
   std::vector<float> qr, gr, dqa;  // q, dO rows and fp32 dq of the item's query rows [.. x Dp]
   // bf16 products on AMX (Backward::amx): one KV block's K^T and V^T as pairs along D [D/2 x ld] and K as
-  // pairs of rows [bk/2 x Dp]; one tile's dS as row pairs [bq x ld/2]
-  std::vector<uint32_t> ktb, vtb, kpr, dsb;
+  // pairs of rows [bk/2 x Dp]; one tile's dS as row pairs [bq x ld/2], P^T or dS^T as pairs along the
+  // query rows [bkP x ldt], q and dO rows as row pairs [bq/2 x Dp]
+  std::vector<uint32_t> ktb, vtb, kpr, dsb, pt, qpr, gpr;
   std::vector<uint8_t> ready;      // fused: per (head, q-block) of the item, its rows are prepared
 };
 
@@ -545,8 +546,8 @@ struct Backward {
   T* dv;
   int64_t Dp, bkP, G;
   bool direct;  // fp32 inputs with D == Dp: rows read in place, dq accumulated in place (fused mode)
-  // bf16 inputs, even D, AMX-BF16: q K^T, dO V^T and dS K as bf16 products on AMX tiles, from q, dO and K
-  // as they are and dS rounded to bf16 (as FlashAttention's backward does); P^T dO and dS^T Q stay fp32.
+  // bf16 inputs, even D, AMX-BF16: all five products in bf16 on AMX tiles, from q, dO, K and V as they are
+  // and P, dS rounded to bf16 (as FlashAttention's backward does).
   bool amx;
 
   // Leading dimension of the K^T / V^T panels and the S / dP tiles: one 16-float group past the width, so
@@ -561,6 +562,9 @@ struct Backward {
       s.vtb.resize(d.D / 2 * tile_ld(bkP));
       s.kpr.resize((d.block_k + 1) / 2 * Dp);
       s.dsb.resize(d.block_q * tile_ld(bkP) / 2);
+      s.pt.resize(bkP * pair_ld());
+      s.qpr.resize((d.block_q + 1) / 2 * Dp);
+      s.gpr.resize((d.block_q + 1) / 2 * Dp);
     } else {
       s.kt.resize(d.D * tile_ld(bkP));
       s.vt.resize(d.D * tile_ld(bkP));
@@ -577,6 +581,9 @@ struct Backward {
     }
     return s;
   }
+
+  // Pairs of query rows of a tile, padded to whole 16-pair tiles (pack_bf16_t's ldd).
+  int64_t pair_ld() const { return round_up_cols((d.block_q + 1) / 2); }
 
   int64_t mask_row_of(int64_t b, int64_t h) const {
     return (d.mask_b == 1 ? 0 : b) * d.mask_h + (d.mask_h == 1 ? 0 : h);
@@ -644,13 +651,28 @@ struct Backward {
       mk.gemm(mq, nP, d.D, Q, Dp, s.kt.data(), ld, S, ld, false);
     if (cls == 1 || n < nP) mask_tile(S, ld, mq, n, nP, cls == 1, rule, j0, [&](int64_t r) { return i0 + r; });
     mk.exp_shift(S, ld, mq, nP, lse + row0, nullptr);
-    if (dv_acc) mk.gemm_at(n, Dp, mq, S, ld, dO, Dp, dv_acc, Dp, true);
+    const int64_t mp = (mq + 1) / 2, ldt = pair_ld();  // amx: pairs of query rows
+    if (amx && (dv_acc || dk_acc)) {  // the B sides of P^T dO and dS^T Q: dO and q rows in pairs
+      mk.pair_rows_bf16(reinterpret_cast<const uint16_t*>(go + row0 * d.D), d.D, mq, d.D, s.gpr.data(), Dp, Dp);
+      mk.pair_rows_bf16(reinterpret_cast<const uint16_t*>(q + row0 * d.D), d.D, mq, d.D, s.qpr.data(), Dp, Dp);
+    }
+    if (dv_acc && amx) {
+      mk.pack_bf16_t(S, ld, mq, n, s.pt.data(), ldt);
+      mk.gemm_bf16(n, Dp, mp, s.pt.data(), ldt, s.gpr.data(), Dp, dv_acc, Dp, true, 1.0f);
+    } else if (dv_acc) {
+      mk.gemm_at(n, Dp, mq, S, ld, dO, Dp, dv_acc, Dp, true);
+    }
     if (amx)
       mk.gemm_bf16(mq, nP, half_d, gpairs, half_d, s.vtb.data(), ld, dP, ld, false, 1.0f);
     else
       mk.gemm(mq, nP, d.D, dO, Dp, s.vt.data(), ld, dP, ld, false);
     ds_tile(S, dP, ld, mq, n, delta + row0, d.scale);
-    if (dk_acc) mk.gemm_at(n, Dp, mq, dP, ld, Q, Dp, dk_acc, Dp, true);
+    if (dk_acc && amx) {
+      mk.pack_bf16_t(dP, ld, mq, n, s.pt.data(), ldt);
+      mk.gemm_bf16(n, Dp, mp, s.pt.data(), ldt, s.qpr.data(), Dp, dk_acc, Dp, true, 1.0f);
+    } else if (dk_acc) {
+      mk.gemm_at(n, Dp, mq, dP, ld, Q, Dp, dk_acc, Dp, true);
+    }
     if (dq_acc && amx) {  // dS past column n is 0 (P and V^T are 0 there), as is K's pair row past n
       mk.pack_bf16(dP, ld, mq, nP, s.dsb.data(), nP / 2);
       mk.gemm_bf16(mq, Dp, (n + 1) / 2, s.dsb.data(), nP / 2, s.kpr.data(), Dp, dq_acc, Dp, true, 1.0f);

@@ -54,6 +54,10 @@ struct MicroKernels {
   // (src[j][2p], src[j][2p+1]) for j < n, p < D / 2, zero for n <= j < ldd (ldd % kColAlign == 0): the
   // second-source panel of q K^T and dO V^T.
   void (*transpose_pairs_bf16)(const uint16_t* src, int64_t n, int64_t D, uint32_t* dst, int64_t ldd);
+  // An fp32 tile transposed into row pairs: dst[c][t] = (bf16(src[2t][c]), bf16(src[2t+1][c])) rounded to
+  // nearest even, for c < cols and t < ldd (a missing row 2t + 1, or any row past `rows`, reads as 0);
+  // ldd % kColAlign == 0. P^T and dS^T as the first source of P^T dO and dS^T Q.
+  void (*pack_bf16_t)(const float* src, int64_t lds, int64_t rows, int64_t cols, uint32_t* dst, int64_t ldd);
 };
 
 MicroKernels microkernels_portable();

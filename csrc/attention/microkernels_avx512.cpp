@@ -246,11 +246,33 @@ void transpose_pairs_bf16_avx512(const uint16_t* src, int64_t n, int64_t D, uint
   }
 }
 
+// 16 column x 16 pair blocks: each row pair converted and interleaved into 32-bit pairs, then transposed.
+void pack_bf16_t_avx512(const float* src, int64_t lds, int64_t rows, int64_t cols, uint32_t* dst, int64_t ldd) {
+  for (int64_t c0 = 0; c0 < cols; c0 += 16) {
+    const int64_t nc = cols - c0 < 16 ? cols - c0 : 16;
+    const __mmask16 lanes = static_cast<__mmask16>((1u << nc) - 1u);
+    for (int64_t t0 = 0; t0 < ldd; t0 += 16) {
+      __m512i r[16];
+      for (int64_t k = 0; k < 16; ++k) {
+        const int64_t r0 = 2 * (t0 + k);
+        const __m512 a = r0 < rows ? _mm512_maskz_loadu_ps(lanes, src + r0 * lds + c0) : _mm512_setzero_ps();
+        const __m512 b = r0 + 1 < rows ? _mm512_maskz_loadu_ps(lanes, src + (r0 + 1) * lds + c0) : _mm512_setzero_ps();
+        const __m512i lo = _mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(a));
+        const __m512i hi = _mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(b));
+        r[k] = _mm512_or_si512(lo, _mm512_slli_epi32(hi, 16));  // lane c: pair t0 + k of column c0 + c
+      }
+      simd::transpose16x16_epi32(r);
+      for (int64_t c = 0; c < nc; ++c) _mm512_storeu_si512(dst + (c0 + c) * ldd + t0, r[c]);
+    }
+  }
+}
+
 }  // namespace
 
 MicroKernels microkernels_avx512() {
   return {gemm_avx512,         gemm_at_avx512,   simd::transpose_scaled_avx, softmax_step_avx512, exp_shift_avx512,
-          gemm_bf16_avx512,    pack_bf16_avx512, pair_rows_bf16_avx512,       transpose_pairs_bf16_avx512};
+          gemm_bf16_avx512,    pack_bf16_avx512, pair_rows_bf16_avx512,       transpose_pairs_bf16_avx512,
+          pack_bf16_t_avx512};
 }
 
 }  // namespace sparseops::attention::cpu
