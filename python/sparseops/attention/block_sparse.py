@@ -69,6 +69,11 @@ def block_sparse_attention(
     device-to-host copy and sync per call). CUDA kernels: tensor cores (mma.sync) on sm80+ for
     fp16/bf16 with D a multiple of 8 (backward: D <= 128) and 16-byte aligned data; CUDA cores otherwise
     (fp32 included).
+
+    CPU precision: fp32 accumulation everywhere. bf16 inputs on AVX-512 BF16 CPUs multiply in bf16 pairs
+    (q K^T and P V, with P rounded to bf16); on CPUs with AMX-BF16 those products run on AMX tiles, and so
+    do the backward's five (P and dS rounded to bf16, as FlashAttention's backward does);
+    ``SPARSEOPS_CPU_AMX=0`` keeps them on AVX-512. Other dtypes and CPUs compute in fp32.
     """
     fn = "block_sparse_attention"
     for name, t in (("q", q), ("k", k), ("v", v)):
