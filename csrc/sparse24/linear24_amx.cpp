@@ -12,7 +12,7 @@
 // A code whose first index is not below its second maps to an empty mask: one vector test per row chunk
 // is the meta check that the other kernels do.
 // Pruned positions are multiplied by an explicit zero: the caller restores structural inf/NaN rows.
-// Measured bound at M <= 16: the memory access of its 32 interleaved row streams (~15 GB/s a core with
+// Measured bound at M <= 16: the memory access of its 16 interleaved row streams (~15-17 GB/s a core with
 // the products and expansions left out), not the tile products.
 //
 // No torch headers here (see linear24_cpu.h).
