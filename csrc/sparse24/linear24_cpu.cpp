@@ -78,8 +78,8 @@ int64_t gemv_max_m(at::ScalarType dtype) {
   constexpr int64_t kEvery = std::numeric_limits<int64_t>::max();
   if (cpu_use_avx2()) return dtype == at::kFloat ? 64 : kEvery;
   if (!cpu_use_avx512()) return 4;
-  if (dtype == at::kBFloat16) return cpu_use_amx_bf16() ? 512 : 96;
-  return kEvery;
+  if (dtype == at::kBFloat16) return cpu_use_amx_bf16() ? 192 : 96;
+  return dtype == at::kFloat && cpu_is_intel() ? 96 : kEvery;
 }
 
 void apply_activation_(at::Tensor& t, Act act) {
