@@ -7,12 +7,12 @@
 // thresholds as the register-tiled scan does; offers go through the same offer(). The tile product's
 // fp32 accumulation may round differently from VDPBF16PS (Intel documents it without a rounding mode for
 // the intermediate sums), so lookup_cpu.cpp widens the margin to the tensor-core bound (unit 2^-23).
-// No torch headers (see lookup_cpu_kernels.h).
+// No torch headers and no standard containers (see lookup_cpu_kernels.h: nothing inline that the linker
+// could share with files built without these flags).
 #include <immintrin.h>
 
 #include <cstdint>
 #include <cstring>
-#include <vector>
 
 #include "codebook/lookup_cpu_kernels.h"
 #include "common/amx_tiles.h"
@@ -31,15 +31,9 @@ constexpr int64_t kPairs = kTileBytes / 4;  // pairs per tile row; also fp32 col
 void scan_amx_bf16(const uint16_t* zs, int64_t rows, int64_t steps, const uint16_t* panel, const float* cn,
                    int64_t ntiles, int32_t k0, RowCands* rc, Spill* spill) {
   static_assert(kNrAvx512 == 2 * kPairs, "a panel tile is two C tiles wide");
-  // The rows as 32-row blocks of pairs padded with zeros to whole tiles (rows and pairs), so every tile
-  // load stays inside this buffer.
-  const int64_t chunks = (steps + kPairs - 1) / kPairs, ldz = chunks * kPairs, rows32 = (rows + 31) / 32 * 32;
-  thread_local std::vector<uint32_t> zbuf;
-  zbuf.assign(static_cast<size_t>(rows32 * ldz), 0u);
-  for (int64_t i = 0; i < rows; ++i) std::memcpy(zbuf.data() + i * ldz, zs + i * steps * 2, sizeof(uint32_t) * steps);
-  thread_local std::vector<float> thr;
-  thr.resize(static_cast<size_t>(rows));
-  for (int64_t i = 0; i < rows; ++i) thr[i] = rc[i].thr;
+  const int64_t chunks = (steps + kPairs - 1) / kPairs;
+  const uint32_t* z = reinterpret_cast<const uint32_t*>(zs);  // [rows][steps] pairs
+  alignas(64) uint32_t apad[2][kTileRows * kPairs];
   alignas(64) uint32_t bpad[2][kTileRows * kPairs];
   alignas(64) float cbuf[4][kTileRows * kPairs];
   configure_tiles();
@@ -50,8 +44,21 @@ void scan_amx_bf16(const uint16_t* zs, int64_t rows, int64_t steps, const uint16
       for (int c = 4; c < 8; ++c) zero_acc(c);
       for (int64_t ch = 0; ch < chunks; ++ch) {
         const int64_t pairs = steps - ch * kPairs < kPairs ? steps - ch * kPairs : kPairs;
-        load_source(0, zbuf.data() + i0 * ldz + ch * kPairs, ldz * 4);
-        load_source(1, zbuf.data() + (i0 + 16) * ldz + ch * kPairs, ldz * 4);
+        for (int a = 0; a < 2; ++a) {  // rows i0 + 16a .. + 15; past `rows` or `steps`: zeros (padded copy)
+          const int64_t r0 = i0 + 16 * a, nrows = rows - r0 < 0 ? 0 : (rows - r0 < 16 ? rows - r0 : 16);
+          const uint32_t* src = z + r0 * steps + ch * kPairs;
+          if (nrows == kTileRows && pairs == kPairs) {
+            load_source(a, src, steps * 4);
+            continue;
+          }
+          const __mmask16 lanes = static_cast<__mmask16>((1u << pairs) - 1);
+          for (int64_t r = 0; r < kTileRows; ++r) {
+            const __m512i v = r < nrows ? _mm512_maskz_loadu_epi32(lanes, src + r * steps) : _mm512_setzero_si512();
+            _mm512_store_si512(apad[a] + r * kPairs, v);
+          }
+          memory_barrier();
+          load_source(a, apad[a], kTileBytes);
+        }
         for (int h = 0; h < 2; ++h) {
           const uint16_t* b = p + (ch * kPairs * kNrAvx512 + h * kPairs) * 2;
           if (pairs == kPairs) {
@@ -78,7 +85,7 @@ void scan_amx_bf16(const uint16_t* zs, int64_t rows, int64_t steps, const uint16
         const int blk = m < 16 ? 0 : 2, r = static_cast<int>(m % 16);
         const __m512 e0 = _mm512_add_ps(_mm512_load_ps(cbuf[blk] + r * kPairs), cn0);
         const __m512 e1 = _mm512_add_ps(_mm512_load_ps(cbuf[blk + 1] + r * kPairs), cn1);
-        const __m512 th = _mm512_set1_ps(thr[i0 + m]);
+        const __m512 th = _mm512_set1_ps(rc[i0 + m].thr);
         uint32_t hit = static_cast<uint32_t>(_mm512_cmp_ps_mask(e0, th, _CMP_LT_OQ)) |
                        static_cast<uint32_t>(_mm512_cmp_ps_mask(e1, th, _CMP_LT_OQ)) << 16;
         if (__builtin_expect(hit == 0, 1)) continue;
@@ -91,7 +98,6 @@ void scan_amx_bf16(const uint16_t* zs, int64_t rows, int64_t steps, const uint16
           hit &= hit - 1;
           offer(row, e[lane], k0 + static_cast<int32_t>(t * kNrAvx512 + lane), static_cast<int32_t>(i0 + m), spill);
         }
-        thr[i0 + m] = row.thr;
       }
     }
   }
