@@ -98,7 +98,7 @@ def test_isa_variants_agree(tmp_path, isa):
 
 def test_log_domain_iteration_agrees_with_stabilised_scaling(tmp_path):
     """SPARSEOPS_OT_SCALING=0 keeps the balanced dense solver in the log-domain (fused) iteration; by
-    default it switches to stabilised scaling after one iteration. Same iterates up to rounding."""
+    default it runs stabilised scaling from the first iteration. Same iterates up to rounding."""
     here = sparseops.build_info()["cpu_isa"]
     out = tmp_path / "log_domain.pt"
     code = _CHILD.format(tests=str(Path(__file__).parent), out=str(out), isa=here)

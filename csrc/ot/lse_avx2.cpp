@@ -69,20 +69,29 @@ struct F64 {
 };
 
 template <typename S>
+typename S::T row_max(const typename S::T* c, const typename S::T* h, typename S::T inv_eps, int64_t len) {
+  using V = typename S::V;
+  const V vi = S::set1(inv_eps);
+  V vmax = S::set1(-std::numeric_limits<typename S::T>::infinity());
+  int64_t j = 0;
+  for (; j + S::kW <= len; j += S::kW) vmax = S::max(vmax, S::fnmadd(S::load(c + j), vi, S::load(h + j)));
+  typename S::T mx = S::reduce_max(vmax);
+  for (; j < len; ++j) mx = std::max(mx, h[j] - c[j] * inv_eps);
+  return mx;
+}
+
+template <typename S>
 typename S::T row_lse(const typename S::T* c, const typename S::T* h, typename S::T inv_eps, int64_t len) {
   using T = typename S::T;
   using V = typename S::V;
   const T ninf = -std::numeric_limits<T>::infinity();
   const V vi = S::set1(inv_eps);
-  V vmax = S::set1(ninf);
-  int64_t j = 0;
-  for (; j + S::kW <= len; j += S::kW) vmax = S::max(vmax, S::fnmadd(S::load(c + j), vi, S::load(h + j)));
-  T mx = S::reduce_max(vmax);
-  for (int64_t t = j; t < len; ++t) mx = std::max(mx, h[t] - c[t] * inv_eps);
+  const T mx = row_max<S>(c, h, inv_eps, len);
   if (mx == ninf) return ninf;
   const V vm = S::set1(mx), thr = S::set1(mx - S::kSkip);
   V acc = S::set1(T(0));
-  for (j = 0; j + S::kW <= len; j += S::kW) {
+  int64_t j = 0;
+  for (; j + S::kW <= len; j += S::kW) {
     const V x = S::fnmadd(S::load(c + j), vi, S::load(h + j));
     if (!S::any_gt(x, thr)) continue;  // every term < exp(-kSkip) of the largest: below rounding
     acc = S::add(acc, S::exp(S::sub(x, vm)));
@@ -99,16 +108,13 @@ typename S::T row_exp(const typename S::T* c, const typename S::T* h, typename S
   using V = typename S::V;
   const T ninf = -std::numeric_limits<T>::infinity();
   const V vi = S::set1(inv_eps);
-  V vmax = S::set1(ninf);
-  int64_t j = 0;
-  for (; j + S::kW <= len; j += S::kW) vmax = S::max(vmax, S::fnmadd(S::load(c + j), vi, S::load(h + j)));
-  T mx = S::reduce_max(vmax);
-  for (int64_t t = j; t < len; ++t) mx = std::max(mx, h[t] - c[t] * inv_eps);
+  const T mx = row_max<S>(c, h, inv_eps, len);
   *mx_out = mx;
   const T m0 = mx == ninf ? T(0) : mx;
   const V vm = S::set1(m0), thr = S::set1(mx - S::kSkip), zero = S::set1(T(0));
   V acc = zero;
-  for (j = 0; j + S::kW <= len; j += S::kW) {
+  int64_t j = 0;
+  for (; j + S::kW <= len; j += S::kW) {
     const V x = S::fnmadd(S::load(c + j), vi, S::load(h + j));
     if (!S::any_gt(x, thr)) {
       S::store(e + j, zero);
@@ -132,6 +138,35 @@ void axpy(const typename S::T* e, typename S::T alpha, typename S::T* acc, int64
   int64_t j = 0;
   for (; j + S::kW <= len; j += S::kW) S::store(acc + j, S::fmadd(va, S::load(e + j), S::load(acc + j)));
   for (; j < len; ++j) acc[j] += alpha * e[j];
+}
+
+// Four accumulators per column chunk stay in registers over all the rows: each row costs its loads (from
+// L2) and FMAs, acc is read and written once.
+template <typename S>
+void axpy_rows(const typename S::T* const* rows, const typename S::T* coef, int64_t count, typename S::T* acc,
+               int64_t len) {
+  using V = typename S::V;
+  int64_t j = 0;
+  for (; j + 4 * S::kW <= len; j += 4 * S::kW) {
+    V a0 = S::load(acc + j), a1 = S::load(acc + j + S::kW), a2 = S::load(acc + j + 2 * S::kW), a3 = S::load(acc + j + 3 * S::kW);
+    for (int64_t r = 0; r < count; ++r) {
+      const typename S::T* p = rows[r] + j;
+      const V c = S::set1(coef[r]);
+      a0 = S::fmadd(c, S::load(p), a0);
+      a1 = S::fmadd(c, S::load(p + S::kW), a1);
+      a2 = S::fmadd(c, S::load(p + 2 * S::kW), a2);
+      a3 = S::fmadd(c, S::load(p + 3 * S::kW), a3);
+    }
+    S::store(acc + j, a0);
+    S::store(acc + j + S::kW, a1);
+    S::store(acc + j + 2 * S::kW, a2);
+    S::store(acc + j + 3 * S::kW, a3);
+  }
+  for (; j < len; ++j) {
+    typename S::T sum = acc[j];
+    for (int64_t r = 0; r < count; ++r) sum += coef[r] * rows[r][j];
+    acc[j] = sum;
+  }
 }
 
 template <typename S>
@@ -213,8 +248,20 @@ float row_exp_avx2(const float* c, const float* h, float inv_eps, float* mx, flo
 double row_exp_avx2(const double* c, const double* h, double inv_eps, double* mx, double* e, int64_t len) {
   return row_exp<F64>(c, h, inv_eps, mx, e, len);
 }
+float row_max_avx2(const float* c, const float* h, float inv_eps, int64_t len) {
+  return row_max<F32>(c, h, inv_eps, len);
+}
+double row_max_avx2(const double* c, const double* h, double inv_eps, int64_t len) {
+  return row_max<F64>(c, h, inv_eps, len);
+}
 void axpy_avx2(const float* e, float alpha, float* acc, int64_t len) { axpy<F32>(e, alpha, acc, len); }
 void axpy_avx2(const double* e, double alpha, double* acc, int64_t len) { axpy<F64>(e, alpha, acc, len); }
+void axpy_rows_avx2(const float* const* rows, const float* coef, int64_t count, float* acc, int64_t len) {
+  axpy_rows<F32>(rows, coef, count, acc, len);
+}
+void axpy_rows_avx2(const double* const* rows, const double* coef, int64_t count, double* acc, int64_t len) {
+  axpy_rows<F64>(rows, coef, count, acc, len);
+}
 float dot_avx2(const float* x, const float* y, int64_t len) { return dot<F32>(x, y, len); }
 double dot_avx2(const double* x, const double* y, int64_t len) { return dot<F64>(x, y, len); }
 void col_accum_avx2(const float* c, float hi, float inv_eps, const float* shift, float* s, float* mx, int64_t len) {

@@ -69,18 +69,24 @@ struct F64 {
 };
 
 template <typename S>
+typename S::T row_max(const typename S::T* c, const typename S::T* h, typename S::T inv_eps, int64_t len) {
+  using V = typename S::V;
+  const V vi = S::set1(inv_eps);
+  V vmax = S::set1(-std::numeric_limits<typename S::T>::infinity());
+  for (int64_t j = 0; j < len; j += S::kW) {
+    const auto k = S::tail(len - j);
+    vmax = S::mask_max(vmax, k, vmax, S::fnmadd(S::load(k, c + j), vi, S::load(k, h + j)));
+  }
+  return S::reduce_max(vmax);
+}
+
+template <typename S>
 typename S::T row_lse(const typename S::T* c, const typename S::T* h, typename S::T inv_eps, int64_t len) {
   using T = typename S::T;
   using V = typename S::V;
   const T ninf = -std::numeric_limits<T>::infinity();
   const V vi = S::set1(inv_eps);
-  V vmax = S::set1(ninf);
-  for (int64_t j = 0; j < len; j += S::kW) {
-    const auto k = S::tail(len - j);
-    const V x = S::fnmadd(S::load(k, c + j), vi, S::load(k, h + j));
-    vmax = S::mask_max(vmax, k, vmax, x);
-  }
-  const T mx = S::reduce_max(vmax);
+  const T mx = row_max<S>(c, h, inv_eps, len);
   if (mx == ninf) return ninf;
   const V vm = S::set1(mx), thr = S::set1(mx - S::kSkip);
   V acc = S::set1(T(0));
@@ -100,12 +106,7 @@ typename S::T row_exp(const typename S::T* c, const typename S::T* h, typename S
   using V = typename S::V;
   const T ninf = -std::numeric_limits<T>::infinity();
   const V vi = S::set1(inv_eps);
-  V vmax = S::set1(ninf);
-  for (int64_t j = 0; j < len; j += S::kW) {
-    const auto k = S::tail(len - j);
-    vmax = S::mask_max(vmax, k, vmax, S::fnmadd(S::load(k, c + j), vi, S::load(k, h + j)));
-  }
-  const T mx = S::reduce_max(vmax);
+  const T mx = row_max<S>(c, h, inv_eps, len);
   *mx_out = mx;
   const V vm = S::set1(mx == ninf ? T(0) : mx), thr = S::set1(mx - S::kSkip), zero = S::set1(T(0));
   V acc = zero;
@@ -129,6 +130,38 @@ void axpy(const typename S::T* e, typename S::T alpha, typename S::T* acc, int64
   for (int64_t j = 0; j < len; j += S::kW) {
     const auto k = S::tail(len - j);
     S::store(k, acc + j, S::fmadd(va, S::load(k, e + j), S::load(k, acc + j)));
+  }
+}
+
+// Four accumulators per column chunk stay in registers over all the rows: each row costs its loads (from
+// L2) and FMAs, acc is read and written once.
+template <typename S>
+void axpy_rows(const typename S::T* const* rows, const typename S::T* coef, int64_t count, typename S::T* acc,
+               int64_t len) {
+  using V = typename S::V;
+  const auto full = S::tail(S::kW);
+  int64_t j = 0;
+  for (; j + 4 * S::kW <= len; j += 4 * S::kW) {
+    V a0 = S::load(full, acc + j), a1 = S::load(full, acc + j + S::kW);
+    V a2 = S::load(full, acc + j + 2 * S::kW), a3 = S::load(full, acc + j + 3 * S::kW);
+    for (int64_t r = 0; r < count; ++r) {
+      const typename S::T* p = rows[r] + j;
+      const V c = S::set1(coef[r]);
+      a0 = S::fmadd(c, S::load(full, p), a0);
+      a1 = S::fmadd(c, S::load(full, p + S::kW), a1);
+      a2 = S::fmadd(c, S::load(full, p + 2 * S::kW), a2);
+      a3 = S::fmadd(c, S::load(full, p + 3 * S::kW), a3);
+    }
+    S::store(full, acc + j, a0);
+    S::store(full, acc + j + S::kW, a1);
+    S::store(full, acc + j + 2 * S::kW, a2);
+    S::store(full, acc + j + 3 * S::kW, a3);
+  }
+  for (; j < len; j += S::kW) {
+    const auto k = S::tail(len - j);
+    V a0 = S::load(k, acc + j);
+    for (int64_t r = 0; r < count; ++r) a0 = S::fmadd(S::set1(coef[r]), S::load(k, rows[r] + j), a0);
+    S::store(k, acc + j, a0);
   }
 }
 
@@ -201,8 +234,20 @@ float row_exp_avx512(const float* c, const float* h, float inv_eps, float* mx, f
 double row_exp_avx512(const double* c, const double* h, double inv_eps, double* mx, double* e, int64_t len) {
   return row_exp<F64>(c, h, inv_eps, mx, e, len);
 }
+float row_max_avx512(const float* c, const float* h, float inv_eps, int64_t len) {
+  return row_max<F32>(c, h, inv_eps, len);
+}
+double row_max_avx512(const double* c, const double* h, double inv_eps, int64_t len) {
+  return row_max<F64>(c, h, inv_eps, len);
+}
 void axpy_avx512(const float* e, float alpha, float* acc, int64_t len) { axpy<F32>(e, alpha, acc, len); }
 void axpy_avx512(const double* e, double alpha, double* acc, int64_t len) { axpy<F64>(e, alpha, acc, len); }
+void axpy_rows_avx512(const float* const* rows, const float* coef, int64_t count, float* acc, int64_t len) {
+  axpy_rows<F32>(rows, coef, count, acc, len);
+}
+void axpy_rows_avx512(const double* const* rows, const double* coef, int64_t count, double* acc, int64_t len) {
+  axpy_rows<F64>(rows, coef, count, acc, len);
+}
 float dot_avx512(const float* x, const float* y, int64_t len) { return dot<F32>(x, y, len); }
 double dot_avx512(const double* x, const double* y, int64_t len) { return dot<F64>(x, y, len); }
 void col_accum_avx512(const float* c, float hi, float inv_eps, const float* shift, float* s, float* mx, int64_t len) {

@@ -13,6 +13,13 @@
 
 namespace sparseops::ot::cpu {
 
+// max_j x_j (-inf when every x_j is -inf): the first build of the stabilised-scaling kernel scales each
+// row by its largest term.
+float row_max_avx512(const float* c, const float* h, float inv_eps, int64_t len);
+double row_max_avx512(const double* c, const double* h, double inv_eps, int64_t len);
+float row_max_avx2(const float* c, const float* h, float inv_eps, int64_t len);
+double row_max_avx2(const double* c, const double* h, double inv_eps, int64_t len);
+
 // Row pass: max_j x_j, then sum_j exp(x_j - max) (the row is read twice, the second time from cache).
 // Returns log(sum) + max, -inf when every x_j is -inf.
 float row_lse_avx512(const float* c, const float* h, float inv_eps, int64_t len);
@@ -31,6 +38,13 @@ void axpy_avx512(const float* e, float alpha, float* acc, int64_t len);
 void axpy_avx512(const double* e, double alpha, double* acc, int64_t len);
 void axpy_avx2(const float* e, float alpha, float* acc, int64_t len);
 void axpy_avx2(const double* e, double alpha, double* acc, int64_t len);
+
+// acc[j] += sum_r coef[r] * rows[r][j], r < count (the stabilised-scaling iteration's column
+// contributions of a block of rows, read from L2 after their row products: see scaling_phase).
+void axpy_rows_avx512(const float* const* rows, const float* coef, int64_t count, float* acc, int64_t len);
+void axpy_rows_avx512(const double* const* rows, const double* coef, int64_t count, double* acc, int64_t len);
+void axpy_rows_avx2(const float* const* rows, const float* coef, int64_t count, float* acc, int64_t len);
+void axpy_rows_avx2(const double* const* rows, const double* coef, int64_t count, double* acc, int64_t len);
 
 // sum_j x[j] * y[j] (the stabilised-scaling iteration's row product).
 float dot_avx512(const float* x, const float* y, int64_t len);

@@ -9,11 +9,13 @@ namespace sparseops::ot {
 template <typename T>
 struct LseKernels {
   T (*row_lse)(const T* c, const T* h, T inv_eps, int64_t len);
+  T (*row_max)(const T* c, const T* h, T inv_eps, int64_t len);
   void (*col_accum)(const T* c, T hi, T inv_eps, const T* shift, T* s, T* mx, int64_t len);
   void (*plan_row)(const T* c, T hi, const T* h, T inv_eps, T* out, int64_t len);
   T (*dual_row)(const T* c, T hi, const T* h, T inv_eps, const T* wr, T wi, T* colsum, int64_t len);
   T (*row_exp)(const T* c, const T* h, T inv_eps, T* mx, T* e, int64_t len);
   void (*axpy)(const T* e, T alpha, T* acc, int64_t len);
+  void (*axpy_rows)(const T* const* rows, const T* coef, int64_t count, T* acc, int64_t len);
   T (*dot)(const T* x, const T* y, int64_t len);
   // Relative size of the largest term a row_exp may drop (a skipped vector, or an exp that underflows):
   // exp(-30) float / exp(-60) double for the SIMD variants, 0 (only underflow) for the portable one.

@@ -116,9 +116,10 @@ def sinkhorn(
 
     Extra memory: ~4 (n + m) scalars per batch entry solved at once; balanced problems with an
     n x m C of at most 64 MiB per batch entry also hold one n x m kernel ``exp((f_i + g_j - C_ij)/eps)``
-    per entry being solved (threads entries at once when the batch is at least the thread count): after the
+    per entry being solved (threads entries at once when the batch is at least the thread count): from the
     first iteration they run stabilised scaling (Schmitzer 2019: the current potentials absorbed into
-    that kernel, plain scaling on it with no exp per iteration, re-absorbed when the scalings leave
+    that kernel, each row scaled by its largest term at the first build, plain scaling on it with no exp
+    per iteration, re-absorbed when the scalings leave
     [e^-100, e^100] (float32: e^-15, e^15), back to log-domain iterations if a sum underflows). Larger C,
     unbalanced ``rho`` and ``SPARSEOPS_OT_SCALING=0`` keep the log-domain iteration (no n x m buffer).
     ``plan()`` materialises P on demand. The marginals and costs are checked once per call (NaN, -inf, negative
