@@ -148,7 +148,8 @@ void axpy_rows(const typename S::T* const* rows, const typename S::T* coef, int6
   using V = typename S::V;
   int64_t j = 0;
   for (; j + 4 * S::kW <= len; j += 4 * S::kW) {
-    V a0 = S::load(acc + j), a1 = S::load(acc + j + S::kW), a2 = S::load(acc + j + 2 * S::kW), a3 = S::load(acc + j + 3 * S::kW);
+    V a0 = S::load(acc + j), a1 = S::load(acc + j + S::kW);
+    V a2 = S::load(acc + j + 2 * S::kW), a3 = S::load(acc + j + 3 * S::kW);
     for (int64_t r = 0; r < count; ++r) {
       const typename S::T* p = rows[r] + j;
       const V c = S::set1(coef[r]);

@@ -128,8 +128,9 @@ T dual_row_portable(const T* c, T hi, const T* h, T inv_eps, const T* wr, T wi, 
 
 template <typename T>
 LseKernels<T> lse_kernels() {
-  LseKernels<T> k{&row_lse_portable<T>, &row_max_portable<T>, &col_accum_portable<T>, &plan_row_portable<T>, &dual_row_portable<T>,
-                  &row_exp_portable<T>, &axpy_portable<T>, &axpy_rows_portable<T>, &dot_portable<T>, T(0)};
+  LseKernels<T> k{&row_lse_portable<T>,  &row_max_portable<T>, &col_accum_portable<T>,
+                  &plan_row_portable<T>, &dual_row_portable<T>, &row_exp_portable<T>,
+                  &axpy_portable<T>,     &axpy_rows_portable<T>, &dot_portable<T>, T(0)};
 #if SPARSEOPS_X86_KERNELS
   using RowFn = T (*)(const T*, const T*, T, int64_t);
   using ColFn = void (*)(const T*, T, T, const T*, T*, T*, int64_t);
@@ -141,15 +142,17 @@ LseKernels<T> lse_kernels() {
   using DotFn = T (*)(const T*, const T*, int64_t);
   const T dropped = std::is_same_v<T, float> ? T(9.4e-14) : T(8.8e-27);  // exp(-30), exp(-60): the skip rule
   if (cpu_use_avx512()) {
-    k = {static_cast<RowFn>(&cpu::row_lse_avx512), static_cast<RowFn>(&cpu::row_max_avx512), static_cast<ColFn>(&cpu::col_accum_avx512),
-         static_cast<PlanFn>(&cpu::plan_row_avx512), static_cast<DualFn>(&cpu::dual_row_avx512),
-         static_cast<ExpFn>(&cpu::row_exp_avx512), static_cast<AxpyFn>(&cpu::axpy_avx512),
-         static_cast<AxpyRowsFn>(&cpu::axpy_rows_avx512), static_cast<DotFn>(&cpu::dot_avx512), dropped};
+    k = {static_cast<RowFn>(&cpu::row_lse_avx512), static_cast<RowFn>(&cpu::row_max_avx512),
+         static_cast<ColFn>(&cpu::col_accum_avx512), static_cast<PlanFn>(&cpu::plan_row_avx512),
+         static_cast<DualFn>(&cpu::dual_row_avx512), static_cast<ExpFn>(&cpu::row_exp_avx512),
+         static_cast<AxpyFn>(&cpu::axpy_avx512), static_cast<AxpyRowsFn>(&cpu::axpy_rows_avx512),
+         static_cast<DotFn>(&cpu::dot_avx512), dropped};
   } else if (cpu_use_avx2()) {
-    k = {static_cast<RowFn>(&cpu::row_lse_avx2), static_cast<RowFn>(&cpu::row_max_avx2), static_cast<ColFn>(&cpu::col_accum_avx2),
-         static_cast<PlanFn>(&cpu::plan_row_avx2), static_cast<DualFn>(&cpu::dual_row_avx2),
-         static_cast<ExpFn>(&cpu::row_exp_avx2), static_cast<AxpyFn>(&cpu::axpy_avx2),
-         static_cast<AxpyRowsFn>(&cpu::axpy_rows_avx2), static_cast<DotFn>(&cpu::dot_avx2), dropped};
+    k = {static_cast<RowFn>(&cpu::row_lse_avx2), static_cast<RowFn>(&cpu::row_max_avx2),
+         static_cast<ColFn>(&cpu::col_accum_avx2), static_cast<PlanFn>(&cpu::plan_row_avx2),
+         static_cast<DualFn>(&cpu::dual_row_avx2), static_cast<ExpFn>(&cpu::row_exp_avx2),
+         static_cast<AxpyFn>(&cpu::axpy_avx2), static_cast<AxpyRowsFn>(&cpu::axpy_rows_avx2),
+         static_cast<DotFn>(&cpu::dot_avx2), dropped};
   }
 #endif
   return k;
@@ -239,13 +242,14 @@ void fill_zero_mass_columns(const T* C, const T* hf, int64_t n, int64_t m, T inv
 // (u = u0 + log s, v = v0 + log t: the same iterates up to rounding). One read of Kt per iteration and
 // no exp: POT's plain Sinkhorn's work, stable at any eps. Rows go in blocks of ~kScalingBlockBytes: their
 // row products (streaming from memory), then their column contributions with the column sums held in
-// registers (axpy_rows, the block from L2). Row by row (the row's contributions right after its product),
-// the row + column sums + column scalings (3 m scalars) outgrew L1 and every entry cost a load and a
-// store of a column sum: fp64, one Zen 4 core, per iteration n = m = 300 32 -> 20 us, n = m = 2000 3.1 ->
-// 2.4-2.7 ms (the row products alone, streaming Kt from DRAM: ~1.8 ms). When s or t leave [1/B, B] they are absorbed again (u0 += log s, v0 += log t,
-// Kt rebuilt), so what Kt loses to underflow (terms below ~e^-700 / e^-87) stays below rounding
-// relative to the sums. A row or column sum that is 0 or not finite (early iterations at small eps,
-// potentials still far off) hands back to the log-domain loop with the last consistent potentials.
+// registers (axpy_rows, the block from L2). Row by row (the row's contributions right after its
+// product), the row + column sums + column scalings (3 m scalars) outgrew L1 and every entry cost a load
+// and a store of a column sum: fp64, one Zen 4 core, per iteration n = m = 300 32 -> 20 us, n = m = 2000
+// 3.1 -> 2.4-2.7 ms (the row products alone, streaming Kt from DRAM: ~1.8 ms).
+// When s or t leave [1/B, B] they are absorbed again (u0 += log s, v0 += log t, Kt rebuilt), so what
+// Kt loses to underflow (terms below ~e^-700 / e^-87) stays below rounding relative to the sums. A row
+// or column sum that is 0 or not finite (early iterations at small eps, potentials still far off) hands
+// back to the log-domain loop with the last consistent potentials.
 // The phase can start the solve (seed_rows): the first build takes u0_i = -max_j (v0_j - C_ij/eps), so
 // each row's largest entry is 1, and its first iteration is the log-domain one (s_i = 1 / d_i is the row
 // log-sum-exp) without a log-domain iteration first (its row pass's exps and fused column sums): fp64,
