@@ -187,7 +187,7 @@ def sinkhorn_per_iteration_cases(device: str, quick: bool):
         yield _iter_case(300, 1e-2, torch.float64, device, 20)
         return
     # 10 iterations at n = 2000 (not 3): a call's fixed cost (input checks, the scaling kernel's build:
-    # ~5 iterations' worth for us, little for POT) would otherwise be most of what "per iteration" times.
+    # ~5 iterations' worth for us) would otherwise be most of what "per iteration" times.
     for n, iters in ((300, 20), (2000, 10)):
         for eps in (1e-1, 1e-2, 1e-3):
             yield _iter_case(n, eps, torch.float64, device, iters)
