@@ -46,27 +46,35 @@ def _warm_start(a, b, C, eps, warmup_iters, tol, sinkhorn_budget):
     """Stage 1: warmup_iters Sinkhorn iterations (tol applies: an easy problem may finish here), then,
     if their observed linear rate predicts tol within sinkhorn_budget more iterations (large eps, where
     Sinkhorn converges fast and a Newton step, ~4 passes over C plus CG, costs tens of iterations), the
-    Sinkhorn solve continued to tol. Returns (f, g)."""
+    Sinkhorn solve continued to tol. Returns (f, g, done): done = (dual objective, marginal error) as
+    Sinkhorn reported them when it reached tol (its g is computed from f, so the column marginals are
+    exact and its row error is the whole error), else None."""
     w = max(1, warmup_iters)
     every = max(1, w // 4)
-    f, g, _, it, hist = _ops.sinkhorn_log(a, b, C, eps, w, tol, every)
+    f, g, cost, _, hist = _ops.sinkhorn_log(a, b, C, eps, w, tol, every)
     errs = [float(e) for e in hist[0] if float(e) >= 0]
-    if len(errs) < 2 or errs[-1] <= tol or sinkhorn_budget <= 0:
-        return f, g
+    if errs and errs[-1] <= tol:
+        return f, g, (float(cost[0]), errs[-1])
+    if len(errs) < 2 or sinkhorn_budget <= 0:
+        return f, g, None
     rate = (errs[-1] / errs[0]) ** (1.0 / (every * (len(errs) - 1))) if errs[0] > 0 else 1.0
     if not (0 < rate < 1):
-        return f, g
+        return f, g, None
     needed = math.log(tol / errs[-1]) / math.log(rate)
     if needed > sinkhorn_budget:
-        return f, g
+        return f, g, None
     budget = int(sinkhorn_budget)
-    f2, g2, _, _, _ = _ops.sinkhorn_log(a, b, C, eps, budget, tol, 10, None, g)
-    return f2, g2
+    f2, g2, cost2, _, hist2 = _ops.sinkhorn_log(a, b, C, eps, budget, tol, 10, None, g)
+    errs2 = [float(e) for e in hist2[0] if float(e) >= 0]
+    return f2, g2, ((float(cost2[0]), errs2[-1]) if errs2 and errs2[-1] <= tol else None)
 
 
 def _solve_one(a, b, C, eps, warmup_iters, max_newton, k, tol, cg_max_iter, sinkhorn_budget):
     m = b.shape[1]
-    f, g = _warm_start(a, b, C, eps, warmup_iters, tol, sinkhorn_budget)
+    f, g, done = _warm_start(a, b, C, eps, warmup_iters, tol, sinkhorn_budget)
+    if done is not None:  # Sinkhorn reached tol: no Newton step, and no extra pass over C for the state
+        obj, err = done
+        return f, g, obj, 0, err, [err]
     b = b * (a.sum() / b.sum())  # the warm start checked the masses; absorb a round-off mismatch as it does
     mass_ab = float(a.sum() * b.sum())
     obj, err, r, c = _dual_state(a, b, C, f, g, eps, mass_ab)
