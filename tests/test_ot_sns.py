@@ -36,6 +36,34 @@ def test_sparse_plan_matches_topk(device, dtype, n, m, k):
     torch.testing.assert_close(idx.cpu().gather(2, order), ref_idx)  # random data: no ties
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("k", [1, 5, 40, 97])
+def test_sparse_plan_ties_forbidden_pairs_and_wide_rows_cpu(dtype, k):
+    """The CPU rule, row by row: the k best (log-value descending, then column ascending), returned in
+    column order. Integer costs make many ties; +inf costs (forbidden pairs) rank last; one huge cost
+    per row stretches the row's spread, so most entries share a histogram bucket."""
+    gen = torch.Generator().manual_seed(3)
+    n, m, eps = 13, 97, 0.5
+    C = torch.randint(0, 6, (1, n, m), generator=gen).to(torch.float64)
+    C[0, :, ::7] = float("inf")
+    C[0, 1:, 3] = 1e6
+    C[0, 0] = float("inf")  # a row with no allowed pair: its top k are its first k columns
+    a = torch.full((1, n), 1.0 / n, dtype=torch.float64)
+    b = torch.full((1, m), 1.0 / m, dtype=torch.float64)
+    f = torch.zeros(1, n, dtype=torch.float64)
+    g = torch.zeros(1, m, dtype=torch.float64)
+    g[0, 10:20] = 0.5  # exactly representable: ties survive the scaling
+    a, b, C, f, g = (t.to(dtype) for t in (a, b, C, f, g))
+    idx, val = _ops.ot_sparse_plan(a, b, C, f, g, eps, k)
+    x = (g[0] - C[0]) / eps  # each row's log-values up to its constant
+    for i in range(n):
+        ranked = sorted(range(m), key=lambda j: (-float(x[i, j]), j))
+        assert idx[0, i].tolist() == sorted(ranked[:k]), f"row {i}"
+    ref = ot_sparse_plan_ref(a, b, C, f, g, eps, m)[1].sort(dim=2, descending=True).values[..., :k]
+    got = val.sort(dim=2, descending=True).values
+    torch.testing.assert_close(got, ref, rtol=1e-12 if dtype == torch.float64 else 1e-5, atol=0)
+
+
 @pytest.mark.parametrize("device", devices())
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_newton_cg_matches_dense_solve(device, dtype):
