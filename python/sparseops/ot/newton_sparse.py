@@ -42,31 +42,46 @@ def _dual_state(a: Tensor, b: Tensor, C: Tensor, f: Tensor, g: Tensor, eps: floa
     return obj, err, r, c
 
 
+# The continued Sinkhorn solve runs in chunks of at most this many iterations, re-estimating its rate
+# after each: Sinkhorn's rate slows as it goes (fast early progress predicts too little), and a chunk
+# whose rate no longer predicts tol within the budget hands over to Newton steps.
+_SINKHORN_CHUNK = 100
+
+
+def _observed_rate(errs, every):
+    """The per-iteration linear rate of a marginal-error history sampled every `every` iterations
+    (NaN when it cannot be told)."""
+    if len(errs) < 2 or not errs[0] > 0:
+        return math.nan
+    return (errs[-1] / errs[0]) ** (1.0 / (every * (len(errs) - 1)))
+
+
 def _warm_start(a, b, C, eps, warmup_iters, tol, sinkhorn_budget):
     """Stage 1: warmup_iters Sinkhorn iterations (tol applies: an easy problem may finish here), then,
-    if their observed linear rate predicts tol within sinkhorn_budget more iterations (large eps, where
-    Sinkhorn converges fast and a Newton step, ~4 passes over C plus CG, costs tens of iterations), the
-    Sinkhorn solve continued to tol. Returns (f, g, done): done = (dual objective, marginal error) as
+    while the observed linear rate predicts tol within the rest of sinkhorn_budget (large eps, where
+    Sinkhorn converges fast and a Newton step, ~4 passes over C plus CG, costs tens of iterations),
+    Sinkhorn continued in chunks. Returns (f, g, done): done = (dual objective, marginal error) as
     Sinkhorn reported them when it reached tol (its g is computed from f, so the column marginals are
     exact and its row error is the whole error), else None."""
     w = max(1, warmup_iters)
     every = max(1, w // 4)
     f, g, cost, _, hist = _ops.sinkhorn_log(a, b, C, eps, w, tol, every)
     errs = [float(e) for e in hist[0] if float(e) >= 0]
-    if errs and errs[-1] <= tol:
-        return f, g, (float(cost[0]), errs[-1])
-    if len(errs) < 2 or sinkhorn_budget <= 0:
-        return f, g, None
-    rate = (errs[-1] / errs[0]) ** (1.0 / (every * (len(errs) - 1))) if errs[0] > 0 else 1.0
-    if not (0 < rate < 1):
-        return f, g, None
-    needed = math.log(tol / errs[-1]) / math.log(rate)
-    if needed > sinkhorn_budget:
-        return f, g, None
     budget = int(sinkhorn_budget)
-    f2, g2, cost2, _, hist2 = _ops.sinkhorn_log(a, b, C, eps, budget, tol, 10, None, g)
-    errs2 = [float(e) for e in hist2[0] if float(e) >= 0]
-    return f2, g2, ((float(cost2[0]), errs2[-1]) if errs2 and errs2[-1] <= tol else None)
+    while True:
+        if errs and errs[-1] <= tol:
+            return f, g, (float(cost[0]), errs[-1])
+        rate = _observed_rate(errs, every)
+        if budget <= 0 or not (0 < rate < 1):
+            return f, g, None
+        needed = math.log(tol / errs[-1]) / math.log(rate)
+        if needed > budget:
+            return f, g, None
+        chunk = min(budget, _SINKHORN_CHUNK, 10 * math.ceil(1.25 * needed / 10) + 10)
+        every = 10
+        f, g, cost, _, hist = _ops.sinkhorn_log(a, b, C, eps, chunk, tol, every, None, g)
+        errs = [errs[-1]] + [float(e) for e in hist[0] if float(e) >= 0]
+        budget -= chunk
 
 
 def _solve_one(a, b, C, eps, warmup_iters, max_newton, k, tol, cg_max_iter, sinkhorn_budget):
@@ -133,9 +148,10 @@ def sinkhorn_newton_sparse(
             entry per row); doubled whenever a step fails or does not halve the marginal error.
         tol: stop when ``sum |P1 - a| + sum |P^T1 - b|`` <= tol.
         cg_max_iter: CG iterations per Newton step (default 2 (n + m)).
-        sinkhorn_budget: after the warm start, when Sinkhorn's observed linear rate predicts tol within
-            this many more iterations (large eps), Sinkhorn continues to tol instead (Newton steps are
-            left for what remains, n_iter = 0 when none are needed); 0 always goes to Newton.
+        sinkhorn_budget: after the warm start, while Sinkhorn's observed linear rate predicts tol within
+            this many more iterations (large eps), Sinkhorn continues, in chunks of up to 100 iterations
+            that re-estimate the rate (Newton steps are left for what remains, n_iter = 0 when none are
+            needed); 0 always goes to Newton.
 
     Returns:
         :class:`OTResult` with ``n_iter`` = Newton steps, ``err_history`` [B, max_newton + 1] (the error
