@@ -5,6 +5,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
+#include <cstring>
 #include <limits>
 #include <vector>
 
@@ -16,65 +18,91 @@
 namespace sparseops::ot {
 namespace {
 
-// The k largest of x_j = h[j] - c[j] * inv_eps, j < m (1 <= k <= m; among equal values the lower
-// column wins), written to pick in column order. Branch mispredictions, not compares, are what cost here
-// (a sorted insertion buffer or nth_element on the row: ~10 ns an entry), so: a 256-bucket histogram of
-// the distance to the row's maximum (monotone: a larger x never lands in a later bucket) finds the
-// bucket holding the k-th entry, nth_element on that bucket's entries alone finds the k-th entry (x*,
-// j*) in the selection order (larger value, then lower column), and one filter pass in column order
-// emits the entries at or before it. Five passes over the row with predictable branches.
-// x and bucket hold m scalars; cand holds (value, column) pairs, up to m.
+// One entry of a row: its log-value and column.
 template <typename T>
 struct Candidate {
   T value;
   int64_t col;
 };
 
+// A row's log-value x_j = h[j] - c[j] * inv_eps, with NaN (from a NaN potential) ranked as forbidden
+// (-inf) and +inf as the largest finite value: k columns always come out, and the distances below stay
+// finite. Every pass computes x the same way, so they all agree on it.
 template <typename T>
-void top_k_columns(const T* c, const T* h, T inv_eps, int64_t m, int64_t k, T* x, std::vector<Candidate<T>>& cand,
-                   int64_t* pick) {
-  constexpr int kBuckets = 256;
-  constexpr T kNegInf = -std::numeric_limits<T>::infinity();
-  T hi = kNegInf, lo = std::numeric_limits<T>::infinity();
-  for (int64_t j = 0; j < m; ++j) {
-    const T v = h[j] - c[j] * inv_eps;
-    // NaN (from a NaN potential) ranks as forbidden and +inf as the largest finite value, so that k
-    // columns always come out and the bucket arithmetic below stays finite.
-    x[j] = v == v ? std::min(v, std::numeric_limits<T>::max()) : kNegInf;
-    hi = std::max(hi, x[j]);
-    if (x[j] != kNegInf) lo = std::min(lo, x[j]);
+T log_value(const T* c, const T* h, T inv_eps, int64_t j) {
+  const T v = h[j] - c[j] * inv_eps;
+  return v == v ? std::min(v, std::numeric_limits<T>::max()) : -std::numeric_limits<T>::infinity();
+}
+
+// 255 buckets of the distance d = top - x below a row's reference top, 8 per octave from 2^-8 (bucket
+// 0 holds d < 2^-8, bucket 254 d >= ~2^23.7), from the bits of float(d); bucket 255 holds -inf. Monotone:
+// a larger x never lands in a later bucket, whatever top is, so top may be inexact.
+constexpr int kForbiddenBucket = 255;
+template <typename T>
+int distance_bucket(T top, T x) {
+  if (x == -std::numeric_limits<T>::infinity()) return kForbiddenBucket;
+  constexpr uint32_t kBase = uint32_t(127 - 8) << 3;  // the exponent-and-3-bit key of 2^-8
+  const float d = static_cast<float>(std::max(top - x, T(1.0 / 256)));
+  uint32_t bits;
+  std::memcpy(&bits, &d, sizeof bits);
+  return static_cast<int>(std::min<uint32_t>((bits >> 20) - kBase, kForbiddenBucket - 1));
+}
+
+// The k largest x_j, j < m (1 <= k <= m; among equal values the lower column wins), written to pick in
+// column order. Branch mispredictions, not compares, are what cost here (a sorted insertion buffer or
+// nth_element on the row: ~10 ns an entry), so every pass over the row has predictable branches:
+//   1. top = max_j x_j (the ISA's row_max);
+//   2. a histogram of distance_bucket, one byte per entry kept, finds the bucket kb holding the k-th;
+//   3. a scan of the bytes collects the entries in earlier buckets (all taken, in column order) and
+//      those in kb; nth_element on the latter alone picks the ones still needed in the selection order
+//      (larger value, then lower column), and they are merged in by column.
+// Extra memory: bucket holds m bytes; cand and pick_kb up to m entries.
+template <typename T>
+void top_k_columns(const T* c, const T* h, T inv_eps, int64_t m, int64_t k, T top, std::vector<uint8_t>& bucket,
+                   std::vector<Candidate<T>>& cand, std::vector<int64_t>& pick_kb, int64_t* pick) {
+  if (!(std::abs(top) <= std::numeric_limits<T>::max())) {  // NaN or inf from the SIMD max: recompute
+    top = -std::numeric_limits<T>::infinity();
+    for (int64_t j = 0; j < m; ++j) top = std::max(top, log_value(c, h, inv_eps, j));
   }
-  // Finite entries go to buckets 0 .. kBuckets - 2 by their distance below hi (all to bucket 0 when
-  // the spread is zero or overflows), -inf to the last.
-  T scale = hi > lo ? T(kBuckets - 2) / (hi - lo) : T(0);
-  if (!(scale > 0 && scale < std::numeric_limits<T>::infinity())) scale = 0;
-  const auto bucket = [&](T v) {
-    if (v == kNegInf) return kBuckets - 1;
-    return scale == 0 ? 0 : std::min(kBuckets - 2, static_cast<int>((hi - v) * scale));
-  };
-  int64_t count[kBuckets] = {};
-  for (int64_t j = 0; j < m; ++j) ++count[bucket(x[j])];
-  int kb = 0;
-  int64_t above = 0;  // entries in the buckets before kb: all of them are in the top k
-  while (above + count[kb] < k) above += count[kb++];
-  int64_t nc = 0;
+  int64_t count[kForbiddenBucket + 1] = {};
+  uint8_t* bk = bucket.data();  // a local pointer: byte stores may alias the vector's own fields
   for (int64_t j = 0; j < m; ++j) {
-    if (bucket(x[j]) == kb) cand[nc++] = {x[j], j};
+    const int b = distance_bucket(top, log_value(c, h, inv_eps, j));
+    bk[j] = static_cast<uint8_t>(b);
+    ++count[b];
+  }
+  int kb = 0;
+  int64_t above = 0;  // entries in the buckets before kb: all of them are taken
+  while (above + count[kb] < k) above += count[kb++];
+  int64_t taken = 0, nc = 0;
+  for (int64_t j = 0; j < m; ++j) {
+    if (bk[j] < kb) {
+      pick[taken++] = j;
+    } else if (bk[j] == kb) {
+      cand[nc++] = {log_value(c, h, inv_eps, j), j};
+    }
   }
   const auto before = [](const Candidate<T>& p, const Candidate<T>& q) {
     return p.value > q.value || (p.value == q.value && p.col < q.col);
   };
-  std::nth_element(cand.begin(), cand.begin() + (k - above - 1), cand.begin() + nc, before);
-  const Candidate<T> kth = cand[k - above - 1];
-  int64_t cnt = 0;
-  for (int64_t j = 0; j < m; ++j) {
-    if (x[j] > kth.value || (x[j] == kth.value && j <= kth.col)) pick[cnt++] = j;
+  const int64_t need = k - above;
+  pick_kb.clear();
+  if (need < nc) {  // the best `need` of bucket kb, then back into column order
+    std::nth_element(cand.begin(), cand.begin() + (need - 1), cand.begin() + nc, before);
+    for (int64_t t = 0; t < need; ++t) pick_kb.push_back(cand[t].col);
+    std::sort(pick_kb.begin(), pick_kb.end());
+  } else {
+    for (int64_t t = 0; t < nc; ++t) pick_kb.push_back(cand[t].col);
   }
+  // Merge the two column-ordered lists from the back into pick (taken + need = k slots).
+  int64_t p = taken - 1, q = need - 1;
+  for (int64_t out = k - 1; q >= 0; --out) pick[out] = (p >= 0 && pick[p] > pick_kb[q]) ? pick[p--] : pick_kb[q--];
 }
 
 // idx[e, i, :] = the k columns with the largest P_ij in row i (in column order; among equal values the
 // lower column is kept), val = those P_ij: top_k_columns on each row's log-values, no sorting of the
-// row. Rows of zero mass get val = 0. Extra memory: m scalars, plus 2 m per thread.
+// row. Rows of zero mass get val = 0. Extra memory per thread: m bytes and up to 3 m (value, column)
+// pairs or columns.
 std::tuple<at::Tensor, at::Tensor> ot_sparse_plan_cpu(const at::Tensor& a, const at::Tensor& b, const at::Tensor& C,
                                                       const at::Tensor& f, const at::Tensor& g, double eps, int64_t k) {
   const OtDims d = check_ot_sparse_plan_inputs(a, b, C, f, g, eps, k);
@@ -86,6 +114,7 @@ std::tuple<at::Tensor, at::Tensor> ot_sparse_plan_cpu(const at::Tensor& a, const
     using T = decltype(tag);
     const T inv_eps = static_cast<T>(1.0 / eps);
     const int64_t cstride = d.shared_cost ? 0 : d.n * d.m;
+    const LseKernels<T> K = lse_kernels<T>();
     for (int64_t e = 0; e < d.batch; ++e) {
       const T* ap = ac.const_data_ptr<T>() + e * d.n;
       const T* bp = bc.const_data_ptr<T>() + e * d.m;
@@ -95,17 +124,20 @@ std::tuple<at::Tensor, at::Tensor> ot_sparse_plan_cpu(const at::Tensor& a, const
       std::vector<T> hg(d.m);
       for (int64_t j = 0; j < d.m; ++j) hg[j] = ot_h(ot_log_weight<T>(bp[j]), gp[j] * inv_eps);
       at::parallel_for(0, d.n, ot_row_grain(d.n, d.m, 4096), [&](int64_t i0, int64_t i1) {
-        std::vector<T> x(d.m);
+        std::vector<uint8_t> bucket(d.m);
         std::vector<Candidate<T>> cand(d.m);
+        std::vector<int64_t> pick_kb;
+        pick_kb.reserve(d.m);
         for (int64_t i = i0; i < i1; ++i) {
           const T* ci = cp + i * d.m;
           int64_t* io = idx.mutable_data_ptr<int64_t>() + (e * d.n + i) * k;
           T* vo = val.mutable_data_ptr<T>() + (e * d.n + i) * k;
-          top_k_columns<T>(ci, hg.data(), inv_eps, d.m, k, x.data(), cand, io);
+          const T top = K.row_max(ci, hg.data(), inv_eps, d.m);
+          top_k_columns<T>(ci, hg.data(), inv_eps, d.m, k, top, bucket, cand, pick_kb, io);
           const T hi = ot_h(ot_log_weight<T>(ap[i]), fp[i] * inv_eps);
           for (int64_t t = 0; t < k; ++t) {
-            const int64_t j = io[t];
-            vo[t] = hi == -std::numeric_limits<T>::infinity() ? T(0) : std::exp(hi + x[j]);
+            const T x = log_value(ci, hg.data(), inv_eps, io[t]);
+            vo[t] = hi == -std::numeric_limits<T>::infinity() ? T(0) : std::exp(hi + x);
           }
         }
       });
