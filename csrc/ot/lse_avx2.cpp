@@ -4,8 +4,10 @@
 // (< one vector) run a scalar loop with std::exp.
 #include <immintrin.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <limits>
 
 #include "common/simd_exp_avx2.h"
@@ -41,6 +43,18 @@ struct F32 {
   static bool any_gt(V a, V b) { return _mm256_movemask_ps(_mm256_cmp_ps(a, b, _CMP_GT_OQ)) != 0; }
   static constexpr T kSkip = 30;
   static V exp(V x) { return simd::exp_nan_zero_avx2(x); }  // NaN, -inf -> 0
+  // NaN -> -inf, +inf -> the largest finite value.
+  static V sanitize(V v) {
+    return _mm256_blendv_ps(_mm256_min_ps(v, set1(std::numeric_limits<T>::max())), set1(-std::numeric_limits<T>::infinity()),
+                            _mm256_cmp_ps(v, v, _CMP_UNORD_Q));
+  }
+  // Eight distance keys (lse_kernels.h: distance_buckets) as bytes.
+  static void store_buckets(V d, uint8_t* out) {
+    __m256i key = _mm256_sub_epi32(_mm256_srli_epi32(_mm256_castps_si256(d), 20), _mm256_set1_epi32((127 - 8) << 3));
+    key = _mm256_min_epu32(key, _mm256_set1_epi32(255));
+    const __m128i w = _mm_packus_epi32(_mm256_castsi256_si128(key), _mm256_extracti128_si256(key, 1));
+    _mm_storel_epi64(reinterpret_cast<__m128i*>(out), _mm_packus_epi16(w, w));
+  }
 };
 
 struct F64 {
@@ -66,7 +80,34 @@ struct F64 {
   static bool any_gt(V a, V b) { return _mm256_movemask_pd(_mm256_cmp_pd(a, b, _CMP_GT_OQ)) != 0; }
   static constexpr T kSkip = 60;
   static V exp(V x) { return simd::exp_nan_zero_avx2(x); }  // NaN, -inf -> 0
+  static V sanitize(V v) {
+    return _mm256_blendv_pd(_mm256_min_pd(v, set1(std::numeric_limits<T>::max())),
+                            set1(-std::numeric_limits<T>::infinity()), _mm256_cmp_pd(v, v, _CMP_UNORD_Q));
+  }
+  // Four distances rounded to float, their keys as bytes.
+  static void store_buckets(V d, uint8_t* out) {
+    __m128i key = _mm_sub_epi32(_mm_srli_epi32(_mm_castps_si128(_mm256_cvtpd_ps(d)), 20), _mm_set1_epi32((127 - 8) << 3));
+    key = _mm_min_epu32(key, _mm_set1_epi32(255));
+    const __m128i w = _mm_packus_epi32(key, key);
+    const int32_t four = _mm_cvtsi128_si32(_mm_packus_epi16(w, w));
+    std::memcpy(out, &four, sizeof four);
+  }
 };
+
+// The scalar tails of log_values and distance_buckets (the portable loops' formulas).
+template <typename T>
+T log_value_tail(const T* c, const T* h, T inv_eps, int64_t j) {
+  const T v = h[j] - c[j] * inv_eps;
+  return v == v ? std::min(v, std::numeric_limits<T>::max()) : -std::numeric_limits<T>::infinity();
+}
+template <typename T>
+uint8_t distance_bucket_tail(T top, T x) {
+  const T d = top - x;
+  const float df = static_cast<float>(d > T(1.0 / 256) ? d : T(1.0 / 256));
+  uint32_t bits;
+  std::memcpy(&bits, &df, sizeof bits);
+  return static_cast<uint8_t>(std::min<uint32_t>((bits >> 20) - ((127 - 8) << 3), 255));
+}
 
 template <typename S>
 typename S::T row_max(const typename S::T* c, const typename S::T* h, typename S::T inv_eps, int64_t len) {
@@ -78,6 +119,38 @@ typename S::T row_max(const typename S::T* c, const typename S::T* h, typename S
   typename S::T mx = S::reduce_max(vmax);
   for (; j < len; ++j) mx = std::max(mx, h[j] - c[j] * inv_eps);
   return mx;
+}
+
+template <typename S>
+typename S::T log_values(const typename S::T* c, const typename S::T* h, typename S::T inv_eps, typename S::T* x,
+                         int64_t len) {
+  using T = typename S::T;
+  using V = typename S::V;
+  const V vi = S::set1(inv_eps);
+  V vmax = S::set1(-std::numeric_limits<T>::infinity());
+  int64_t j = 0;
+  for (; j + S::kW <= len; j += S::kW) {
+    const V v = S::sanitize(S::fnmadd(S::load(c + j), vi, S::load(h + j)));
+    S::store(x + j, v);
+    vmax = S::max(vmax, v);
+  }
+  T mx = S::reduce_max(vmax);
+  for (; j < len; ++j) {
+    x[j] = log_value_tail(c, h, inv_eps, j);
+    mx = std::max(mx, x[j]);
+  }
+  return mx;
+}
+
+// max(a, b) returns b when a is NaN (the (-inf) - (-inf) of an all-forbidden row), as the tail's
+// (d > floor ? d : floor) does.
+template <typename S>
+void distance_buckets(const typename S::T* x, typename S::T top, uint8_t* out, int64_t len) {
+  using V = typename S::V;
+  const V vtop = S::set1(top), vfloor = S::set1(typename S::T(1.0 / 256));
+  int64_t j = 0;
+  for (; j + S::kW <= len; j += S::kW) S::store_buckets(S::max(S::sub(vtop, S::load(x + j)), vfloor), out + j);
+  for (; j < len; ++j) out[j] = distance_bucket_tail(top, x[j]);
 }
 
 template <typename S>
@@ -248,6 +321,18 @@ float row_exp_avx2(const float* c, const float* h, float inv_eps, float* mx, flo
 }
 double row_exp_avx2(const double* c, const double* h, double inv_eps, double* mx, double* e, int64_t len) {
   return row_exp<F64>(c, h, inv_eps, mx, e, len);
+}
+float log_values_avx2(const float* c, const float* h, float inv_eps, float* x, int64_t len) {
+  return log_values<F32>(c, h, inv_eps, x, len);
+}
+double log_values_avx2(const double* c, const double* h, double inv_eps, double* x, int64_t len) {
+  return log_values<F64>(c, h, inv_eps, x, len);
+}
+void distance_buckets_avx2(const float* x, float top, uint8_t* out, int64_t len) {
+  distance_buckets<F32>(x, top, out, len);
+}
+void distance_buckets_avx2(const double* x, double top, uint8_t* out, int64_t len) {
+  distance_buckets<F64>(x, top, out, len);
 }
 float row_max_avx2(const float* c, const float* h, float inv_eps, int64_t len) {
   return row_max<F32>(c, h, inv_eps, len);

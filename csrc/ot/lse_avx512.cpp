@@ -42,6 +42,14 @@ struct F32 {
   static bool any_gt(V a, V b) { return _mm512_cmp_ps_mask(a, b, _CMP_GT_OQ) != 0; }
   static constexpr T kSkip = 30;
   static V exp(V x) { return simd::exp_nan_zero_avx512(x); }  // NaN, -inf -> 0
+  // NaN -> -inf, +inf -> the largest finite value.
+  static V sanitize(V v) {
+    return _mm512_mask_blend_ps(_mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q), _mm512_min_ps(v, set1(std::numeric_limits<T>::max())),
+                                set1(-std::numeric_limits<T>::infinity()));
+  }
+  // The distances' float bits (d is float already).
+  static __m512i float_bits(V d) { return _mm512_castps_si512(d); }
+  static void store_bytes(M k, uint8_t* out, __m512i key) { _mm_mask_storeu_epi8(out, k, _mm512_cvtepi32_epi8(key)); }
 };
 
 struct F64 {
@@ -66,6 +74,14 @@ struct F64 {
   static bool any_gt(V a, V b) { return _mm512_cmp_pd_mask(a, b, _CMP_GT_OQ) != 0; }
   static constexpr T kSkip = 60;
   static V exp(V x) { return simd::exp_nan_zero_avx512(x); }  // NaN, -inf -> 0
+  static V sanitize(V v) {
+    return _mm512_mask_blend_pd(_mm512_cmp_pd_mask(v, v, _CMP_UNORD_Q),
+                                _mm512_min_pd(v, set1(std::numeric_limits<T>::max())),
+                                set1(-std::numeric_limits<T>::infinity()));
+  }
+  // Eight distances rounded to float, their bits in the low half.
+  static __m256i float_bits(V d) { return _mm256_castps_si256(_mm512_cvtpd_ps(d)); }
+  static void store_bytes(M k, uint8_t* out, __m256i key) { _mm_mask_storeu_epi8(out, k, _mm256_cvtepi32_epi8(key)); }
 };
 
 template <typename S>
@@ -78,6 +94,40 @@ typename S::T row_max(const typename S::T* c, const typename S::T* h, typename S
     vmax = S::mask_max(vmax, k, vmax, S::fnmadd(S::load(k, c + j), vi, S::load(k, h + j)));
   }
   return S::reduce_max(vmax);
+}
+
+template <typename S>
+typename S::T log_values(const typename S::T* c, const typename S::T* h, typename S::T inv_eps, typename S::T* x,
+                         int64_t len) {
+  using V = typename S::V;
+  const V vi = S::set1(inv_eps);
+  V vmax = S::set1(-std::numeric_limits<typename S::T>::infinity());
+  for (int64_t j = 0; j < len; j += S::kW) {
+    const auto k = S::tail(len - j);
+    const V v = S::sanitize(S::fnmadd(S::load(k, c + j), vi, S::load(k, h + j)));
+    S::store(k, x + j, v);
+    vmax = S::mask_max(vmax, k, vmax, v);
+  }
+  return S::reduce_max(vmax);
+}
+
+// max(a, b) returns b when a is NaN (the (-inf) - (-inf) of an all-forbidden row), as the portable
+// loop's (d > floor ? d : floor) does.
+template <typename S>
+void distance_buckets(const typename S::T* x, typename S::T top, uint8_t* out, int64_t len) {
+  using V = typename S::V;
+  const V vtop = S::set1(top), vfloor = S::set1(typename S::T(1.0 / 256));
+  for (int64_t j = 0; j < len; j += S::kW) {
+    const auto k = S::tail(len - j);
+    const auto bits = S::float_bits(S::max(S::sub(vtop, S::load(k, x + j)), vfloor));
+    if constexpr (S::kW == 16) {
+      const __m512i key = _mm512_sub_epi32(_mm512_srli_epi32(bits, 20), _mm512_set1_epi32((127 - 8) << 3));
+      S::store_bytes(k, out + j, _mm512_min_epu32(key, _mm512_set1_epi32(255)));
+    } else {
+      const __m256i key = _mm256_sub_epi32(_mm256_srli_epi32(bits, 20), _mm256_set1_epi32((127 - 8) << 3));
+      S::store_bytes(k, out + j, _mm256_min_epu32(key, _mm256_set1_epi32(255)));
+    }
+  }
 }
 
 template <typename S>
@@ -233,6 +283,18 @@ float row_exp_avx512(const float* c, const float* h, float inv_eps, float* mx, f
 }
 double row_exp_avx512(const double* c, const double* h, double inv_eps, double* mx, double* e, int64_t len) {
   return row_exp<F64>(c, h, inv_eps, mx, e, len);
+}
+float log_values_avx512(const float* c, const float* h, float inv_eps, float* x, int64_t len) {
+  return log_values<F32>(c, h, inv_eps, x, len);
+}
+double log_values_avx512(const double* c, const double* h, double inv_eps, double* x, int64_t len) {
+  return log_values<F64>(c, h, inv_eps, x, len);
+}
+void distance_buckets_avx512(const float* x, float top, uint8_t* out, int64_t len) {
+  distance_buckets<F32>(x, top, out, len);
+}
+void distance_buckets_avx512(const double* x, double top, uint8_t* out, int64_t len) {
+  distance_buckets<F64>(x, top, out, len);
 }
 float row_max_avx512(const float* c, const float* h, float inv_eps, int64_t len) {
   return row_max<F32>(c, h, inv_eps, len);

@@ -20,6 +20,22 @@ double row_max_avx512(const double* c, const double* h, double inv_eps, int64_t 
 float row_max_avx2(const float* c, const float* h, float inv_eps, int64_t len);
 double row_max_avx2(const double* c, const double* h, double inv_eps, int64_t len);
 
+// The sparse plan's row pass: x[j] = x_j with NaN (from a NaN potential) stored as -inf and +inf as the
+// largest finite value; returns max_j x[j]. (Every later pass of that row reads x, so they agree on it.)
+float log_values_avx512(const float* c, const float* h, float inv_eps, float* x, int64_t len);
+double log_values_avx512(const double* c, const double* h, double inv_eps, double* x, int64_t len);
+float log_values_avx2(const float* c, const float* h, float inv_eps, float* x, int64_t len);
+double log_values_avx2(const double* c, const double* h, double inv_eps, double* x, int64_t len);
+
+// out[j] = the bucket of the distance d = top - x[j] below top (top >= every x[j]): with
+// d' = (d > 2^-8 ? d : 2^-8), min(255, (bits of float(d') >> 20) - (bits of 2^-8 >> 20)): 8 buckets per
+// octave from 2^-8; -inf (d = +inf) lands in 255 with any distance past float's range. Monotone: a
+// larger x never lands in a later bucket.
+void distance_buckets_avx512(const float* x, float top, uint8_t* out, int64_t len);
+void distance_buckets_avx512(const double* x, double top, uint8_t* out, int64_t len);
+void distance_buckets_avx2(const float* x, float top, uint8_t* out, int64_t len);
+void distance_buckets_avx2(const double* x, double top, uint8_t* out, int64_t len);
+
 // Row pass: max_j x_j, then sum_j exp(x_j - max) (the row is read twice, the second time from cache).
 // Returns log(sum) + max, -inf when every x_j is -inf.
 float row_lse_avx512(const float* c, const float* h, float inv_eps, int64_t len);

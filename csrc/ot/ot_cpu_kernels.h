@@ -17,6 +17,8 @@ struct LseKernels {
   void (*axpy)(const T* e, T alpha, T* acc, int64_t len);
   void (*axpy_rows)(const T* const* rows, const T* coef, int64_t count, T* acc, int64_t len);
   T (*dot)(const T* x, const T* y, int64_t len);
+  T (*log_values)(const T* c, const T* h, T inv_eps, T* x, int64_t len);
+  void (*distance_buckets)(const T* x, T top, uint8_t* out, int64_t len);
   // Relative size of the largest term a row_exp may drop (a skipped vector, or an exp that underflows):
   // exp(-30) float / exp(-60) double for the SIMD variants, 0 (only underflow) for the portable one.
   T dropped;

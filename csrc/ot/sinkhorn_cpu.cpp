@@ -37,6 +37,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
+#include <cstring>
 #include <limits>
 #include <memory>
 #include <string>
@@ -57,6 +58,31 @@ T row_max_portable(const T* c, const T* h, T inv_eps, int64_t len) {
   T mx = -std::numeric_limits<T>::infinity();
   for (int64_t j = 0; j < len; ++j) mx = std::max(mx, h[j] - c[j] * inv_eps);
   return mx;
+}
+
+// Sanitised log-values and their maximum (lse_kernels.h: log_values).
+template <typename T>
+T log_values_portable(const T* c, const T* h, T inv_eps, T* x, int64_t len) {
+  T mx = -std::numeric_limits<T>::infinity();
+  for (int64_t j = 0; j < len; ++j) {
+    const T v = h[j] - c[j] * inv_eps;
+    x[j] = v == v ? std::min(v, std::numeric_limits<T>::max()) : -std::numeric_limits<T>::infinity();
+    mx = std::max(mx, x[j]);
+  }
+  return mx;
+}
+
+// Distance buckets below top (lse_kernels.h: distance_buckets).
+template <typename T>
+void distance_buckets_portable(const T* x, T top, uint8_t* out, int64_t len) {
+  constexpr uint32_t kBase = uint32_t(127 - 8) << 3;  // the exponent-and-3-bit key of 2^-8
+  for (int64_t j = 0; j < len; ++j) {
+    const T d = top - x[j];
+    const float df = static_cast<float>(d > T(1.0 / 256) ? d : T(1.0 / 256));
+    uint32_t bits;
+    std::memcpy(&bits, &df, sizeof bits);
+    out[j] = static_cast<uint8_t>(std::min<uint32_t>((bits >> 20) - kBase, 255));
+  }
 }
 
 template <typename T>
@@ -130,7 +156,8 @@ template <typename T>
 LseKernels<T> lse_kernels() {
   LseKernels<T> k{&row_lse_portable<T>,  &row_max_portable<T>, &col_accum_portable<T>,
                   &plan_row_portable<T>, &dual_row_portable<T>, &row_exp_portable<T>,
-                  &axpy_portable<T>,     &axpy_rows_portable<T>, &dot_portable<T>, T(0)};
+                  &axpy_portable<T>,     &axpy_rows_portable<T>, &dot_portable<T>, &log_values_portable<T>,
+                  &distance_buckets_portable<T>, T(0)};
 #if SPARSEOPS_X86_KERNELS
   using RowFn = T (*)(const T*, const T*, T, int64_t);
   using ColFn = void (*)(const T*, T, T, const T*, T*, T*, int64_t);
@@ -140,19 +167,23 @@ LseKernels<T> lse_kernels() {
   using AxpyFn = void (*)(const T*, T, T*, int64_t);
   using AxpyRowsFn = void (*)(const T* const*, const T*, int64_t, T*, int64_t);
   using DotFn = T (*)(const T*, const T*, int64_t);
+  using ValuesFn = T (*)(const T*, const T*, T, T*, int64_t);
+  using BucketsFn = void (*)(const T*, T, uint8_t*, int64_t);
   const T dropped = std::is_same_v<T, float> ? T(9.4e-14) : T(8.8e-27);  // exp(-30), exp(-60): the skip rule
   if (cpu_use_avx512()) {
     k = {static_cast<RowFn>(&cpu::row_lse_avx512), static_cast<RowFn>(&cpu::row_max_avx512),
          static_cast<ColFn>(&cpu::col_accum_avx512), static_cast<PlanFn>(&cpu::plan_row_avx512),
          static_cast<DualFn>(&cpu::dual_row_avx512), static_cast<ExpFn>(&cpu::row_exp_avx512),
          static_cast<AxpyFn>(&cpu::axpy_avx512), static_cast<AxpyRowsFn>(&cpu::axpy_rows_avx512),
-         static_cast<DotFn>(&cpu::dot_avx512), dropped};
+         static_cast<DotFn>(&cpu::dot_avx512), static_cast<ValuesFn>(&cpu::log_values_avx512),
+         static_cast<BucketsFn>(&cpu::distance_buckets_avx512), dropped};
   } else if (cpu_use_avx2()) {
     k = {static_cast<RowFn>(&cpu::row_lse_avx2), static_cast<RowFn>(&cpu::row_max_avx2),
          static_cast<ColFn>(&cpu::col_accum_avx2), static_cast<PlanFn>(&cpu::plan_row_avx2),
          static_cast<DualFn>(&cpu::dual_row_avx2), static_cast<ExpFn>(&cpu::row_exp_avx2),
          static_cast<AxpyFn>(&cpu::axpy_avx2), static_cast<AxpyRowsFn>(&cpu::axpy_rows_avx2),
-         static_cast<DotFn>(&cpu::dot_avx2), dropped};
+         static_cast<DotFn>(&cpu::dot_avx2), static_cast<ValuesFn>(&cpu::log_values_avx2),
+         static_cast<BucketsFn>(&cpu::distance_buckets_avx2), dropped};
   }
 #endif
   return k;

@@ -6,7 +6,6 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
-#include <cstring>
 #include <limits>
 #include <vector>
 
@@ -25,61 +24,34 @@ struct Candidate {
   int64_t col;
 };
 
-// A row's log-value x_j = h[j] - c[j] * inv_eps, with NaN (from a NaN potential) ranked as forbidden
-// (-inf) and +inf as the largest finite value: k columns always come out, and the distances below stay
-// finite. Every pass computes x the same way, so they all agree on it.
-template <typename T>
-T log_value(const T* c, const T* h, T inv_eps, int64_t j) {
-  const T v = h[j] - c[j] * inv_eps;
-  return v == v ? std::min(v, std::numeric_limits<T>::max()) : -std::numeric_limits<T>::infinity();
-}
-
-// 255 buckets of the distance d = top - x below a row's reference top, 8 per octave from 2^-8 (bucket
-// 0 holds d < 2^-8, bucket 254 d >= ~2^23.7), from the bits of float(d); bucket 255 holds -inf. Monotone:
-// a larger x never lands in a later bucket, whatever top is, so top may be inexact.
-constexpr int kForbiddenBucket = 255;
-template <typename T>
-int distance_bucket(T top, T x) {
-  if (x == -std::numeric_limits<T>::infinity()) return kForbiddenBucket;
-  constexpr uint32_t kBase = uint32_t(127 - 8) << 3;  // the exponent-and-3-bit key of 2^-8
-  const float d = static_cast<float>(std::max(top - x, T(1.0 / 256)));
-  uint32_t bits;
-  std::memcpy(&bits, &d, sizeof bits);
-  return static_cast<int>(std::min<uint32_t>((bits >> 20) - kBase, kForbiddenBucket - 1));
-}
-
-// The k largest x_j, j < m (1 <= k <= m; among equal values the lower column wins), written to pick in
-// column order. Branch mispredictions, not compares, are what cost here (a sorted insertion buffer or
-// nth_element on the row: ~10 ns an entry), so every pass over the row has predictable branches:
-//   1. top = max_j x_j (the ISA's row_max);
-//   2. a histogram of distance_bucket, one byte per entry kept, finds the bucket kb holding the k-th;
+// The k largest x_j = h[j] - c[j] * inv_eps, j < m (1 <= k <= m; among equal values the lower column
+// wins), written to pick in column order. Branch mispredictions, not compares, are what cost here (a
+// sorted insertion buffer or nth_element on the row: ~10 ns an entry), so the passes over the row are
+// SIMD or have predictable branches:
+//   1. K.log_values stores the row's log-values in x and returns their maximum, top;
+//   2. K.distance_buckets puts each entry in one of 256 buckets of its distance below top (monotone: a
+//      larger x never lands in a later bucket), one byte each; their histogram finds the bucket kb
+//      holding the k-th entry;
 //   3. a scan of the bytes collects the entries in earlier buckets (all taken, in column order) and
 //      those in kb; nth_element on the latter alone picks the ones still needed in the selection order
 //      (larger value, then lower column), and they are merged in by column.
-// Extra memory: bucket holds m bytes; cand and pick_kb up to m entries.
+// Extra memory: x holds m scalars, bucket m bytes, cand and pick_kb up to m entries.
 template <typename T>
-void top_k_columns(const T* c, const T* h, T inv_eps, int64_t m, int64_t k, T top, std::vector<uint8_t>& bucket,
-                   std::vector<Candidate<T>>& cand, std::vector<int64_t>& pick_kb, int64_t* pick) {
-  if (!(std::abs(top) <= std::numeric_limits<T>::max())) {  // NaN or inf from the SIMD max: recompute
-    top = -std::numeric_limits<T>::infinity();
-    for (int64_t j = 0; j < m; ++j) top = std::max(top, log_value(c, h, inv_eps, j));
-  }
-  int64_t count[kForbiddenBucket + 1] = {};
-  uint8_t* bk = bucket.data();  // a local pointer: byte stores may alias the vector's own fields
-  for (int64_t j = 0; j < m; ++j) {
-    const int b = distance_bucket(top, log_value(c, h, inv_eps, j));
-    bk[j] = static_cast<uint8_t>(b);
-    ++count[b];
-  }
+void top_k_columns(const LseKernels<T>& K, const T* c, const T* h, T inv_eps, int64_t m, int64_t k, T* x,
+                   uint8_t* bucket, std::vector<Candidate<T>>& cand, std::vector<int64_t>& pick_kb, int64_t* pick) {
+  const T top = K.log_values(c, h, inv_eps, x, m);
+  K.distance_buckets(x, top, bucket, m);
+  int64_t count[256] = {};
+  for (int64_t j = 0; j < m; ++j) ++count[bucket[j]];
   int kb = 0;
   int64_t above = 0;  // entries in the buckets before kb: all of them are taken
   while (above + count[kb] < k) above += count[kb++];
   int64_t taken = 0, nc = 0;
   for (int64_t j = 0; j < m; ++j) {
-    if (bk[j] < kb) {
+    if (bucket[j] < kb) {
       pick[taken++] = j;
-    } else if (bk[j] == kb) {
-      cand[nc++] = {log_value(c, h, inv_eps, j), j};
+    } else if (bucket[j] == kb) {
+      cand[nc++] = {x[j], j};
     }
   }
   const auto before = [](const Candidate<T>& p, const Candidate<T>& q) {
@@ -101,8 +73,8 @@ void top_k_columns(const T* c, const T* h, T inv_eps, int64_t m, int64_t k, T to
 
 // idx[e, i, :] = the k columns with the largest P_ij in row i (in column order; among equal values the
 // lower column is kept), val = those P_ij: top_k_columns on each row's log-values, no sorting of the
-// row. Rows of zero mass get val = 0. Extra memory per thread: m bytes and up to 3 m (value, column)
-// pairs or columns.
+// row. Rows of zero mass get val = 0. Extra memory per thread: m scalars, m bytes and up to 2 m
+// (value, column) pairs or columns.
 std::tuple<at::Tensor, at::Tensor> ot_sparse_plan_cpu(const at::Tensor& a, const at::Tensor& b, const at::Tensor& C,
                                                       const at::Tensor& f, const at::Tensor& g, double eps, int64_t k) {
   const OtDims d = check_ot_sparse_plan_inputs(a, b, C, f, g, eps, k);
@@ -124,6 +96,7 @@ std::tuple<at::Tensor, at::Tensor> ot_sparse_plan_cpu(const at::Tensor& a, const
       std::vector<T> hg(d.m);
       for (int64_t j = 0; j < d.m; ++j) hg[j] = ot_h(ot_log_weight<T>(bp[j]), gp[j] * inv_eps);
       at::parallel_for(0, d.n, ot_row_grain(d.n, d.m, 4096), [&](int64_t i0, int64_t i1) {
+        std::vector<T> x(d.m);
         std::vector<uint8_t> bucket(d.m);
         std::vector<Candidate<T>> cand(d.m);
         std::vector<int64_t> pick_kb;
@@ -132,12 +105,10 @@ std::tuple<at::Tensor, at::Tensor> ot_sparse_plan_cpu(const at::Tensor& a, const
           const T* ci = cp + i * d.m;
           int64_t* io = idx.mutable_data_ptr<int64_t>() + (e * d.n + i) * k;
           T* vo = val.mutable_data_ptr<T>() + (e * d.n + i) * k;
-          const T top = K.row_max(ci, hg.data(), inv_eps, d.m);
-          top_k_columns<T>(ci, hg.data(), inv_eps, d.m, k, top, bucket, cand, pick_kb, io);
+          top_k_columns<T>(K, ci, hg.data(), inv_eps, d.m, k, x.data(), bucket.data(), cand, pick_kb, io);
           const T hi = ot_h(ot_log_weight<T>(ap[i]), fp[i] * inv_eps);
           for (int64_t t = 0; t < k; ++t) {
-            const T x = log_value(ci, hg.data(), inv_eps, io[t]);
-            vo[t] = hi == -std::numeric_limits<T>::infinity() ? T(0) : std::exp(hi + x);
+            vo[t] = hi == -std::numeric_limits<T>::infinity() ? T(0) : std::exp(hi + x[io[t]]);
           }
         }
       });
