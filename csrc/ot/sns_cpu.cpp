@@ -154,12 +154,22 @@ struct SparseHessian {
     }
   }
 
-  // y = (M + shift I) x with M = [[diag(rd), S], [S^T, diag(cd)]].
-  void apply(const T* rd, const T* cd, T shift, const T* xf, const T* xg, T* yf, T* yg) const {
-    for (int64_t i = 0; i < n; ++i) yf[i] = (rd[i] + shift) * xf[i] + gather_dot(val + i * k, col.data() + i * k, k, xg);
+  // out = S y (y: [m], out: [n]).
+  void times(const T* y, T* out) const {
+    for (int64_t i = 0; i < n; ++i) out[i] = gather_dot(val + i * k, col.data() + i * k, k, y);
+  }
+
+  // out = S^T u (u: [n], out: [m]).
+  void transpose_times(const T* u, T* out) const {
+    for (int64_t j = 0; j < m; ++j) out[j] = gather_dot(tval.data() + start[j], row.data() + start[j], start[j + 1] - start[j], u);
+  }
+
+  // sum_p S_pj^2 w[p] for every column j (the Schur complement's diagonal).
+  void column_square_sums(const T* w, T* out) const {
     for (int64_t j = 0; j < m; ++j) {
-      const int32_t p = start[j];
-      yg[j] = (cd[j] + shift) * xg[j] + gather_dot(tval.data() + p, row.data() + p, start[j + 1] - p, xf);
+      T acc = 0;
+      for (int32_t p = start[j]; p < start[j + 1]; ++p) acc += tval[p] * tval[p] * w[row[p]];
+      out[j] = acc;
     }
   }
 
@@ -178,11 +188,17 @@ struct SparseHessian {
   }
 };
 
-// Preconditioned (Jacobi) conjugate gradient for (M + shift I) x = rhs, per batch entry, from x = 0,
-// until ||r||_2 <= tol ||rhs||_2 or max_iter steps. M is symmetric positive semi-definite (diagonally
-// dominant when rd, cd are the full plan's marginals and S <= P entrywise); shift > 0 fixes the gauge
-// (the direction (1, -1), M's null vector when S is the full plan) and bounds the condition number.
-// Extra memory: 6 (n + m) scalars and the SparseHessian (~16 n k bytes) per thread.
+// Solves (M + shift I) x = rhs, M = [[diag(rd), S], [S^T, diag(cd)]], per batch entry, on the Schur
+// complement of the row block: with Dr = diag(rd) + shift and Dc = diag(cd) + shift,
+//   (Dc - S^T Dr^-1 S) x_g = rhs_g - S^T Dr^-1 rhs_f,   x_f = Dr^-1 (rhs_f - S x_g),
+// by Jacobi-preconditioned conjugate gradient from x_g = 0. x_f solves its rows exactly, so the full
+// residual is the Schur one: the stop is ||r||_2 <= tol ||rhs||_2 (both halves of rhs) or max_iter
+// steps. CG on the Schur complement takes about half the iterations of CG on the whole system (whose
+// Jacobi-preconditioned spectrum pairs 1 +- s), each with the same two products (S, S^T). M is
+// symmetric positive semi-definite (diagonally dominant when rd, cd are the full plan's marginals and
+// S <= P entrywise); shift > 0 fixes the gauge (the direction (1, -1), M's null vector when S is the
+// full plan) and bounds the condition number. A row with rd + shift = 0 gets x_f = 0.
+// Extra memory: 2 n + 6 m scalars and the SparseHessian (~16 n k bytes) per thread.
 std::tuple<at::Tensor, at::Tensor, at::Tensor> ot_newton_cg_cpu(const at::Tensor& idx, const at::Tensor& val,
                                                                 const at::Tensor& row_diag, const at::Tensor& col_diag,
                                                                 const at::Tensor& rhs_f, const at::Tensor& rhs_g,
@@ -194,63 +210,73 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ot_newton_cg_cpu(const at::Tensor
               "ot_newton_cg: expected n * k and m below 2^31 (got n=", n, ", k=", k, ", m=", m, ")");
   const at::Tensor ic = idx.contiguous(), vc = val.contiguous(), rdc = row_diag.contiguous(), cdc = col_diag.contiguous();
   const at::Tensor rfc = rhs_f.contiguous(), rgc = rhs_g.contiguous();
-  at::Tensor xf = at::zeros({B, n}, val.options()), xg = at::zeros({B, m}, val.options());
+  at::Tensor xf = at::empty({B, n}, val.options()), xg = at::empty({B, m}, val.options());
   at::Tensor iters = at::zeros({B}, val.options().dtype(at::kLong));
   const auto run = [&](auto tag) {
     using T = decltype(tag);
     at::parallel_for(0, B, 1, [&](int64_t e0, int64_t e1) {
-      const int64_t N = n + m;
-      std::vector<T> x(N, T(0)), r(N), z(N), p(N), q(N), dinv(N);
+      std::vector<T> dr_inv(n), tmp(n), y(m), r(m), z(m), p(m), q(m), dinv(m);
       SparseHessian<T> S;
       for (int64_t e = e0; e < e1; ++e) {
-        const int64_t* ip = ic.const_data_ptr<int64_t>() + e * n * k;
-        const T* vp = vc.const_data_ptr<T>() + e * n * k;
-        S.build(ip, vp, n, m, k);
+        S.build(ic.const_data_ptr<int64_t>() + e * n * k, vc.const_data_ptr<T>() + e * n * k, n, m, k);
         const T* rd = rdc.const_data_ptr<T>() + e * n;
         const T* cd = cdc.const_data_ptr<T>() + e * m;
+        const T* bf = rfc.const_data_ptr<T>() + e * n;
+        const T* bg = rgc.const_data_ptr<T>() + e * m;
         const T sh = static_cast<T>(shift);
-        for (int64_t i = 0; i < n; ++i) {
-          r[i] = rfc.const_data_ptr<T>()[e * n + i];
-          dinv[i] = rd[i] + sh > 0 ? T(1) / (rd[i] + sh) : T(1);
-        }
-        for (int64_t j = 0; j < m; ++j) {
-          r[n + j] = rgc.const_data_ptr<T>()[e * m + j];
-          dinv[n + j] = cd[j] + sh > 0 ? T(1) / (cd[j] + sh) : T(1);
-        }
-        std::fill(x.begin(), x.end(), T(0));
         double rhs_norm2 = 0;
-        for (int64_t t = 0; t < N; ++t) rhs_norm2 += static_cast<double>(r[t]) * r[t];
+        for (int64_t i = 0; i < n; ++i) {
+          dr_inv[i] = rd[i] + sh > 0 ? T(1) / (rd[i] + sh) : T(0);
+          tmp[i] = dr_inv[i] * bf[i];
+          rhs_norm2 += static_cast<double>(bf[i]) * bf[i];
+        }
+        S.transpose_times(tmp.data(), r.data());  // r = Schur rhs (y = 0)
+        S.column_square_sums(dr_inv.data(), dinv.data());
+        for (int64_t j = 0; j < m; ++j) {
+          r[j] = bg[j] - r[j];
+          rhs_norm2 += static_cast<double>(bg[j]) * bg[j];
+          const T diag = cd[j] + sh - dinv[j];
+          dinv[j] = diag > 0 ? T(1) / diag : T(1);
+        }
         const double stop2 = tol * tol * rhs_norm2;
-        double rz = 0;
-        for (int64_t t = 0; t < N; ++t) {
-          z[t] = dinv[t] * r[t];
-          p[t] = z[t];
-          rz += static_cast<double>(r[t]) * z[t];
+        std::fill(y.begin(), y.end(), T(0));
+        double rz = 0, rr = 0;
+        for (int64_t j = 0; j < m; ++j) {
+          z[j] = dinv[j] * r[j];
+          p[j] = z[j];
+          rz += static_cast<double>(r[j]) * z[j];
+          rr += static_cast<double>(r[j]) * r[j];
         }
         int64_t it = 0;
-        double rr = rhs_norm2;
         while (it < max_iter && rr > stop2) {
-          S.apply(rd, cd, sh, p.data(), p.data() + n, q.data(), q.data() + n);
+          S.times(p.data(), tmp.data());  // q = (Dc - S^T Dr^-1 S) p
+          for (int64_t i = 0; i < n; ++i) tmp[i] *= dr_inv[i];
+          S.transpose_times(tmp.data(), q.data());
           double pq = 0;
-          for (int64_t t = 0; t < N; ++t) pq += static_cast<double>(p[t]) * q[t];
+          for (int64_t j = 0; j < m; ++j) {
+            q[j] = (cd[j] + sh) * p[j] - q[j];
+            pq += static_cast<double>(p[j]) * q[j];
+          }
           if (!(pq > 0)) break;  // numerically singular direction: keep what was reached
           const T alpha = static_cast<T>(rz / pq);
           double rz_new = 0;
           rr = 0;
-          for (int64_t t = 0; t < N; ++t) {
-            x[t] += alpha * p[t];
-            r[t] -= alpha * q[t];
-            z[t] = dinv[t] * r[t];
-            rz_new += static_cast<double>(r[t]) * z[t];
-            rr += static_cast<double>(r[t]) * r[t];
+          for (int64_t j = 0; j < m; ++j) {
+            y[j] += alpha * p[j];
+            r[j] -= alpha * q[j];
+            z[j] = dinv[j] * r[j];
+            rz_new += static_cast<double>(r[j]) * z[j];
+            rr += static_cast<double>(r[j]) * r[j];
           }
           const T beta = static_cast<T>(rz_new / rz);
           rz = rz_new;
-          for (int64_t t = 0; t < N; ++t) p[t] = z[t] + beta * p[t];
+          for (int64_t j = 0; j < m; ++j) p[j] = z[j] + beta * p[j];
           ++it;
         }
-        std::copy(x.begin(), x.begin() + n, xf.mutable_data_ptr<T>() + e * n);
-        std::copy(x.begin() + n, x.end(), xg.mutable_data_ptr<T>() + e * m);
+        T* of = xf.mutable_data_ptr<T>() + e * n;
+        S.times(y.data(), tmp.data());
+        for (int64_t i = 0; i < n; ++i) of[i] = dr_inv[i] * (bf[i] - tmp[i]);
+        std::copy(y.begin(), y.end(), xg.mutable_data_ptr<T>() + e * m);
         iters.mutable_data_ptr<int64_t>()[e] = it;
       }
     });
