@@ -49,11 +49,13 @@ _SINKHORN_CHUNK = 100
 
 
 def _observed_rate(errs, every):
-    """The per-iteration linear rate of a marginal-error history sampled every `every` iterations
-    (NaN when it cannot be told)."""
-    if len(errs) < 2 or not errs[0] > 0:
+    """The per-iteration linear rate of a marginal-error history sampled every `every` iterations, over
+    its later half (Sinkhorn's rate slows as it goes: the recent one predicts best); NaN when it cannot
+    be told."""
+    recent = errs[(len(errs) - 1) // 2:]
+    if len(recent) < 2 or not recent[0] > 0:
         return math.nan
-    return (errs[-1] / errs[0]) ** (1.0 / (every * (len(errs) - 1)))
+    return (recent[-1] / recent[0]) ** (1.0 / (every * (len(recent) - 1)))
 
 
 def _warm_start(a, b, C, eps, warmup_iters, tol, sinkhorn_budget):
