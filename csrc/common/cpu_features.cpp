@@ -25,7 +25,9 @@ static CpuIsa detect_isa() {
   }
 #if SPARSEOPS_X86_KERNELS && (defined(__x86_64__) || defined(_M_X64))
   __builtin_cpu_init();
-  const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+  // POPCNT and BMI1 come with every AVX2 CPU; the AVX2 / AVX-512 units are compiled with them too.
+  const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c") &&
+                    __builtin_cpu_supports("popcnt") && __builtin_cpu_supports("bmi");
   const bool avx512 = avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
                       __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
                       __builtin_cpu_supports("avx512bf16");

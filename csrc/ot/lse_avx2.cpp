@@ -312,6 +312,22 @@ typename S::T dual_row(const typename S::T* c, typename S::T hi, const typename 
   return sum;
 }
 
+// The 32-bit mask of the bytes of v that are <= b (unsigned).
+uint32_t bytes_at_most(__m256i v, __m256i vb) {
+  return static_cast<uint32_t>(_mm256_movemask_epi8(_mm256_cmpeq_epi8(_mm256_min_epu8(v, vb), v)));
+}
+
+// #{j : bucket[j] <= b}, 32 bytes a step.
+int64_t count_at_most(const uint8_t* bucket, int64_t len, int b) {
+  const __m256i vb = _mm256_set1_epi8(static_cast<char>(b));
+  int64_t n = 0, j = 0;
+  for (; j + 32 <= len; j += 32) {
+    n += _mm_popcnt_u32(bytes_at_most(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(bucket + j)), vb));
+  }
+  for (; j < len; ++j) n += bucket[j] <= b;
+  return n;
+}
+
 }  // namespace
 
 float row_lse_avx2(const float* c, const float* h, float inv_eps, int64_t len) { return row_lse<F32>(c, h, inv_eps, len); }
@@ -333,6 +349,39 @@ void distance_buckets_avx2(const float* x, float top, uint8_t* out, int64_t len)
 }
 void distance_buckets_avx2(const double* x, double top, uint8_t* out, int64_t len) {
   distance_buckets<F64>(x, top, out, len);
+}
+// A binary search over the 256 byte values, each probe one vector pass over the row's bytes.
+int kth_bucket_avx2(const uint8_t* bucket, int64_t len, int64_t k, int64_t* below) {
+  int lo = 0, hi = 255;
+  while (lo < hi) {
+    const int mid = (lo + hi) / 2;
+    if (count_at_most(bucket, len, mid) >= k) {
+      hi = mid;
+    } else {
+      lo = mid + 1;
+    }
+  }
+  *below = lo == 0 ? 0 : count_at_most(bucket, len, lo - 1);
+  return lo;
+}
+int64_t split_by_bucket_avx2(const uint8_t* bucket, int64_t len, int kb, int64_t* lt, int64_t* eq) {
+  const __m256i vb = _mm256_set1_epi8(static_cast<char>(kb));
+  int64_t nl = 0, ne = 0, j = 0;
+  for (; j + 32 <= len; j += 32) {
+    const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(bucket + j));
+    const uint32_t at_eq = static_cast<uint32_t>(_mm256_movemask_epi8(_mm256_cmpeq_epi8(v, vb)));
+    const uint32_t at_lt = bytes_at_most(v, vb) & ~at_eq;
+    for (uint32_t m = at_lt; m != 0; m &= m - 1) lt[nl++] = j + _tzcnt_u32(m);
+    for (uint32_t m = at_eq; m != 0; m &= m - 1) eq[ne++] = j + _tzcnt_u32(m);
+  }
+  for (; j < len; ++j) {
+    if (bucket[j] < kb) {
+      lt[nl++] = j;
+    } else if (bucket[j] == kb) {
+      eq[ne++] = j;
+    }
+  }
+  return ne;
 }
 float row_max_avx2(const float* c, const float* h, float inv_eps, int64_t len) {
   return row_max<F32>(c, h, inv_eps, len);

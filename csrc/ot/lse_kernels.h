@@ -36,6 +36,16 @@ void distance_buckets_avx512(const double* x, double top, uint8_t* out, int64_t 
 void distance_buckets_avx2(const float* x, float top, uint8_t* out, int64_t len);
 void distance_buckets_avx2(const double* x, double top, uint8_t* out, int64_t len);
 
+// The bucket kb holding the k-th smallest of bucket[0, len) (1 <= k <= len): the smallest b with
+// #{j : bucket[j] <= b} >= k. *below = #{j : bucket[j] < kb}.
+int kth_bucket_avx512(const uint8_t* bucket, int64_t len, int64_t k, int64_t* below);
+int kth_bucket_avx2(const uint8_t* bucket, int64_t len, int64_t k, int64_t* below);
+
+// Writes, in increasing order, the j with bucket[j] < kb to lt and those with bucket[j] == kb to eq;
+// returns how many went to eq.
+int64_t split_by_bucket_avx512(const uint8_t* bucket, int64_t len, int kb, int64_t* lt, int64_t* eq);
+int64_t split_by_bucket_avx2(const uint8_t* bucket, int64_t len, int kb, int64_t* lt, int64_t* eq);
+
 // Row pass: max_j x_j, then sum_j exp(x_j - max) (the row is read twice, the second time from cache).
 // Returns log(sum) + max, -inf when every x_j is -inf.
 float row_lse_avx512(const float* c, const float* h, float inv_eps, int64_t len);

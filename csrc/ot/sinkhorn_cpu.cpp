@@ -85,6 +85,30 @@ void distance_buckets_portable(const T* x, T top, uint8_t* out, int64_t len) {
   }
 }
 
+// The bucket holding the k-th smallest byte (lse_kernels.h: kth_bucket), by a histogram.
+int kth_bucket_portable(const uint8_t* bucket, int64_t len, int64_t k, int64_t* below) {
+  int64_t count[256] = {};
+  for (int64_t j = 0; j < len; ++j) ++count[bucket[j]];
+  int kb = 0;
+  int64_t n = 0;
+  while (n + count[kb] < k) n += count[kb++];
+  *below = n;
+  return kb;
+}
+
+// The entries below and at bucket kb (lse_kernels.h: split_by_bucket).
+int64_t split_by_bucket_portable(const uint8_t* bucket, int64_t len, int kb, int64_t* lt, int64_t* eq) {
+  int64_t nl = 0, ne = 0;
+  for (int64_t j = 0; j < len; ++j) {
+    if (bucket[j] < kb) {
+      lt[nl++] = j;
+    } else if (bucket[j] == kb) {
+      eq[ne++] = j;
+    }
+  }
+  return ne;
+}
+
 template <typename T>
 T row_lse_portable(const T* c, const T* h, T inv_eps, int64_t len) {
   const T mx = row_max_portable(c, h, inv_eps, len);
@@ -157,7 +181,7 @@ LseKernels<T> lse_kernels() {
   LseKernels<T> k{&row_lse_portable<T>,  &row_max_portable<T>, &col_accum_portable<T>,
                   &plan_row_portable<T>, &dual_row_portable<T>, &row_exp_portable<T>,
                   &axpy_portable<T>,     &axpy_rows_portable<T>, &dot_portable<T>, &log_values_portable<T>,
-                  &distance_buckets_portable<T>, T(0)};
+                  &distance_buckets_portable<T>, &kth_bucket_portable, &split_by_bucket_portable, T(0)};
 #if SPARSEOPS_X86_KERNELS
   using RowFn = T (*)(const T*, const T*, T, int64_t);
   using ColFn = void (*)(const T*, T, T, const T*, T*, T*, int64_t);
@@ -176,14 +200,16 @@ LseKernels<T> lse_kernels() {
          static_cast<DualFn>(&cpu::dual_row_avx512), static_cast<ExpFn>(&cpu::row_exp_avx512),
          static_cast<AxpyFn>(&cpu::axpy_avx512), static_cast<AxpyRowsFn>(&cpu::axpy_rows_avx512),
          static_cast<DotFn>(&cpu::dot_avx512), static_cast<ValuesFn>(&cpu::log_values_avx512),
-         static_cast<BucketsFn>(&cpu::distance_buckets_avx512), dropped};
+         static_cast<BucketsFn>(&cpu::distance_buckets_avx512), &cpu::kth_bucket_avx512, &cpu::split_by_bucket_avx512,
+         dropped};
   } else if (cpu_use_avx2()) {
     k = {static_cast<RowFn>(&cpu::row_lse_avx2), static_cast<RowFn>(&cpu::row_max_avx2),
          static_cast<ColFn>(&cpu::col_accum_avx2), static_cast<PlanFn>(&cpu::plan_row_avx2),
          static_cast<DualFn>(&cpu::dual_row_avx2), static_cast<ExpFn>(&cpu::row_exp_avx2),
          static_cast<AxpyFn>(&cpu::axpy_avx2), static_cast<AxpyRowsFn>(&cpu::axpy_rows_avx2),
          static_cast<DotFn>(&cpu::dot_avx2), static_cast<ValuesFn>(&cpu::log_values_avx2),
-         static_cast<BucketsFn>(&cpu::distance_buckets_avx2), dropped};
+         static_cast<BucketsFn>(&cpu::distance_buckets_avx2), &cpu::kth_bucket_avx2, &cpu::split_by_bucket_avx2,
+         dropped};
   }
 #endif
   return k;

@@ -30,30 +30,23 @@ struct Candidate {
 // SIMD or have predictable branches:
 //   1. K.log_values stores the row's log-values in x and returns their maximum, top;
 //   2. K.distance_buckets puts each entry in one of 256 buckets of its distance below top (monotone: a
-//      larger x never lands in a later bucket), one byte each; their histogram finds the bucket kb
-//      holding the k-th entry;
-//   3. a scan of the bytes collects the entries in earlier buckets (all taken, in column order) and
-//      those in kb; nth_element on the latter alone picks the ones still needed in the selection order
+//      larger x never lands in a later bucket), one byte each; K.kth_bucket finds the bucket kb holding
+//      the k-th entry;
+//   3. K.split_by_bucket lists the entries in earlier buckets (all taken, in column order) and those
+//      in kb; nth_element on the latter alone picks the ones still needed in the selection order
 //      (larger value, then lower column), and they are merged in by column.
-// Extra memory: x holds m scalars, bucket m bytes, cand and pick_kb up to m entries.
+// Extra memory: x holds m scalars, bucket m bytes, at_kb, cand and pick_kb up to m entries.
 template <typename T>
 void top_k_columns(const LseKernels<T>& K, const T* c, const T* h, T inv_eps, int64_t m, int64_t k, T* x,
-                   uint8_t* bucket, std::vector<Candidate<T>>& cand, std::vector<int64_t>& pick_kb, int64_t* pick) {
+                   uint8_t* bucket, std::vector<int64_t>& at_kb, std::vector<Candidate<T>>& cand,
+                   std::vector<int64_t>& pick_kb, int64_t* pick) {
   const T top = K.log_values(c, h, inv_eps, x, m);
   K.distance_buckets(x, top, bucket, m);
-  int64_t count[256] = {};
-  for (int64_t j = 0; j < m; ++j) ++count[bucket[j]];
-  int kb = 0;
   int64_t above = 0;  // entries in the buckets before kb: all of them are taken
-  while (above + count[kb] < k) above += count[kb++];
-  int64_t taken = 0, nc = 0;
-  for (int64_t j = 0; j < m; ++j) {
-    if (bucket[j] < kb) {
-      pick[taken++] = j;
-    } else if (bucket[j] == kb) {
-      cand[nc++] = {x[j], j};
-    }
-  }
+  const int kb = K.kth_bucket(bucket, m, k, &above);
+  const int64_t taken = above;
+  const int64_t nc = K.split_by_bucket(bucket, m, kb, pick, at_kb.data());
+  for (int64_t t = 0; t < nc; ++t) cand[t] = {x[at_kb[t]], at_kb[t]};
   const auto before = [](const Candidate<T>& p, const Candidate<T>& q) {
     return p.value > q.value || (p.value == q.value && p.col < q.col);
   };
@@ -98,6 +91,7 @@ std::tuple<at::Tensor, at::Tensor> ot_sparse_plan_cpu(const at::Tensor& a, const
       at::parallel_for(0, d.n, ot_row_grain(d.n, d.m, 4096), [&](int64_t i0, int64_t i1) {
         std::vector<T> x(d.m);
         std::vector<uint8_t> bucket(d.m);
+        std::vector<int64_t> at_kb(d.m);
         std::vector<Candidate<T>> cand(d.m);
         std::vector<int64_t> pick_kb;
         pick_kb.reserve(d.m);
@@ -105,7 +99,7 @@ std::tuple<at::Tensor, at::Tensor> ot_sparse_plan_cpu(const at::Tensor& a, const
           const T* ci = cp + i * d.m;
           int64_t* io = idx.mutable_data_ptr<int64_t>() + (e * d.n + i) * k;
           T* vo = val.mutable_data_ptr<T>() + (e * d.n + i) * k;
-          top_k_columns<T>(K, ci, hg.data(), inv_eps, d.m, k, x.data(), bucket.data(), cand, pick_kb, io);
+          top_k_columns<T>(K, ci, hg.data(), inv_eps, d.m, k, x.data(), bucket.data(), at_kb, cand, pick_kb, io);
           const T hi = ot_h(ot_log_weight<T>(ap[i]), fp[i] * inv_eps);
           for (int64_t t = 0; t < k; ++t) {
             vo[t] = hi == -std::numeric_limits<T>::infinity() ? T(0) : std::exp(hi + x[io[t]]);
