@@ -95,7 +95,8 @@ TORCH_LIBRARY(sparseops, m) {
   // The k largest entries of every row of P: (idx [B, n, k] int64, val [B, n, k]), unordered.
   m.def("ot_sparse_plan(Tensor a, Tensor b, Tensor C, Tensor f, Tensor g, float eps, int k) -> (Tensor, Tensor)");
   // Jacobi-preconditioned CG for ([[diag(row_diag), S], [S^T, diag(col_diag)]] + shift I) x = rhs, S the
-  // sparse rows (idx [B, n, k], val [B, n, k]); from x = 0 until ||r|| <= tol ||rhs|| or max_iter.
+  // sparse rows (idx [B, n, k], val [B, n, k]); from x = 0 until ||r|| <= tol ||rhs|| or max_iter (CPU:
+  // CG on the Schur complement of the row block, whose residual is the whole system's; CUDA: on the whole).
   // Returns (x_f [B, n], x_g [B, m], iterations [B] int64).
   m.def("ot_newton_cg(Tensor idx, Tensor val, Tensor row_diag, Tensor col_diag, Tensor rhs_f, Tensor rhs_g, float shift, int max_iter, float tol) -> (Tensor, Tensor, Tensor)");
   // Point clouds x [B, n, d], y [B, m, d] with costs |x_i - y_j|_p^p (p = 1 or 2) recomputed tile by tile

@@ -11,7 +11,8 @@ with gradient (a - P1, b - P^T1) and Hessian -(1/eps) [[diag(P1), P], [P^T, diag
 solves M d = eps grad D with M = [[diag(P1), S], [S^T, diag(P^T1)]] + shift I, where S keeps the k largest
 entries of each row of P (k = density * m, at least 1): M is symmetric and diagonally dominant (S <= P
 entrywise), positive definite with the shift, which also fixes the gauge (the direction (1, -1) that
-leaves P unchanged). CG (Jacobi-preconditioned, relative tolerance min(0.1, err)) solves it; a
+leaves P unchanged). CG (Jacobi-preconditioned, relative tolerance min(0.1, err); on CPU on the Schur
+complement of the row block, which takes far fewer iterations) solves it; a
 backtracking line search on D (Armijo, or a decrease of the marginal error near round-off level) picks
 the step. A step that fails, needs t < 1/4, or does not halve the marginal error doubles k (a failed one
 takes one Sinkhorn iteration instead): the density adapts to the problem from a sparse start.
@@ -146,7 +147,7 @@ def sinkhorn_newton_sparse(
             tol below ~1e-6.
         warmup_iters: Sinkhorn iterations before the first Newton step (at least 1 is run).
         max_newton: at most this many Newton steps (per batch entry).
-        density: fraction of each row of P kept in the sparse Hessian (default 2 / n, at least one
+        density: fraction of each row of P kept in the sparse Hessian (default 8 / n, at least one
             entry per row); doubled whenever a step fails or does not halve the marginal error.
         tol: stop when ``sum |P1 - a| + sum |P^T1 - b|`` <= tol.
         cg_max_iter: CG iterations per Newton step (default 2 (n + m)).
@@ -169,7 +170,9 @@ def sinkhorn_newton_sparse(
     eps = check_eps(op, eps)
     n, m = a2.shape[1], b2.shape[1]
     if density is None:
-        density = 2.0 / n
+        # The seed paper keeps ~2 / n; from 2 the first steps mostly fail and double k anyway (random
+        # assignment n=500 eps=1e-3: 9 steps from k=2, 5 from k=8, ~25% less time).
+        density = 8.0 / n
     if not (0 < density <= 1):
         raise ValueError(f"{op}: expected 0 < density <= 1 (got {density})")
     if warmup_iters < 0 or max_newton < 0:
