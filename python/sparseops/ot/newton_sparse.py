@@ -172,7 +172,7 @@ def sinkhorn_newton_sparse(
     if density is None:
         # The seed paper keeps ~2 / n; from 2 the first steps mostly fail and double k anyway (random
         # assignment n=500 eps=1e-3: 9 steps from k=2, 5 from k=8, ~25% less time).
-        density = 8.0 / n
+        density = min(1.0, 8.0 / n)
     if not (0 < density <= 1):
         raise ValueError(f"{op}: expected 0 < density <= 1 (got {density})")
     if warmup_iters < 0 or max_newton < 0:
