@@ -302,6 +302,24 @@ def test_bad_inputs_wrapper():
         s(a, b.clone().index_fill_(0, torch.tensor([0]), math.nan), C, 0.1)
 
 
+@pytest.mark.filterwarnings("ignore:sinkhorn.*did not reach")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("n, m", [(1, 1), (3, 5), (7, 37), (61, 67)])
+def test_nan_or_minus_inf_cost_found_anywhere(dtype, n, m):
+    """The input check's vector min scan: a bad cost in its first, middle or last entry (the tails of
+    every vector width) is an error, and a clean C passes."""
+    a = torch.full((n,), 1.0 / n, dtype=dtype)
+    b = torch.full((m,), 1.0 / m, dtype=dtype)
+    C = torch.rand(n, m, generator=torch.Generator().manual_seed(0)).to(dtype)
+    sparseops.ot.sinkhorn(a, b, C, 0.5, max_iter=1)
+    for flat in sorted({0, (n * m) // 2, n * m - 1}):
+        for bad, message in ((math.nan, "expected C without NaN"), (-math.inf, "expected C > -inf")):
+            Cb = C.clone()
+            Cb.view(-1)[flat] = bad
+            with pytest.raises(ValueError, match=f"sinkhorn_log: {message}"):
+                sparseops.ot.sinkhorn(a, b, Cb, 0.5, max_iter=1)
+
+
 def test_bad_inputs_raw_op():
     a, b, C = _problem(2, 4, 3, torch.float64)
     with pytest.raises(RuntimeError, match=r"sinkhorn_log: expected b.size\(0\) == a.size\(0\) \(batch\) \(got 1 vs 2\)"):

@@ -41,6 +41,15 @@ struct F32 {
     return _mm_cvtss_f32(s);
   }
   static bool any_gt(V a, V b) { return _mm256_movemask_ps(_mm256_cmp_ps(a, b, _CMP_GT_OQ)) != 0; }
+  static V or_unordered(V acc, V a) { return _mm256_or_ps(acc, _mm256_cmp_ps(a, a, _CMP_UNORD_Q)); }
+  static bool any_set(V a) { return _mm256_movemask_ps(a) != 0; }
+  static V min(V a, V b) { return _mm256_min_ps(a, b); }
+  static T reduce_min(V v) {
+    __m128 s = _mm_min_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_min_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_min_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+  }
   static constexpr T kSkip = 30;
   static V exp(V x) { return simd::exp_nan_zero_avx2(x); }  // NaN, -inf -> 0
   // NaN -> -inf, +inf -> the largest finite value.
@@ -78,6 +87,13 @@ struct F64 {
     return _mm_cvtsd_f64(_mm_max_sd(s, _mm_unpackhi_pd(s, s)));
   }
   static bool any_gt(V a, V b) { return _mm256_movemask_pd(_mm256_cmp_pd(a, b, _CMP_GT_OQ)) != 0; }
+  static V or_unordered(V acc, V a) { return _mm256_or_pd(acc, _mm256_cmp_pd(a, a, _CMP_UNORD_Q)); }
+  static bool any_set(V a) { return _mm256_movemask_pd(a) != 0; }
+  static V min(V a, V b) { return _mm256_min_pd(a, b); }
+  static T reduce_min(V v) {
+    __m128d s = _mm_min_pd(_mm256_castpd256_pd128(v), _mm256_extractf128_pd(v, 1));
+    return _mm_cvtsd_f64(_mm_min_sd(s, _mm_unpackhi_pd(s, s)));
+  }
   static constexpr T kSkip = 60;
   static V exp(V x) { return simd::exp_nan_zero_avx2(x); }  // NaN, -inf -> 0
   static V sanitize(V v) {
@@ -119,6 +135,30 @@ typename S::T row_max(const typename S::T* c, const typename S::T* h, typename S
   typename S::T mx = S::reduce_max(vmax);
   for (; j < len; ++j) mx = std::max(mx, h[j] - c[j] * inv_eps);
   return mx;
+}
+
+// Four accumulators; NaN found by an unordered compare (min itself would drop it); a scalar tail.
+template <typename S>
+typename S::T min_or_nan(const typename S::T* x, int64_t len) {
+  using T = typename S::T;
+  using V = typename S::V;
+  const V inf = S::set1(std::numeric_limits<T>::infinity());
+  V mn[4] = {inf, inf, inf, inf}, unordered = S::set1(T(0));
+  int64_t j = 0;
+  for (; j + 4 * S::kW <= len; j += 4 * S::kW) {
+    for (int q = 0; q < 4; ++q) {
+      const V v = S::load(x + j + q * S::kW);
+      unordered = S::or_unordered(unordered, v);
+      mn[q] = S::min(mn[q], v);
+    }
+  }
+  bool nan = S::any_set(unordered);
+  T m = S::reduce_min(S::min(S::min(mn[0], mn[1]), S::min(mn[2], mn[3])));
+  for (; j < len; ++j) {
+    nan |= x[j] != x[j];
+    m = x[j] < m ? x[j] : m;
+  }
+  return nan ? std::numeric_limits<T>::quiet_NaN() : m;
 }
 
 template <typename S>
@@ -338,6 +378,8 @@ float row_exp_avx2(const float* c, const float* h, float inv_eps, float* mx, flo
 double row_exp_avx2(const double* c, const double* h, double inv_eps, double* mx, double* e, int64_t len) {
   return row_exp<F64>(c, h, inv_eps, mx, e, len);
 }
+float min_or_nan_avx2(const float* x, int64_t len) { return min_or_nan<F32>(x, len); }
+double min_or_nan_avx2(const double* x, int64_t len) { return min_or_nan<F64>(x, len); }
 float log_values_avx2(const float* c, const float* h, float inv_eps, float* x, int64_t len) {
   return log_values<F32>(c, h, inv_eps, x, len);
 }

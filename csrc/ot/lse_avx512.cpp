@@ -40,6 +40,10 @@ struct F32 {
   static T reduce_add(V v) { return _mm512_reduce_add_ps(v); }
   static T reduce_max(V v) { return _mm512_reduce_max_ps(v); }
   static bool any_gt(V a, V b) { return _mm512_cmp_ps_mask(a, b, _CMP_GT_OQ) != 0; }
+  static bool any_unordered(V a) { return _mm512_cmp_ps_mask(a, a, _CMP_UNORD_Q) != 0; }
+  static V min(V a, V b) { return _mm512_min_ps(a, b); }
+  static V mask_mov(V src, M k, V a) { return _mm512_mask_mov_ps(src, k, a); }
+  static T reduce_min(V v) { return _mm512_reduce_min_ps(v); }
   static constexpr T kSkip = 30;
   static V exp(V x) { return simd::exp_nan_zero_avx512(x); }  // NaN, -inf -> 0
   // NaN -> -inf, +inf -> the largest finite value.
@@ -72,6 +76,10 @@ struct F64 {
   static T reduce_add(V v) { return _mm512_reduce_add_pd(v); }
   static T reduce_max(V v) { return _mm512_reduce_max_pd(v); }
   static bool any_gt(V a, V b) { return _mm512_cmp_pd_mask(a, b, _CMP_GT_OQ) != 0; }
+  static bool any_unordered(V a) { return _mm512_cmp_pd_mask(a, a, _CMP_UNORD_Q) != 0; }
+  static V min(V a, V b) { return _mm512_min_pd(a, b); }
+  static V mask_mov(V src, M k, V a) { return _mm512_mask_mov_pd(src, k, a); }
+  static T reduce_min(V v) { return _mm512_reduce_min_pd(v); }
   static constexpr T kSkip = 60;
   static V exp(V x) { return simd::exp_nan_zero_avx512(x); }  // NaN, -inf -> 0
   static V sanitize(V v) {
@@ -94,6 +102,31 @@ typename S::T row_max(const typename S::T* c, const typename S::T* h, typename S
     vmax = S::mask_max(vmax, k, vmax, S::fnmadd(S::load(k, c + j), vi, S::load(k, h + j)));
   }
   return S::reduce_max(vmax);
+}
+
+// Four accumulators; NaN found by an unordered compare (min itself would drop it).
+template <typename S>
+typename S::T min_or_nan(const typename S::T* x, int64_t len) {
+  using T = typename S::T;
+  using V = typename S::V;
+  const V inf = S::set1(std::numeric_limits<T>::infinity());
+  V mn[4] = {inf, inf, inf, inf};
+  bool nan = false;
+  int64_t j = 0;
+  for (; j + 4 * S::kW <= len; j += 4 * S::kW) {
+    for (int q = 0; q < 4; ++q) {
+      const V v = S::load(S::tail(S::kW), x + j + q * S::kW);
+      nan |= S::any_unordered(v);
+      mn[q] = S::min(mn[q], v);
+    }
+  }
+  for (; j < len; j += S::kW) {
+    const auto k = S::tail(len - j);
+    const V v = S::mask_mov(inf, k, S::load(k, x + j));  // lanes past the end: +inf
+    nan |= S::any_unordered(v);
+    mn[0] = S::min(mn[0], v);
+  }
+  return nan ? std::numeric_limits<T>::quiet_NaN() : S::reduce_min(S::min(S::min(mn[0], mn[1]), S::min(mn[2], mn[3])));
 }
 
 template <typename S>
@@ -295,6 +328,8 @@ float row_exp_avx512(const float* c, const float* h, float inv_eps, float* mx, f
 double row_exp_avx512(const double* c, const double* h, double inv_eps, double* mx, double* e, int64_t len) {
   return row_exp<F64>(c, h, inv_eps, mx, e, len);
 }
+float min_or_nan_avx512(const float* x, int64_t len) { return min_or_nan<F32>(x, len); }
+double min_or_nan_avx512(const double* x, int64_t len) { return min_or_nan<F64>(x, len); }
 float log_values_avx512(const float* c, const float* h, float inv_eps, float* x, int64_t len) {
   return log_values<F32>(c, h, inv_eps, x, len);
 }

@@ -20,6 +20,13 @@ double row_max_avx512(const double* c, const double* h, double inv_eps, int64_t 
 float row_max_avx2(const float* c, const float* h, float inv_eps, int64_t len);
 double row_max_avx2(const double* c, const double* h, double inv_eps, int64_t len);
 
+// min_j x[j], NaN when some x[j] is NaN, +inf when len == 0 (the input check on C: one pass finds
+// both NaN and -inf costs).
+float min_or_nan_avx512(const float* x, int64_t len);
+double min_or_nan_avx512(const double* x, int64_t len);
+float min_or_nan_avx2(const float* x, int64_t len);
+double min_or_nan_avx2(const double* x, int64_t len);
+
 // The sparse plan's row pass: x[j] = x_j with NaN (from a NaN potential) stored as -inf and +inf as the
 // largest finite value; returns max_j x[j]. (Every later pass of that row reads x, so they agree on it.)
 float log_values_avx512(const float* c, const float* h, float inv_eps, float* x, int64_t len);

@@ -11,6 +11,7 @@
 #include <optional>
 
 #include "common/checks.h"
+#include "ot/ot_cpu_kernels.h"
 
 namespace sparseops::ot {
 
@@ -62,38 +63,18 @@ inline void check_marginal_values(const char* op, const at::Tensor& a, const at:
   }
 }
 
-// min(t) (NaN if t has one). Small CPU tensors (< 2^18 entries) by a plain loop on this thread: ATen's
-// reduction forks OpenMP threads above 32k entries, and with 2 threads on a machine where another process
-// holds a core that fork/join waits a scheduler tick (4-8 ms measured here), more than a whole n = 300
-// solve. Larger or CUDA tensors: ATen's min.
+// min(t) (NaN if t has one). Small CPU tensors (< 2^18 entries) by the ISA's min_or_nan on this thread:
+// ATen's reduction forks OpenMP threads above 32k entries, and with 2 threads on a machine where another
+// process holds a core that fork/join waits a scheduler tick (4-8 ms measured here), more than a whole
+// n = 300 solve. Larger or CUDA tensors: ATen's min.
 inline double value_min(const at::Tensor& t) {
   if (!t.is_cpu() || t.numel() == 0 || t.numel() >= (int64_t(1) << 18) ||
       (t.scalar_type() != at::kFloat && t.scalar_type() != at::kDouble)) {
     return t.min().item<double>();
   }
   const at::Tensor c = t.contiguous();
-  const int64_t n = c.numel();
-  // Four independent min chains and no early exit (one chain with a NaN branch and numel() re-read per
-  // element took a 20-iteration n = m = 300 fp64 solve from 0.57 to 0.92 ms on a Zen 4).
-  const auto scan = [&](const auto* p) {
-    double mn[4] = {INFINITY, INFINITY, INFINITY, INFINITY};
-    bool nan = false;
-    int64_t i = 0;
-    for (; i + 4 <= n; i += 4) {
-      for (int q = 0; q < 4; ++q) {
-        const double v = p[i + q];
-        nan |= v != v;
-        mn[q] = v < mn[q] ? v : mn[q];
-      }
-    }
-    for (; i < n; ++i) {
-      const double v = p[i];
-      nan |= v != v;
-      mn[0] = v < mn[0] ? v : mn[0];
-    }
-    return nan ? static_cast<double>(NAN) : std::min(std::min(mn[0], mn[1]), std::min(mn[2], mn[3]));
-  };
-  return c.scalar_type() == at::kFloat ? scan(c.const_data_ptr<float>()) : scan(c.const_data_ptr<double>());
+  if (c.scalar_type() == at::kFloat) return lse_kernels<float>().min_or_nan(c.const_data_ptr<float>(), c.numel());
+  return lse_kernels<double>().min_or_nan(c.const_data_ptr<double>(), c.numel());
 }
 
 // Values: marginals finite and >= 0; C not NaN and not -inf. Raises on the first problem.

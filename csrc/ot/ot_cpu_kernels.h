@@ -17,6 +17,7 @@ struct LseKernels {
   void (*axpy)(const T* e, T alpha, T* acc, int64_t len);
   void (*axpy_rows)(const T* const* rows, const T* coef, int64_t count, T* acc, int64_t len);
   T (*dot)(const T* x, const T* y, int64_t len);
+  T (*min_or_nan)(const T* x, int64_t len);
   T (*log_values)(const T* c, const T* h, T inv_eps, T* x, int64_t len);
   void (*distance_buckets)(const T* x, T top, uint8_t* out, int64_t len);
   // Not typed by T (bytes), but kept with the loops of the pass that uses them.

@@ -60,6 +60,28 @@ T row_max_portable(const T* c, const T* h, T inv_eps, int64_t len) {
   return mx;
 }
 
+// The minimum, NaN if there is one (lse_kernels.h: min_or_nan). Four independent chains and no early
+// exit (one chain with a NaN branch per element took a 20-iteration n = m = 300 fp64 solve from 0.57 to
+// 0.92 ms on a Zen 4).
+template <typename T>
+T min_or_nan_portable(const T* x, int64_t len) {
+  T mn[4] = {INFINITY, INFINITY, INFINITY, INFINITY};
+  bool nan = false;
+  int64_t i = 0;
+  for (; i + 4 <= len; i += 4) {
+    for (int q = 0; q < 4; ++q) {
+      const T v = x[i + q];
+      nan |= v != v;
+      mn[q] = v < mn[q] ? v : mn[q];
+    }
+  }
+  for (; i < len; ++i) {
+    nan |= x[i] != x[i];
+    mn[0] = x[i] < mn[0] ? x[i] : mn[0];
+  }
+  return nan ? T(NAN) : std::min(std::min(mn[0], mn[1]), std::min(mn[2], mn[3]));
+}
+
 // Sanitised log-values and their maximum (lse_kernels.h: log_values).
 template <typename T>
 T log_values_portable(const T* c, const T* h, T inv_eps, T* x, int64_t len) {
@@ -180,7 +202,8 @@ template <typename T>
 LseKernels<T> lse_kernels() {
   LseKernels<T> k{&row_lse_portable<T>,  &row_max_portable<T>, &col_accum_portable<T>,
                   &plan_row_portable<T>, &dual_row_portable<T>, &row_exp_portable<T>,
-                  &axpy_portable<T>,     &axpy_rows_portable<T>, &dot_portable<T>, &log_values_portable<T>,
+                  &axpy_portable<T>,     &axpy_rows_portable<T>, &dot_portable<T>, &min_or_nan_portable<T>,
+                  &log_values_portable<T>,
                   &distance_buckets_portable<T>, &kth_bucket_portable, &split_by_bucket_portable, T(0)};
 #if SPARSEOPS_X86_KERNELS
   using RowFn = T (*)(const T*, const T*, T, int64_t);
@@ -191,6 +214,7 @@ LseKernels<T> lse_kernels() {
   using AxpyFn = void (*)(const T*, T, T*, int64_t);
   using AxpyRowsFn = void (*)(const T* const*, const T*, int64_t, T*, int64_t);
   using DotFn = T (*)(const T*, const T*, int64_t);
+  using MinFn = T (*)(const T*, int64_t);
   using ValuesFn = T (*)(const T*, const T*, T, T*, int64_t);
   using BucketsFn = void (*)(const T*, T, uint8_t*, int64_t);
   const T dropped = std::is_same_v<T, float> ? T(9.4e-14) : T(8.8e-27);  // exp(-30), exp(-60): the skip rule
@@ -199,7 +223,8 @@ LseKernels<T> lse_kernels() {
          static_cast<ColFn>(&cpu::col_accum_avx512), static_cast<PlanFn>(&cpu::plan_row_avx512),
          static_cast<DualFn>(&cpu::dual_row_avx512), static_cast<ExpFn>(&cpu::row_exp_avx512),
          static_cast<AxpyFn>(&cpu::axpy_avx512), static_cast<AxpyRowsFn>(&cpu::axpy_rows_avx512),
-         static_cast<DotFn>(&cpu::dot_avx512), static_cast<ValuesFn>(&cpu::log_values_avx512),
+         static_cast<DotFn>(&cpu::dot_avx512), static_cast<MinFn>(&cpu::min_or_nan_avx512),
+         static_cast<ValuesFn>(&cpu::log_values_avx512),
          static_cast<BucketsFn>(&cpu::distance_buckets_avx512), &cpu::kth_bucket_avx512, &cpu::split_by_bucket_avx512,
          dropped};
   } else if (cpu_use_avx2()) {
@@ -207,7 +232,8 @@ LseKernels<T> lse_kernels() {
          static_cast<ColFn>(&cpu::col_accum_avx2), static_cast<PlanFn>(&cpu::plan_row_avx2),
          static_cast<DualFn>(&cpu::dual_row_avx2), static_cast<ExpFn>(&cpu::row_exp_avx2),
          static_cast<AxpyFn>(&cpu::axpy_avx2), static_cast<AxpyRowsFn>(&cpu::axpy_rows_avx2),
-         static_cast<DotFn>(&cpu::dot_avx2), static_cast<ValuesFn>(&cpu::log_values_avx2),
+         static_cast<DotFn>(&cpu::dot_avx2), static_cast<MinFn>(&cpu::min_or_nan_avx2),
+         static_cast<ValuesFn>(&cpu::log_values_avx2),
          static_cast<BucketsFn>(&cpu::distance_buckets_avx2), &cpu::kth_bucket_avx2, &cpu::split_by_bucket_avx2,
          dropped};
   }
