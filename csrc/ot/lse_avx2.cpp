@@ -119,7 +119,9 @@ T log_value_tail(const T* c, const T* h, T inv_eps, int64_t j) {
 template <typename T>
 uint8_t distance_bucket_tail(T top, T x) {
   const T d = top - x;
-  const float df = static_cast<float>(d > T(1.0 / 256) ? d : T(1.0 / 256));
+  // Clamped: converting a double past float's range is undefined (the vector conversion gives +inf; both
+  // land in bucket 255).
+  const float df = static_cast<float>(std::min(d > T(1.0 / 256) ? d : T(1.0 / 256), T(1e30)));
   uint32_t bits;
   std::memcpy(&bits, &df, sizeof bits);
   return static_cast<uint8_t>(std::min<uint32_t>((bits >> 20) - ((127 - 8) << 3), 255));

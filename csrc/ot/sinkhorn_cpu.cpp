@@ -100,7 +100,9 @@ void distance_buckets_portable(const T* x, T top, uint8_t* out, int64_t len) {
   constexpr uint32_t kBase = uint32_t(127 - 8) << 3;  // the exponent-and-3-bit key of 2^-8
   for (int64_t j = 0; j < len; ++j) {
     const T d = top - x[j];
-    const float df = static_cast<float>(d > T(1.0 / 256) ? d : T(1.0 / 256));
+    // Clamped: converting a double past float's range is undefined (the vector conversion gives +inf; both
+    // land in bucket 255).
+    const float df = static_cast<float>(std::min(d > T(1.0 / 256) ? d : T(1.0 / 256), T(1e30)));
     uint32_t bits;
     std::memcpy(&bits, &df, sizeof bits);
     out[j] = static_cast<uint8_t>(std::min<uint32_t>((bits >> 20) - kBase, 255));
