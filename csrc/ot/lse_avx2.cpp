@@ -359,17 +359,6 @@ uint32_t bytes_at_most(__m256i v, __m256i vb) {
   return static_cast<uint32_t>(_mm256_movemask_epi8(_mm256_cmpeq_epi8(_mm256_min_epu8(v, vb), v)));
 }
 
-// #{j : bucket[j] <= b}, 32 bytes a step.
-int64_t count_at_most(const uint8_t* bucket, int64_t len, int b) {
-  const __m256i vb = _mm256_set1_epi8(static_cast<char>(b));
-  int64_t n = 0, j = 0;
-  for (; j + 32 <= len; j += 32) {
-    n += _mm_popcnt_u32(bytes_at_most(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(bucket + j)), vb));
-  }
-  for (; j < len; ++j) n += bucket[j] <= b;
-  return n;
-}
-
 }  // namespace
 
 float row_lse_avx2(const float* c, const float* h, float inv_eps, int64_t len) { return row_lse<F32>(c, h, inv_eps, len); }
@@ -394,19 +383,15 @@ void distance_buckets_avx2(const float* x, float top, uint8_t* out, int64_t len)
 void distance_buckets_avx2(const double* x, double top, uint8_t* out, int64_t len) {
   distance_buckets<F64>(x, top, out, len);
 }
-// A binary search over the 256 byte values, each probe one vector pass over the row's bytes.
-int kth_bucket_avx2(const uint8_t* bucket, int64_t len, int64_t k, int64_t* below) {
-  int lo = 0, hi = 255;
-  while (lo < hi) {
-    const int mid = (lo + hi) / 2;
-    if (count_at_most(bucket, len, mid) >= k) {
-      hi = mid;
-    } else {
-      lo = mid + 1;
-    }
+// #{j : bucket[j] <= b}, 32 bytes a step.
+int64_t count_at_most_avx2(const uint8_t* bucket, int64_t len, int b) {
+  const __m256i vb = _mm256_set1_epi8(static_cast<char>(b));
+  int64_t n = 0, j = 0;
+  for (; j + 32 <= len; j += 32) {
+    n += _mm_popcnt_u32(bytes_at_most(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(bucket + j)), vb));
   }
-  *below = lo == 0 ? 0 : count_at_most(bucket, len, lo - 1);
-  return lo;
+  for (; j < len; ++j) n += bucket[j] <= b;
+  return n;
 }
 int64_t split_by_bucket_avx2(const uint8_t* bucket, int64_t len, int kb, int64_t* lt, int64_t* eq) {
   const __m256i vb = _mm256_set1_epi8(static_cast<char>(kb));

@@ -307,17 +307,6 @@ typename S::T dual_row(const typename S::T* c, typename S::T hi, const typename 
   return S::reduce_add(acc);
 }
 
-// #{j : bucket[j] <= b}, 64 bytes a step.
-int64_t count_at_most(const uint8_t* bucket, int64_t len, int b) {
-  const __m512i vb = _mm512_set1_epi8(static_cast<char>(b));
-  int64_t n = 0;
-  for (int64_t j = 0; j < len; j += 64) {
-    const __mmask64 k = len - j >= 64 ? ~__mmask64(0) : (__mmask64(1) << (len - j)) - 1;
-    n += _mm_popcnt_u64(_mm512_mask_cmple_epu8_mask(k, _mm512_maskz_loadu_epi8(k, bucket + j), vb));
-  }
-  return n;
-}
-
 }  // namespace
 
 float row_lse_avx512(const float* c, const float* h, float inv_eps, int64_t len) { return row_lse<F32>(c, h, inv_eps, len); }
@@ -342,19 +331,15 @@ void distance_buckets_avx512(const float* x, float top, uint8_t* out, int64_t le
 void distance_buckets_avx512(const double* x, double top, uint8_t* out, int64_t len) {
   distance_buckets<F64>(x, top, out, len);
 }
-// A binary search over the 256 byte values, each probe one vector pass over the row's bytes.
-int kth_bucket_avx512(const uint8_t* bucket, int64_t len, int64_t k, int64_t* below) {
-  int lo = 0, hi = 255;
-  while (lo < hi) {
-    const int mid = (lo + hi) / 2;
-    if (count_at_most(bucket, len, mid) >= k) {
-      hi = mid;
-    } else {
-      lo = mid + 1;
-    }
+// #{j : bucket[j] <= b}, 64 bytes a step.
+int64_t count_at_most_avx512(const uint8_t* bucket, int64_t len, int b) {
+  const __m512i vb = _mm512_set1_epi8(static_cast<char>(b));
+  int64_t n = 0;
+  for (int64_t j = 0; j < len; j += 64) {
+    const __mmask64 k = len - j >= 64 ? ~__mmask64(0) : (__mmask64(1) << (len - j)) - 1;
+    n += _mm_popcnt_u64(_mm512_mask_cmple_epu8_mask(k, _mm512_maskz_loadu_epi8(k, bucket + j), vb));
   }
-  *below = lo == 0 ? 0 : count_at_most(bucket, len, lo - 1);
-  return lo;
+  return n;
 }
 int64_t split_by_bucket_avx512(const uint8_t* bucket, int64_t len, int kb, int64_t* lt, int64_t* eq) {
   const __m512i vb = _mm512_set1_epi8(static_cast<char>(kb));

@@ -43,10 +43,9 @@ void distance_buckets_avx512(const double* x, double top, uint8_t* out, int64_t 
 void distance_buckets_avx2(const float* x, float top, uint8_t* out, int64_t len);
 void distance_buckets_avx2(const double* x, double top, uint8_t* out, int64_t len);
 
-// The bucket kb holding the k-th smallest of bucket[0, len) (1 <= k <= len): the smallest b with
-// #{j : bucket[j] <= b} >= k. *below = #{j : bucket[j] < kb}.
-int kth_bucket_avx512(const uint8_t* bucket, int64_t len, int64_t k, int64_t* below);
-int kth_bucket_avx2(const uint8_t* bucket, int64_t len, int64_t k, int64_t* below);
+// #{j : bucket[j] <= b} (the sparse plan's binary search for the bucket holding its k-th entry).
+int64_t count_at_most_avx512(const uint8_t* bucket, int64_t len, int b);
+int64_t count_at_most_avx2(const uint8_t* bucket, int64_t len, int b);
 
 // Writes, in increasing order, the j with bucket[j] < kb to lt and those with bucket[j] == kb to eq;
 // returns how many went to eq.

@@ -21,7 +21,7 @@ struct LseKernels {
   T (*log_values)(const T* c, const T* h, T inv_eps, T* x, int64_t len);
   void (*distance_buckets)(const T* x, T top, uint8_t* out, int64_t len);
   // Not typed by T (bytes), but kept with the loops of the pass that uses them.
-  int (*kth_bucket)(const uint8_t* bucket, int64_t len, int64_t k, int64_t* below);
+  int64_t (*count_at_most)(const uint8_t* bucket, int64_t len, int b);
   int64_t (*split_by_bucket)(const uint8_t* bucket, int64_t len, int kb, int64_t* lt, int64_t* eq);
   // Relative size of the largest term a row_exp may drop (a skipped vector, or an exp that underflows):
   // exp(-30) float / exp(-60) double for the SIMD variants, 0 (only underflow) for the portable one.

@@ -109,15 +109,11 @@ void distance_buckets_portable(const T* x, T top, uint8_t* out, int64_t len) {
   }
 }
 
-// The bucket holding the k-th smallest byte (lse_kernels.h: kth_bucket), by a histogram.
-int kth_bucket_portable(const uint8_t* bucket, int64_t len, int64_t k, int64_t* below) {
-  int64_t count[256] = {};
-  for (int64_t j = 0; j < len; ++j) ++count[bucket[j]];
-  int kb = 0;
+// The bytes <= b (lse_kernels.h: count_at_most).
+int64_t count_at_most_portable(const uint8_t* bucket, int64_t len, int b) {
   int64_t n = 0;
-  while (n + count[kb] < k) n += count[kb++];
-  *below = n;
-  return kb;
+  for (int64_t j = 0; j < len; ++j) n += bucket[j] <= b;
+  return n;
 }
 
 // The entries below and at bucket kb (lse_kernels.h: split_by_bucket).
@@ -206,7 +202,7 @@ LseKernels<T> lse_kernels() {
                   &plan_row_portable<T>, &dual_row_portable<T>, &row_exp_portable<T>,
                   &axpy_portable<T>,     &axpy_rows_portable<T>, &dot_portable<T>, &min_or_nan_portable<T>,
                   &log_values_portable<T>,
-                  &distance_buckets_portable<T>, &kth_bucket_portable, &split_by_bucket_portable, T(0)};
+                  &distance_buckets_portable<T>, &count_at_most_portable, &split_by_bucket_portable, T(0)};
 #if SPARSEOPS_X86_KERNELS
   using RowFn = T (*)(const T*, const T*, T, int64_t);
   using ColFn = void (*)(const T*, T, T, const T*, T*, T*, int64_t);
@@ -227,7 +223,7 @@ LseKernels<T> lse_kernels() {
          static_cast<AxpyFn>(&cpu::axpy_avx512), static_cast<AxpyRowsFn>(&cpu::axpy_rows_avx512),
          static_cast<DotFn>(&cpu::dot_avx512), static_cast<MinFn>(&cpu::min_or_nan_avx512),
          static_cast<ValuesFn>(&cpu::log_values_avx512),
-         static_cast<BucketsFn>(&cpu::distance_buckets_avx512), &cpu::kth_bucket_avx512, &cpu::split_by_bucket_avx512,
+         static_cast<BucketsFn>(&cpu::distance_buckets_avx512), &cpu::count_at_most_avx512, &cpu::split_by_bucket_avx512,
          dropped};
   } else if (cpu_use_avx2()) {
     k = {static_cast<RowFn>(&cpu::row_lse_avx2), static_cast<RowFn>(&cpu::row_max_avx2),
@@ -236,7 +232,7 @@ LseKernels<T> lse_kernels() {
          static_cast<AxpyFn>(&cpu::axpy_avx2), static_cast<AxpyRowsFn>(&cpu::axpy_rows_avx2),
          static_cast<DotFn>(&cpu::dot_avx2), static_cast<MinFn>(&cpu::min_or_nan_avx2),
          static_cast<ValuesFn>(&cpu::log_values_avx2),
-         static_cast<BucketsFn>(&cpu::distance_buckets_avx2), &cpu::kth_bucket_avx2, &cpu::split_by_bucket_avx2,
+         static_cast<BucketsFn>(&cpu::distance_buckets_avx2), &cpu::count_at_most_avx2, &cpu::split_by_bucket_avx2,
          dropped};
   }
 #endif

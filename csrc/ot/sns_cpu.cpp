@@ -30,8 +30,8 @@ struct Candidate {
 // SIMD or have predictable branches:
 //   1. K.log_values stores the row's log-values in x and returns their maximum, top;
 //   2. K.distance_buckets puts each entry in one of 256 buckets of its distance below top (monotone: a
-//      larger x never lands in a later bucket), one byte each; K.kth_bucket finds the bucket kb holding
-//      the k-th entry;
+//      larger x never lands in a later bucket), one byte each; a binary search with K.count_at_most
+//      finds the bucket kb holding the k-th entry;
 //   3. K.split_by_bucket lists the entries in earlier buckets (all taken, in column order) and those
 //      in kb; nth_element on the latter alone picks the ones still needed in the selection order
 //      (larger value, then lower column), and they are merged in by column.
@@ -42,9 +42,19 @@ void top_k_columns(const LseKernels<T>& K, const T* c, const T* h, T inv_eps, in
                    std::vector<int64_t>& pick_kb, int64_t* pick) {
   const T top = K.log_values(c, h, inv_eps, x, m);
   K.distance_buckets(x, top, bucket, m);
-  int64_t above = 0;  // entries in the buckets before kb: all of them are taken
-  const int kb = K.kth_bucket(bucket, m, k, &above);
-  const int64_t taken = above;
+  // kb = the smallest b with #{bucket <= b} >= k, by a binary search over the 256 byte values, each
+  // probe one vector pass over the bytes; the entries in the buckets before kb are all taken.
+  int lo = 0, hi = 255;
+  while (lo < hi) {
+    const int mid = (lo + hi) / 2;
+    if (K.count_at_most(bucket, m, mid) >= k) {
+      hi = mid;
+    } else {
+      lo = mid + 1;
+    }
+  }
+  const int kb = lo;
+  const int64_t above = kb == 0 ? 0 : K.count_at_most(bucket, m, kb - 1), taken = above;
   const int64_t nc = K.split_by_bucket(bucket, m, kb, pick, at_kb.data());
   for (int64_t t = 0; t < nc; ++t) cand[t] = {x[at_kb[t]], at_kb[t]};
   const auto before = [](const Candidate<T>& p, const Candidate<T>& q) {
