@@ -125,7 +125,7 @@ std::tuple<at::Tensor, at::Tensor> ot_sparse_plan_cpu(const at::Tensor& a, const
 
 // S = the sparse plan of one batch entry held twice, so that both halves of M x are gathers (a scatter
 // into y serialises on its stores): by rows as given (ELL, k per row) and by columns (CSR of S^T, built
-// by a counting sort). Indices are int32 (n, m < 2^31 is checked). Extra memory: n k (4 + 4 + 8) bytes
+// by a counting sort). Indices are int32 (n k and m below 2^31, checked). Extra memory: n k (4 + 4 + 8) bytes
 // plus 4 (m + 1).
 template <typename T>
 struct SparseHessian {
