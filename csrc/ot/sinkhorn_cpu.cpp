@@ -44,6 +44,7 @@
 #include <vector>
 
 #include "common/cpu_features.h"
+#include "common/huge_page_buffer.h"
 #include "ot/lse_kernels.h"
 #include "ot/ot_checks.h"
 #include "ot/ot_math.h"
@@ -499,7 +500,7 @@ void solve_one(const LseKernels<T>& K, const T* a, const T* b, const Costs& cost
   // Stabilised scaling (see scaling_phase) from the start (its first build seeds f); after a hand-back,
   // retried check_every iterations later, at most 3 times.
   const bool scaling = fusable && !Costs::kComputed && scaling_enabled(n, m, sizeof(T));
-  std::unique_ptr<T[]> kt;  // not value-initialised: the scaling phase writes it before reading it
+  HugePageBuffer<T> kt;  // not initialised: the scaling phase writes it before reading it
   std::vector<T> bw(scaling ? m : 0);
   for (int64_t j = 0; j < static_cast<int64_t>(bw.size()); ++j) bw[j] = static_cast<T>(b[j] * b_factor);
   int64_t scaling_at = 0, hand_backs = 0;
@@ -509,7 +510,7 @@ void solve_one(const LseKernels<T>& K, const T* a, const T* b, const Costs& cost
   for (;; ) {
     if constexpr (!Costs::kComputed) {
       if (scaling && it >= scaling_at && hand_backs < 3) {
-        if (!kt) kt.reset(new T[n * m]);
+        if (!kt) kt = alloc_huge_page_buffer<T>(static_cast<size_t>(n * m));
         if (zero_cols_stale) {  // bring the zero-mass columns' potentials to the current f first
           fill_zero_mass_columns(costs.C, hf.data(), n, m, inv_eps, zero_cols, v.data(), lc.data());
           zero_cols_stale = false;
