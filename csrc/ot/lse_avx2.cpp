@@ -54,8 +54,8 @@ struct F32 {
   static V exp(V x) { return simd::exp_nan_zero_avx2(x); }  // NaN, -inf -> 0
   // NaN -> -inf, +inf -> the largest finite value.
   static V sanitize(V v) {
-    return _mm256_blendv_ps(_mm256_min_ps(v, set1(std::numeric_limits<T>::max())), set1(-std::numeric_limits<T>::infinity()),
-                            _mm256_cmp_ps(v, v, _CMP_UNORD_Q));
+    return _mm256_blendv_ps(_mm256_min_ps(v, set1(std::numeric_limits<T>::max())),
+                            set1(-std::numeric_limits<T>::infinity()), _mm256_cmp_ps(v, v, _CMP_UNORD_Q));
   }
   // Eight distance keys (lse_kernels.h: distance_buckets) as bytes.
   static void store_buckets(V d, uint8_t* out) {
@@ -102,7 +102,8 @@ struct F64 {
   }
   // Four distances rounded to float, their keys as bytes.
   static void store_buckets(V d, uint8_t* out) {
-    __m128i key = _mm_sub_epi32(_mm_srli_epi32(_mm_castps_si128(_mm256_cvtpd_ps(d)), 20), _mm_set1_epi32((127 - 8) << 3));
+    const __m128i bits = _mm_castps_si128(_mm256_cvtpd_ps(d));
+    __m128i key = _mm_sub_epi32(_mm_srli_epi32(bits, 20), _mm_set1_epi32((127 - 8) << 3));
     key = _mm_min_epu32(key, _mm_set1_epi32(255));
     const __m128i w = _mm_packus_epi32(key, key);
     const int32_t four = _mm_cvtsi128_si32(_mm_packus_epi16(w, w));

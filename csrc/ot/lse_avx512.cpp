@@ -48,7 +48,8 @@ struct F32 {
   static V exp(V x) { return simd::exp_nan_zero_avx512(x); }  // NaN, -inf -> 0
   // NaN -> -inf, +inf -> the largest finite value.
   static V sanitize(V v) {
-    return _mm512_mask_blend_ps(_mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q), _mm512_min_ps(v, set1(std::numeric_limits<T>::max())),
+    return _mm512_mask_blend_ps(_mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q),
+                                _mm512_min_ps(v, set1(std::numeric_limits<T>::max())),
                                 set1(-std::numeric_limits<T>::infinity()));
   }
   // The distances' float bits (d is float already).

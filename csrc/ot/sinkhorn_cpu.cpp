@@ -224,8 +224,8 @@ LseKernels<T> lse_kernels() {
          static_cast<AxpyFn>(&cpu::axpy_avx512), static_cast<AxpyRowsFn>(&cpu::axpy_rows_avx512),
          static_cast<DotFn>(&cpu::dot_avx512), static_cast<MinFn>(&cpu::min_or_nan_avx512),
          static_cast<ValuesFn>(&cpu::log_values_avx512),
-         static_cast<BucketsFn>(&cpu::distance_buckets_avx512), &cpu::count_at_most_avx512, &cpu::split_by_bucket_avx512,
-         dropped};
+         static_cast<BucketsFn>(&cpu::distance_buckets_avx512), &cpu::count_at_most_avx512,
+         &cpu::split_by_bucket_avx512, dropped};
   } else if (cpu_use_avx2()) {
     k = {static_cast<RowFn>(&cpu::row_lse_avx2), static_cast<RowFn>(&cpu::row_max_avx2),
          static_cast<ColFn>(&cpu::col_accum_avx2), static_cast<PlanFn>(&cpu::plan_row_avx2),
@@ -233,8 +233,8 @@ LseKernels<T> lse_kernels() {
          static_cast<AxpyFn>(&cpu::axpy_avx2), static_cast<AxpyRowsFn>(&cpu::axpy_rows_avx2),
          static_cast<DotFn>(&cpu::dot_avx2), static_cast<MinFn>(&cpu::min_or_nan_avx2),
          static_cast<ValuesFn>(&cpu::log_values_avx2),
-         static_cast<BucketsFn>(&cpu::distance_buckets_avx2), &cpu::count_at_most_avx2, &cpu::split_by_bucket_avx2,
-         dropped};
+         static_cast<BucketsFn>(&cpu::distance_buckets_avx2), &cpu::count_at_most_avx2,
+         &cpu::split_by_bucket_avx2, dropped};
   }
 #endif
   return k;

@@ -165,7 +165,9 @@ struct SparseHessian {
 
   // out = S^T u (u: [n], out: [m]).
   void transpose_times(const T* u, T* out) const {
-    for (int64_t j = 0; j < m; ++j) out[j] = gather_dot(tval.data() + start[j], row.data() + start[j], start[j + 1] - start[j], u);
+    for (int64_t j = 0; j < m; ++j) {
+      out[j] = gather_dot(tval.data() + start[j], row.data() + start[j], start[j + 1] - start[j], u);
+    }
   }
 
   // sum_p S_pj^2 w[p] for every column j (the Schur complement's diagonal).
