@@ -71,13 +71,17 @@ def test_forward_low_precision(device, dtype, shape):
     torch.testing.assert_close(out.float(), ref.float(), atol=TOL[dtype], rtol=TOL[dtype])
 
 
-def test_scale_and_noncontiguous_inputs():
-    q, k, v = _inputs(2, 4, 2, 33, 50, 64, torch.float32)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("scale", [0.3, -0.3])  # bf16: a positive scale is applied in the softmax, others in S
+def test_scale_and_noncontiguous_inputs(dtype, scale):
+    q, k, v = _inputs(2, 4, 2, 33, 50, 64, dtype)
     qt = q.transpose(1, 2).contiguous().transpose(1, 2)  # same values, other strides
     kt = k[..., ::1].transpose(2, 3).contiguous().transpose(2, 3)
     m = _random_mask(2, 1, 33, 50, 16, 16)
-    out = block_sparse_attention(qt, kt, v, m, scale=0.3)
-    torch.testing.assert_close(out, block_sparse_attention_ref(q, k, v, m, scale=0.3), atol=2e-5, rtol=1e-4)
+    out = block_sparse_attention(qt, kt, v, m, scale=scale)
+    tol = 2e-5 if dtype == torch.float32 else TOL[dtype]
+    ref = block_sparse_attention_ref(q, k, v, m, scale=scale)
+    torch.testing.assert_close(out.float(), ref.float(), atol=tol, rtol=max(tol, 1e-4))
 
 
 @pytest.mark.parametrize("threads", [1, 8])
@@ -97,19 +101,23 @@ def test_decode_split_matches_reference(threads):
         torch.set_num_threads(old)
 
 
-def test_rows_with_nothing_visible_give_zero_and_minus_inf():
-    q, k, v = _inputs(1, 2, 1, 40, 40, 32, torch.float32)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_rows_with_nothing_visible_give_zero_and_minus_inf(dtype):
+    q, k, v = _inputs(1, 2, 1, 40, 40, 32, dtype)
     blocks = torch.zeros(1, 1, 3, 3, dtype=torch.bool)
     blocks[0, 0, 1, 2] = True  # block row 1 keeps only a future block: causal hides it
     blocks[0, 0, 2, 0] = True
     m = block_mask_from_dense(blocks, 16, 40, 40)
     out, lse = block_sparse_attention(q, k, v, m, causal=True, return_lse=True)
     assert (out[:, :, :32] == 0).all() and torch.isneginf(lse[:, :, :32]).all()
-    torch.testing.assert_close(out, block_sparse_attention_ref(q, k, v, m, causal=True), atol=2e-5, rtol=1e-4)
+    tol = 2e-5 if dtype == torch.float32 else TOL[dtype]
+    ref = block_sparse_attention_ref(q, k, v, m, causal=True)
+    torch.testing.assert_close(out.float(), ref.float(), atol=tol, rtol=max(tol, 1e-4))
 
 
-def test_nan_propagates():
-    q, k, v = _inputs(1, 1, 1, 20, 20, 32, torch.float32)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_nan_propagates(dtype):
+    q, k, v = _inputs(1, 1, 1, 20, 20, 32, dtype)
     k[0, 0, 3, 5] = float("nan")
     m = causal_block_mask(20, 20, 16)
     out = block_sparse_attention(q, k, v, m, causal=True)

@@ -240,9 +240,11 @@ struct Forward {
       }
       const uint32_t* qpairs = reinterpret_cast<const uint32_t*>(s.qb.data());
       const int64_t half_d = d.D / 2, half_bk = (d.block_k + 1) / 2;
-      std::fill_n(s.acc.data(), M * Dp, 0.0f);
+      // bf16 with a positive scale: the scale is applied in the softmax (fused with packing P), not to S.
+      const bool fused_bf16 = bf16 && mk.softmax_step_bf16 != nullptr && d.scale > 0.0f;
       std::fill_n(s.m.data(), M, kNegInf);
       std::fill_n(s.l.data(), M, 0.0f);
+      bool first = true;  // no block seen yet: acc is written, not rescaled and accumulated onto
       for (int64_t c = c0; c < c1; ++c) {
         const int64_t kb = list[c], j0 = kb * d.block_k, n = std::min(d.block_k, d.Skv - j0);
         const int cls = rule.block(i0, i0 + mq, j0, j0 + n);
@@ -285,28 +287,43 @@ struct Forward {
           const int64_t rc = std::min(kRowChunk, M - r0);
           float* S = s.S.data();
           if (bf16)
-            mk.gemm_bf16(rc, nP, half_d, qpairs + r0 * half_d, half_d, KTb, ld_kt, S, nP, false, d.scale);
+            mk.gemm_bf16(rc, nP, half_d, qpairs + r0 * half_d, half_d, KTb, ld_kt, S, nP, false,
+                         fused_bf16 ? 1.0f : d.scale);
           else
             mk.gemm(rc, nP, d.D, s.q.data() + r0 * d.D, d.D, KT, ld_kt, S, nP, false);
           if (cls == 1 || n < nP)
             mask_tile(S, nP, rc, n, nP, cls == 1, rule, j0, [&](int64_t r) { return i0 + (r0 + r) % mq; });
           float* alpha = s.alpha.data() + r0;
-          mk.softmax_step(S, nP, rc, nP, s.m.data() + r0, s.l.data() + r0, alpha);
-          for (int64_t r = 0; r < rc; ++r) {
-            if (alpha[r] == 1.0f) continue;
-            float* a = s.acc.data() + (r0 + r) * Dp;
-            for (int64_t x = 0; x < Dp; ++x) a[x] *= alpha[r];
-          }
+          float* acc = s.acc.data() + r0 * Dp;
+          if (fused_bf16)
+            mk.softmax_step_bf16(S, nP, rc, nP, d.scale, s.m.data() + r0, s.l.data() + r0, alpha, s.pb.data(), nP / 2);
+          else
+            mk.softmax_step(S, nP, rc, nP, s.m.data() + r0, s.l.data() + r0, alpha);
+          if (!first) rescale_rows(acc, rc, alpha);
           if (bf16) {
-            mk.pack_bf16(S, nP, rc, nP, s.pb.data(), nP / 2);
-            mk.gemm_bf16(rc, Dp, (n + 1) / 2, s.pb.data(), nP / 2, Vb, Dp, s.acc.data() + r0 * Dp, Dp, true, 1.0f);
+            if (!fused_bf16) mk.pack_bf16(S, nP, rc, nP, s.pb.data(), nP / 2);
+            mk.gemm_bf16(rc, Dp, (n + 1) / 2, s.pb.data(), nP / 2, Vb, Dp, acc, Dp, !first, 1.0f);
           } else {
-            mk.gemm(rc, Dp, n, S, nP, V, ld_v, s.acc.data() + r0 * Dp, Dp, true);
+            mk.gemm(rc, Dp, n, S, nP, V, ld_v, acc, Dp, !first);
           }
         }
+        first = false;
       }
+      if (first) std::fill_n(s.acc.data(), M * Dp, 0.0f);
       const int64_t row0 = set * sets.heads * mq;  // this set's first row among the item's G mq rows
-      if (nsplit == 1) {
+      if (nsplit == 1 && std::is_same_v<T, c10::BFloat16> && mk.store_rows_bf16 != nullptr) {
+        float* inv_l = s.alpha.data();
+        for (int64_t r = 0; r < M; ++r) {
+          const RowResult res = finish_softmax_row(s.m[r], s.l[r]);
+          inv_l[r] = res.inv_l;
+          lse[(b * d.Hq + h0 + r / mq) * d.Sq + i0 + r % mq] = res.lse;
+        }
+        for (int64_t hh = 0; hh < sets.heads; ++hh) {
+          T* o = out + ((b * d.Hq + h0 + hh) * d.Sq + i0) * d.D;
+          mk.store_rows_bf16(s.acc.data() + hh * mq * Dp, Dp, mq, d.D, inv_l + hh * mq, reinterpret_cast<uint16_t*>(o),
+                             d.D);
+        }
+      } else if (nsplit == 1) {
         for (int64_t r = 0; r < M; ++r) {
           const int64_t h = h0 + r / mq, i = i0 + r % mq;
           finish_row(s.acc.data() + r * Dp, s.m[r], s.l[r], out + ((b * d.Hq + h) * d.Sq + i) * d.D,
@@ -319,6 +336,15 @@ struct Forward {
         std::copy_n(s.m.data(), M, p + rows * Dp + row0);
         std::copy_n(s.l.data(), M, p + rows * Dp + rows + row0);
       }
+    }
+  }
+
+  // The online softmax's accumulator rescale: row r of acc (rows of Dp floats) times alpha[r].
+  void rescale_rows(float* acc, int64_t rows, const float* alpha) const {
+    if (mk.scale_rows != nullptr) return mk.scale_rows(acc, Dp, rows, Dp, alpha);
+    for (int64_t r = 0; r < rows; ++r) {
+      if (alpha[r] == 1.0f) continue;
+      for (int64_t x = 0; x < Dp; ++x) acc[r * Dp + x] *= alpha[r];
     }
   }
 

@@ -58,6 +58,20 @@ struct MicroKernels {
   // nearest even, for c < cols and t < ldd (a missing row 2t + 1, or any row past `rows`, reads as 0);
   // ldd % kColAlign == 0. P^T and dS^T as the first source of P^T dO and dS^T Q.
   void (*pack_bf16_t)(const float* src, int64_t lds, int64_t rows, int64_t cols, uint32_t* dst, int64_t ldd);
+
+  // The forward's per-row glue (AVX-512 only; null elsewhere, where attention_cpu.cpp runs its own loops).
+  // A[r][c] *= row_scale[r] for r < M, c < N; rows whose scale is exactly 1 are left alone. The online
+  // softmax's accumulator rescale.
+  void (*scale_rows)(float* A, int64_t lda, int64_t M, int64_t N, const float* row_scale);
+  // dst[r][c] = bf16(src[r][c] * row_scale[r]) rounded to nearest even, +0 where row_scale[r] == 0 (a row
+  // that attended to nothing), for r < M, c < N: the bf16 output rows.
+  void (*store_rows_bf16)(const float* src, int64_t lds, int64_t M, int64_t N, const float* row_scale,
+                          uint16_t* dst, int64_t ldd);
+  // softmax_step over the logits scale * S (scale > 0, so that masked -inf entries stay -inf), writing P
+  // as bf16 pairs P[r][t] = (bf16(p[r][2t]), bf16(p[r][2t+1])), t < N / 2, instead of over S; row_sum adds
+  // the fp32 p. The bf16 forward's A operand of P V, without a separate packing pass.
+  void (*softmax_step_bf16)(const float* S, int64_t lds, int64_t M, int64_t N, float scale, float* row_max,
+                            float* row_sum, float* alpha, uint32_t* P, int64_t ldp);
 };
 
 MicroKernels microkernels_portable();

@@ -44,7 +44,17 @@ void gemm_bf16_amx(int64_t M, int64_t N, int64_t K2, const uint32_t* A, int64_t 
     const int64_t rows = M - r0 < kTileRows ? M - r0 : kTileRows;
     for (int64_t j0 = 0; j0 < N; j0 += 4 * kPairs) {
       const int tiles = static_cast<int>((N - j0) / kPairs < 4 ? (N - j0) / kPairs : 4);
-      for (int t = 0; t < tiles; ++t) zero_acc(4 + t);
+      // Whole row tiles read and write C in place; a partial one goes through cbuf (a 16-row tile access
+      // would reach past row M).
+      const bool in_place = rows == kTileRows && (accumulate || out_scale == 1.0f);
+      float* c0 = C + r0 * ldc + j0;
+      memory_barrier();
+      for (int t = 0; t < tiles; ++t) {
+        if (in_place && accumulate)
+          load_acc(4 + t, c0 + t * kPairs, ldc * 4);
+        else
+          zero_acc(4 + t);
+      }
       for (int64_t k0 = 0; k0 < K2; k0 += kPairs) {
         const int64_t pairs = K2 - k0 < kPairs ? K2 - k0 : kPairs;
         const uint32_t* a = A + r0 * lda + k0;
@@ -66,6 +76,11 @@ void gemm_bf16_amx(int64_t M, int64_t N, int64_t K2, const uint32_t* A, int64_t 
           }
           dot_bf16(4 + t, 0, 2 + t % 2);
         }
+      }
+      if (in_place) {
+        for (int t = 0; t < tiles; ++t) store_acc(4 + t, c0 + t * kPairs, ldc * 4);
+        memory_barrier();
+        continue;
       }
       for (int t = 0; t < tiles; ++t) store_acc(4 + t, cbuf[t], kTileBytes);
       memory_barrier();

@@ -267,12 +267,90 @@ void pack_bf16_t_avx512(const float* src, int64_t lds, int64_t rows, int64_t col
   }
 }
 
+// ---- the forward's per-row glue -----------------------------------------------------------------
+
+inline __mmask16 tail_mask(int64_t left) {
+  return left >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << left) - 1u);
+}
+
+void scale_rows_avx512(float* A, int64_t lda, int64_t M, int64_t N, const float* row_scale) {
+  for (int64_t r = 0; r < M; ++r) {
+    if (row_scale[r] == 1.0f) continue;
+    const __m512 f = _mm512_set1_ps(row_scale[r]);
+    float* a = A + r * lda;
+    for (int64_t c = 0; c < N; c += 16) {
+      const __mmask16 m = tail_mask(N - c);
+      _mm512_mask_storeu_ps(a + c, m, _mm512_mul_ps(_mm512_maskz_loadu_ps(m, a + c), f));
+    }
+  }
+}
+
+// vcvtneps2bf16 rounds to nearest even, as c10::BFloat16 does, but flushes subnormal results to zero.
+void store_rows_bf16_avx512(const float* src, int64_t lds, int64_t M, int64_t N, const float* row_scale, uint16_t* dst,
+                            int64_t ldd) {
+  for (int64_t r = 0; r < M; ++r) {
+    const float* s = src + r * lds;
+    uint16_t* d = dst + r * ldd;
+    const bool zero = row_scale[r] == 0.0f;
+    const __m512 f = _mm512_set1_ps(row_scale[r]);
+    for (int64_t c = 0; c < N; c += 16) {
+      const __mmask16 m = tail_mask(N - c);
+      const __m512 v = zero ? _mm512_setzero_ps() : _mm512_mul_ps(_mm512_maskz_loadu_ps(m, s + c), f);
+      _mm256_mask_storeu_epi16(d + c, m, (__m256i)_mm512_cvtneps_pbh(v));
+    }
+  }
+}
+
+void softmax_step_bf16_avx512(const float* S, int64_t lds, int64_t M, int64_t N, float scale, float* row_max,
+                              float* row_sum, float* alpha, uint32_t* P, int64_t ldp) {
+  const __m512 sc = _mm512_set1_ps(scale);
+  for (int64_t r = 0; r < M; ++r) {
+    const float* s = S + r * lds;
+    uint32_t* p = P + r * ldp;
+    __m512 mx = _mm512_set1_ps(kNegInf);
+    __mmask16 nan = 0;
+    for (int64_t j = 0; j < N; j += 16) {
+      const __m512 v = _mm512_loadu_ps(s + j);
+      nan |= _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
+      mx = _mm512_max_ps(mx, v);
+    }
+    // scale > 0: the largest scaled logit is scale times the largest logit (rounding is monotone).
+    const float m_old = row_max[r];
+    const float m_blk = _mm512_reduce_max_ps(mx) * scale;
+    const float m_new = nan || std::isnan(m_old) ? std::numeric_limits<float>::quiet_NaN()
+                                                 : (m_blk > m_old ? m_blk : m_old);
+    if (m_new == kNegInf) {
+      std::memset(p, 0, sizeof(uint32_t) * (N / 2));
+      alpha[r] = 1.0f;
+      continue;
+    }
+    const __m512 mv = _mm512_set1_ps(m_new);
+    __m512 sum = _mm512_setzero_ps();
+    int64_t j = 0;
+    for (; j + 32 <= N; j += 32) {
+      const __m512 p0 = simd::exp_avx512(_mm512_fmsub_ps(_mm512_loadu_ps(s + j), sc, mv));
+      const __m512 p1 = simd::exp_avx512(_mm512_fmsub_ps(_mm512_loadu_ps(s + j + 16), sc, mv));
+      sum = _mm512_add_ps(sum, _mm512_add_ps(p0, p1));
+      _mm512_storeu_si512(p + j / 2, (__m512i)_mm512_cvtne2ps_pbh(p1, p0));
+    }
+    if (j < N) {  // 16 logits -> 8 pairs
+      const __m512 p0 = simd::exp_avx512(_mm512_fmsub_ps(_mm512_loadu_ps(s + j), sc, mv));
+      sum = _mm512_add_ps(sum, p0);
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(p + j / 2), (__m256i)_mm512_cvtneps_pbh(p0));
+    }
+    const float a = _mm512_cvtss_f32(simd::exp_avx512(_mm512_set1_ps(m_old - m_new)));
+    alpha[r] = a;
+    row_sum[r] = row_sum[r] * a + _mm512_reduce_add_ps(sum);
+    row_max[r] = m_new;
+  }
+}
+
 }  // namespace
 
 MicroKernels microkernels_avx512() {
   return {gemm_avx512,         gemm_at_avx512,   simd::transpose_scaled_avx, softmax_step_avx512, exp_shift_avx512,
           gemm_bf16_avx512,    pack_bf16_avx512, pair_rows_bf16_avx512,       transpose_pairs_bf16_avx512,
-          pack_bf16_t_avx512};
+          pack_bf16_t_avx512,  scale_rows_avx512, store_rows_bf16_avx512,     softmax_step_bf16_avx512};
 }
 
 }  // namespace sparseops::attention::cpu

@@ -52,6 +52,15 @@ __attribute__((always_inline)) inline void store_acc(int t, void* p, int64_t str
   }
 }
 
+// C tile t (4-7) from 16 rows `stride` bytes apart (to accumulate onto them).
+__attribute__((always_inline)) inline void load_acc(int t, const void* p, int64_t stride) {
+  switch (t) {
+    case 4: _tile_loadd(4, p, stride); break;
+    case 5: _tile_loadd(5, p, stride); break;
+    case 6: _tile_loadd(6, p, stride); break;
+    default: _tile_loadd(7, p, stride); break;
+  }
+}
 __attribute__((always_inline)) inline void zero_acc(int t) {
   switch (t) {
     case 4: _tile_zero(4); break;
