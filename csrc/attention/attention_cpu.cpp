@@ -231,14 +231,18 @@ struct Forward {
       const int64_t mrow = mask.row(b, h0, qb), cnt = mask.num[mrow];
       const int32_t* list = mask.idx + mrow * mask.width;
       const int64_t c0 = cnt * split / nsplit, c1 = cnt * (split + 1) / nsplit;
-      for (int64_t hh = 0; hh < sets.heads; ++hh) {
+      // bf16 q rows are the products' A operand as they are: read in place when the set is one head
+      // (its rows contiguous) and q is aligned for 32-bit pairs (D is even), else gathered.
+      const bool q_in_place = bf16 && sets.heads == 1 && reinterpret_cast<uintptr_t>(q) % 4 == 0;
+      for (int64_t hh = 0; hh < sets.heads && !q_in_place; ++hh) {
         const T* src = q + ((b * d.Hq + h0 + hh) * d.Sq + i0) * d.D;
         if (bf16)
           std::memcpy(s.qb.data() + hh * mq * d.D, src, sizeof(T) * mq * d.D);
         else
           convert_rows(src, mq, d.D, d.D, s.q.data() + hh * mq * d.D, d.D, d.scale);
       }
-      const uint32_t* qpairs = reinterpret_cast<const uint32_t*>(s.qb.data());
+      const uint32_t* qpairs = reinterpret_cast<const uint32_t*>(
+          q_in_place ? static_cast<const void*>(q + ((b * d.Hq + h0) * d.Sq + i0) * d.D) : s.qb.data());
       const int64_t half_d = d.D / 2, half_bk = (d.block_k + 1) / 2;
       // bf16 with a positive scale: the scale is applied in the softmax (fused with packing P), not to S.
       const bool fused_bf16 = bf16 && mk.softmax_step_bf16 != nullptr && d.scale > 0.0f;

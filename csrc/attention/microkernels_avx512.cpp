@@ -303,7 +303,8 @@ void store_rows_bf16_avx512(const float* src, int64_t lds, int64_t M, int64_t N,
 
 void softmax_step_bf16_avx512(const float* S, int64_t lds, int64_t M, int64_t N, float scale, float* row_max,
                               float* row_sum, float* alpha, uint32_t* P, int64_t ldp) {
-  const __m512 sc = _mm512_set1_ps(scale);
+  constexpr float kLog2e = 1.44269504088896341f;
+  const __m512 sc = _mm512_set1_ps(scale * kLog2e);
   for (int64_t r = 0; r < M; ++r) {
     const float* s = S + r * lds;
     uint32_t* p = P + r * ldp;
@@ -324,17 +325,18 @@ void softmax_step_bf16_avx512(const float* S, int64_t lds, int64_t M, int64_t N,
       alpha[r] = 1.0f;
       continue;
     }
-    const __m512 mv = _mm512_set1_ps(m_new);
+    // p = 2^(s scale log2(e) - m_new log2(e)): one FMA and the cheaper exp2 per entry.
+    const __m512 mv = _mm512_set1_ps(m_new * kLog2e);
     __m512 sum = _mm512_setzero_ps();
     int64_t j = 0;
     for (; j + 32 <= N; j += 32) {
-      const __m512 p0 = simd::exp_avx512(_mm512_fmsub_ps(_mm512_loadu_ps(s + j), sc, mv));
-      const __m512 p1 = simd::exp_avx512(_mm512_fmsub_ps(_mm512_loadu_ps(s + j + 16), sc, mv));
+      const __m512 p0 = simd::exp2_avx512(_mm512_fmsub_ps(_mm512_loadu_ps(s + j), sc, mv));
+      const __m512 p1 = simd::exp2_avx512(_mm512_fmsub_ps(_mm512_loadu_ps(s + j + 16), sc, mv));
       sum = _mm512_add_ps(sum, _mm512_add_ps(p0, p1));
       _mm512_storeu_si512(p + j / 2, (__m512i)_mm512_cvtne2ps_pbh(p1, p0));
     }
     if (j < N) {  // 16 logits -> 8 pairs
-      const __m512 p0 = simd::exp_avx512(_mm512_fmsub_ps(_mm512_loadu_ps(s + j), sc, mv));
+      const __m512 p0 = simd::exp2_avx512(_mm512_fmsub_ps(_mm512_loadu_ps(s + j), sc, mv));
       sum = _mm512_add_ps(sum, p0);
       _mm256_storeu_si256(reinterpret_cast<__m256i*>(p + j / 2), (__m256i)_mm512_cvtneps_pbh(p0));
     }
