@@ -47,6 +47,7 @@
 #include "attention/attention_checks.h"
 #include "attention/attention_microkernels.h"
 #include "attention/attention_tile.h"
+#include "common/aligned_vector.h"
 #include "common/cpu_features.h"
 #include "common/dispatch.h"
 
@@ -157,9 +158,10 @@ void mask_tile(float* S, int64_t lds, int64_t rows, int64_t n, int64_t nP, bool 
 // ---- forward ------------------------------------------------------------------------------------
 
 struct FwdScratch {
-  std::vector<float> q, acc, m, l, alpha, S, kt, v, tmp;
-  std::vector<uint16_t> qb;                // bf16 path: the item's q rows (raw bf16)
-  std::vector<uint32_t> pb, ktb, vb;       // bf16 path: P as pairs; per-task K^T / V pairs
+  // Cache-line aligned: the AMX products load and store their tiles in place.
+  AlignedVector<float> q, acc, m, l, alpha, S, kt, v, tmp;
+  AlignedVector<uint16_t> qb;              // bf16 path: the item's q rows (raw bf16)
+  AlignedVector<uint32_t> pb, ktb, vb;     // bf16 path: P as pairs; per-task K^T / V pairs
   FwdScratch(const AttnDims& d, int64_t Dp, bool per_task_kv, bool bf16) {
     const int64_t rows = d.Hq / d.Hkv * d.block_q, bkP = round_up_cols(d.block_k);
     if (bf16) {
@@ -537,17 +539,17 @@ void ds_tile(const float* P, float* dP, int64_t ld, int64_t rows, int64_t cols, 
 }
 
 // Per-thread scratch of the backward, allocated once per worker and reused across its items.
-struct BwdScratch {
-  std::vector<float> kt, vt, kr;   // one KV block: (scale K)^T, V^T [D x bkP]; K rows [bk x Dp]
-  std::vector<float> tmp;          // V rows [bk x D] on their way to V^T (non-fp32 inputs)
-  std::vector<float> S, dP;        // one tile [bq x bkP]
-  std::vector<float> dk, dv;       // one KV block's accumulators [bk x Dp]
-  std::vector<float> qr, gr, dqa;  // q, dO rows and fp32 dq of the item's query rows [.. x Dp]
+struct BwdScratch {  // cache-line aligned, as the forward's
+  AlignedVector<float> kt, vt, kr;   // one KV block: (scale K)^T, V^T [D x bkP]; K rows [bk x Dp]
+  AlignedVector<float> tmp;          // V rows [bk x D] on their way to V^T (non-fp32 inputs)
+  AlignedVector<float> S, dP;        // one tile [bq x bkP]
+  AlignedVector<float> dk, dv;       // one KV block's accumulators [bk x Dp]
+  AlignedVector<float> qr, gr, dqa;  // q, dO rows and fp32 dq of the item's query rows [.. x Dp]
   // bf16 products on AMX (Backward::amx): one KV block's K^T and V^T as pairs along D [D/2 x ld] and K as
   // pairs of rows [bk/2 x Dp]; one tile's dS as row pairs [bq x ld/2], P^T or dS^T as pairs along the
   // query rows [bkP x ldt], q and dO rows as row pairs [bq/2 x Dp]
-  std::vector<uint32_t> ktb, vtb, kpr, dsb, pt, qpr, gpr;
-  std::vector<uint8_t> ready;      // fused: per (head, q-block) of the item, its rows are prepared
+  AlignedVector<uint32_t> ktb, vtb, kpr, dsb, pt, qpr, gpr;
+  std::vector<uint8_t> ready;        // fused: per (head, q-block) of the item, its rows are prepared
 };
 
 // Backward products per tile, all in the forward's orientation (rows = query tokens, columns = keys):
