@@ -33,6 +33,7 @@
 #include "codebook/lookup_bound.h"
 #include "codebook/lookup_checks.h"
 #include "codebook/lookup_cpu_kernels.h"
+#include "common/aligned_vector.h"
 #include "common/cpu_features.h"
 #include "common/dispatch.h"
 
@@ -372,7 +373,8 @@ struct Lookup {
                 int64_t n_pad, std::vector<RowCands>& cands, Scan scan) const {
     const int64_t threads = std::max<int64_t>(1, at::get_num_threads());
     const int64_t steps = (D + kPair - 1) / kPair, width = steps * kPair;
-    std::vector<E> panel(static_cast<size_t>(sb_codes * width));
+    // panel and zs cache-line aligned: the AMX screen loads its tiles from them in place.
+    AlignedVector<E> panel(static_cast<size_t>(sb_codes * width));
     std::vector<float> cnb(static_cast<size_t>(sb_codes));
     for (int64_t sb0 = 0; sb0 < K; sb0 += sb_codes) {
       const int64_t sb1 = std::min(K, sb0 + sb_codes);
@@ -385,7 +387,7 @@ struct Lookup {
       // another process on the machine does not hold the others up.
       std::atomic<int64_t> next{0};
       at::parallel_for(0, threads, 1, [&](int64_t, int64_t) {
-        std::vector<E> zs(static_cast<size_t>(mc * width));
+        AlignedVector<E> zs(static_cast<size_t>(mc * width));
         std::vector<int64_t> found;  // the codes resolve_* compare exactly
         std::vector<int32_t> sp_row(kSpillCap), sp_idx(kSpillCap);
         std::vector<float> sp_val(kSpillCap);
