@@ -88,13 +88,15 @@ class ItemQueue {
 };
 
 // body(queue) once per worker thread (each sets up its scratch once, then pulls items until none is
-// left); at most one worker per item.
+// left); at most one worker per item. Each worker thread then runs mk.release_tiles, if any (the AMX
+// products leave the tiles configured across calls).
 template <typename Body>
-void parallel_pull(int64_t total, bool heavy_last, const Body& body) {
+void parallel_pull(int64_t total, bool heavy_last, const cpu::MicroKernels& mk, const Body& body) {
   ItemQueue queue(total, heavy_last);
   const int64_t workers = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), total));
   at::parallel_for(0, workers, 1, [&](int64_t begin, int64_t end) {
     for (int64_t w = begin; w < end; ++w) body(queue);
+    if (mk.release_tiles != nullptr) mk.release_tiles();
   });
 }
 
@@ -484,7 +486,7 @@ std::tuple<at::Tensor, at::Tensor> block_sparse_attention_cpu(const at::Tensor& 
       f.ktb = reinterpret_cast<const uint32_t*>(ktb.const_data_ptr<int32_t>());
       f.vpb = reinterpret_cast<const uint32_t*>(vpb.const_data_ptr<int32_t>());
     }
-    parallel_pull(items * nsplit, /*heavy_last=*/true, [&](ItemQueue& queue) {
+    parallel_pull(items * nsplit, /*heavy_last=*/true, mk, [&](ItemQueue& queue) {
       FwdScratch s(d, Dp, per_task_kv, bf16);
       for (int64_t t; queue.next(t);) f.run(t / nsplit, t % nsplit, s);
     });
@@ -886,19 +888,19 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> block_sparse_attention_backward_c
     if (fused) {
       // One item per (b, kv head): it owns its heads' dq rows, so dS K is added without races and the
       // dq pass (S, dP recomputed once more) is skipped.
-      parallel_pull(groups, /*heavy_last=*/false, [&](ItemQueue& queue) {
+      parallel_pull(groups, /*heavy_last=*/false, bw.mk, [&](ItemQueue& queue) {
         BwdScratch s = bw.scratch(G * d.Sq);
         if (!direct) s.dqa.resize(G * d.Sq * Dp);
         for (int64_t bh; queue.next(bh);) bw.fused_item(bh, s);
       });
     } else {
       // Pass 1: dq (and delta) per (b, kv head, q-block); pass 2: dk, dv per (b, kv head, KV block).
-      parallel_pull(groups * d.nq, /*heavy_last=*/true, [&](ItemQueue& queue) {
+      parallel_pull(groups * d.nq, /*heavy_last=*/true, bw.mk, [&](ItemQueue& queue) {
         BwdScratch s = bw.scratch(G * d.block_q);
         s.dqa.resize(G * d.block_q * Dp);
         for (int64_t item; queue.next(item);) bw.dq_item(item, s);
       });
-      parallel_pull(groups * d.nkv, /*heavy_last=*/false, [&](ItemQueue& queue) {
+      parallel_pull(groups * d.nkv, /*heavy_last=*/false, bw.mk, [&](ItemQueue& queue) {
         BwdScratch s = bw.scratch(d.block_q);
         for (int64_t blk; queue.next(blk);) bw.dkv_item(blk, s);
       });

@@ -42,6 +42,8 @@ struct MicroKernels {
   // lower-indexed one in the low half; K2 counts pairs along the reduction dim.
   // C[M x N] = out_scale * (A[M x K2 pairs] * B[K2 pairs x N]) (accumulate: C += A * B, out_scale unused);
   // products exact in fp32, sums fp32. N % kColAlign == 0.
+  // On AMX it leaves the thread's tiles configured (loading a configuration per call cost 5-20% of a
+  // q K^T or P V product): a thread that ran it calls release_tiles once it is done with them.
   void (*gemm_bf16)(int64_t M, int64_t N, int64_t K2, const uint32_t* A, int64_t lda, const uint32_t* B, int64_t ldb,
                     float* C, int64_t ldc, bool accumulate, float out_scale);
   // dst[r][t] = (bf16(src[r][2t]), bf16(src[r][2t+1])) rounded to nearest even, t < N / 2 (N % kColAlign == 0).
@@ -72,6 +74,8 @@ struct MicroKernels {
   // the fp32 p. The bf16 forward's A operand of P V, without a separate packing pass.
   void (*softmax_step_bf16)(const float* S, int64_t lds, int64_t M, int64_t N, float scale, float* row_max,
                             float* row_sum, float* alpha, uint32_t* P, int64_t ldp);
+  // Returns this thread's AMX tiles to their initial state (AMX only; null elsewhere).
+  void (*release_tiles)();
 };
 
 MicroKernels microkernels_portable();

@@ -38,7 +38,7 @@ void gemm_bf16_amx(int64_t M, int64_t N, int64_t K2, const uint32_t* A, int64_t 
   alignas(64) uint32_t abuf[kTileRows * kPairs];
   alignas(64) uint32_t bbuf[2][kTileRows * kPairs];
   alignas(64) float cbuf[4][kTileRows * kPairs];
-  configure_tiles();
+  ensure_tiles_configured();  // left configured: the caller runs release_tiles
   const __m512 scale = _mm512_set1_ps(out_scale);
   for (int64_t r0 = 0; r0 < M; r0 += kTileRows) {
     const int64_t rows = M - r0 < kTileRows ? M - r0 : kTileRows;
@@ -93,14 +93,16 @@ void gemm_bf16_amx(int64_t M, int64_t N, int64_t K2, const uint32_t* A, int64_t 
       }
     }
   }
-  _tile_release();
 }
+
+void release_tiles_amx() { _tile_release(); }
 
 }  // namespace
 
 MicroKernels microkernels_amx() {
   MicroKernels k = microkernels_avx512();
   k.gemm_bf16 = gemm_bf16_amx;
+  k.release_tiles = release_tiles_amx;
   return k;
 }
 

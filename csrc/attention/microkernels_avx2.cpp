@@ -144,7 +144,7 @@ void exp_shift_avx2(float* S, int64_t lds, int64_t M, int64_t N, const float* ro
 MicroKernels microkernels_avx2() {
   return {gemm_avx2, gemm_at_avx2, simd::transpose_scaled_avx, softmax_step_avx2, exp_shift_avx2,
           nullptr,   nullptr,      nullptr,                    nullptr,           nullptr,
-          nullptr,   nullptr,      nullptr};
+          nullptr,   nullptr,      nullptr,                    nullptr};
 }
 
 }  // namespace sparseops::attention::cpu

@@ -358,7 +358,8 @@ void softmax_step_bf16_avx512(const float* S, int64_t lds, int64_t M, int64_t N,
 MicroKernels microkernels_avx512() {
   return {gemm_avx512,         gemm_at_avx512,   simd::transpose_scaled_avx, softmax_step_avx512, exp_shift_avx512,
           gemm_bf16_avx512,    pack_bf16_avx512, pair_rows_bf16_avx512,       transpose_pairs_bf16_avx512,
-          pack_bf16_t_avx512,  scale_rows_avx512, store_rows_bf16_avx512,     softmax_step_bf16_avx512};
+          pack_bf16_t_avx512,  scale_rows_avx512, store_rows_bf16_avx512,     softmax_step_bf16_avx512,
+          nullptr};
 }
 
 }  // namespace sparseops::attention::cpu

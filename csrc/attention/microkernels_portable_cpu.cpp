@@ -88,7 +88,7 @@ void exp_shift_portable(float* S, int64_t lds, int64_t M, int64_t N, const float
 MicroKernels microkernels_portable() {
   return {gemm_portable, gemm_at_portable, transpose_portable, softmax_step_portable, exp_shift_portable,
           nullptr,       nullptr,          nullptr,            nullptr,             nullptr,
-          nullptr,       nullptr,          nullptr};
+          nullptr,       nullptr,          nullptr,            nullptr};
 }
 
 }  // namespace sparseops::attention::cpu

@@ -32,6 +32,20 @@ inline void configure_tiles() {
   _tile_loadconfig(&cfg);
 }
 
+// configure_tiles unless this thread's tiles are configured so already (reading the configuration back
+// is cheaper than loading it), for kernels called many times in a row that leave the tiles configured
+// and whose caller releases them when done.
+inline void ensure_tiles_configured() {
+  struct alignas(64) {
+    uint8_t palette, start_row, reserved[14];
+    uint16_t colsb[16];
+    uint8_t rows[16];
+  } have;
+  _tile_storeconfig(&have);
+  bool same = have.palette == 1 && have.start_row == 0;
+  for (int t = 0; t < 8; ++t) same = same && have.rows[t] == kTileRows && have.colsb[t] == kTileBytes;
+  if (!same) configure_tiles();
+}
 // A (0-1) or B (2-3) tile from 16 rows `stride` bytes apart.
 __attribute__((always_inline)) inline void load_source(int t, const void* p, int64_t stride) {
   switch (t) {
