@@ -114,6 +114,30 @@ def test_tensor_cores_agree_with_cuda_cores(dtype, monkeypatch):
         torch.testing.assert_close(a.float(), b.float(), atol=3 * TOL[dtype], rtol=3 * TOL[dtype])
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("splits", ["1", "3", "64"])
+def test_decode_kv_split(dtype, splits, monkeypatch):
+    """Decoding (a grid smaller than the GPU): each row's kept blocks split over thread blocks and merged
+    with their lse (flash-decoding), against the unsplit kernels and the reference; rows that see
+    nothing in some splits, or in all of them, and more splits than kept blocks."""
+    q, k, v = _inputs(2, 8, 2, 3, 3000, 128, dtype)
+    blocks = torch.rand(2, 8, 1, math.ceil(3000 / 64), generator=torch.Generator().manual_seed(1)) < 0.4
+    blocks[0, 1] = False  # a head that sees nothing
+    blocks[1, 2, 0, 1:] = False  # one kept block: most splits see nothing
+    m = block_mask_from_dense(blocks, (16, 64), 3, 3000).to("cuda")
+    monkeypatch.setenv("SPARSEOPS_ATTENTION_KV_SPLITS", splits)
+    out, lse = block_sparse_attention(q, k, v, m, causal=True, return_lse=True)
+    ref, ref_lse = _ref(q, k, v, m, causal=True)
+    tol = TOL.get(dtype, 2e-5)
+    torch.testing.assert_close(out.float(), ref, atol=tol, rtol=max(tol, 1e-4))
+    assert torch.equal(torch.isneginf(lse), torch.isneginf(ref_lse)) and (out[0, 1] == 0).all()
+    fin = torch.isfinite(ref_lse)
+    torch.testing.assert_close(lse[fin], ref_lse[fin], atol=1e-4, rtol=1e-4)
+    monkeypatch.delenv("SPARSEOPS_ATTENTION_KV_SPLITS")  # the default picks its own split here
+    again = block_sparse_attention(q, k, v, m, causal=True)
+    torch.testing.assert_close(again.float(), out.float(), atol=tol, rtol=max(tol, 1e-4))
+
+
 def test_unaligned_inputs_fall_back():
     # q viewed one element into its storage: rows are not 16-byte aligned, so the CUDA-core kernel runs.
     base = torch.randn(1 * 2 * 20 * 64 + 1, dtype=torch.float16, device="cuda")

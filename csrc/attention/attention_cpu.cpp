@@ -3,8 +3,8 @@
 // Forward (FlashAttention-2 on the kept blocks only): one work item per (b, kv head, q-block); its rows
 // are the q-block's tokens of every query head of the GQA group (one list of kept KV blocks when the
 // mask is shared by the heads, else one per head), so each K/V block is read once per item for all of
-// them. Per kept KV block, in chunks of kRowChunk rows: S = (scale q) K^T (gemm micro-kernel), the
-// token-level causal/window rule on blocks that it cuts, online softmax (vectorised exp), acc += P V.
+// them. Per kept KV block, in chunks of kRowChunk rows: S = q K^T (gemm micro-kernel), the token-level
+// causal/window rule on blocks that it cuts, online softmax of scale S (vectorised exp), acc += P V.
 // Decode (fewer items than threads): each item's kept list is split across threads and the partial
 // results are merged with their log-sum-exp (flash-decoding).
 // K/V go through fp32 copies of the blocks the mask uses (K transposed per block), converted once per
@@ -234,26 +234,33 @@ struct Forward {
       const int64_t h0 = hkv * G + set * sets.heads, M = sets.heads * mq;
       const int64_t mrow = mask.row(b, h0, qb), cnt = mask.num[mrow];
       const int32_t* list = mask.idx + mrow * mask.width;
-      const int64_t c0 = cnt * split / nsplit, c1 = cnt * (split + 1) / nsplit;
-      // bf16 q rows are the products' A operand as they are: read in place when the set is one head
-      // (its rows contiguous) and q is aligned for 32-bit pairs (D is even), else gathered.
-      const bool q_in_place = bf16 && sets.heads == 1 && reinterpret_cast<uintptr_t>(q) % 4 == 0;
+      const EntryRange entries = split_entries(cnt, split, nsplit);
+      // A positive scale is applied in the softmax, to the logits; any other scales q (fp32 path) or S (bf16).
+      const bool scale_in_softmax = d.scale > 0.0f;
+      // q rows in the products' A layout as they are (bf16 pairs, or fp32 with the scale left to the
+      // softmax) are read in place when the set is one head (its rows contiguous) and, for bf16, q is
+      // aligned for 32-bit pairs (D is even); else gathered.
+      const bool q_in_place =
+          sets.heads == 1 && (bf16 ? reinterpret_cast<uintptr_t>(q) % 4 == 0
+                                   : std::is_same_v<T, float> && scale_in_softmax);
+      const T* q_set = q + ((b * d.Hq + h0) * d.Sq + i0) * d.D;
       for (int64_t hh = 0; hh < sets.heads && !q_in_place; ++hh) {
-        const T* src = q + ((b * d.Hq + h0 + hh) * d.Sq + i0) * d.D;
+        const T* src = q_set + hh * d.Sq * d.D;
         if (bf16)
           std::memcpy(s.qb.data() + hh * mq * d.D, src, sizeof(T) * mq * d.D);
         else
-          convert_rows(src, mq, d.D, d.D, s.q.data() + hh * mq * d.D, d.D, d.scale);
+          convert_rows(src, mq, d.D, d.D, s.q.data() + hh * mq * d.D, d.D, scale_in_softmax ? 1.0f : d.scale);
       }
       const uint32_t* qpairs = reinterpret_cast<const uint32_t*>(
-          q_in_place ? static_cast<const void*>(q + ((b * d.Hq + h0) * d.Sq + i0) * d.D) : s.qb.data());
+          q_in_place && bf16 ? static_cast<const void*>(q_set) : s.qb.data());
+      const float* qf = q_in_place && !bf16 ? reinterpret_cast<const float*>(q_set) : s.q.data();
       const int64_t half_d = d.D / 2, half_bk = (d.block_k + 1) / 2;
-      // bf16 with a positive scale: the scale is applied in the softmax (fused with packing P), not to S.
-      const bool fused_bf16 = bf16 && mk.softmax_step_bf16 != nullptr && d.scale > 0.0f;
+      const bool fused_bf16 = bf16 && mk.softmax_step_bf16 != nullptr && scale_in_softmax;
+      const float softmax_scale = scale_in_softmax ? d.scale : 1.0f;
       std::fill_n(s.m.data(), M, kNegInf);
       std::fill_n(s.l.data(), M, 0.0f);
       bool first = true;  // no block seen yet: acc is written, not rescaled and accumulated onto
-      for (int64_t c = c0; c < c1; ++c) {
+      for (int64_t c = entries.begin; c < entries.end; ++c) {
         const int64_t kb = list[c], j0 = kb * d.block_k, n = std::min(d.block_k, d.Skv - j0);
         const int cls = rule.block(i0, i0 + mq, j0, j0 + n);
         if (cls == 0) continue;
@@ -298,7 +305,7 @@ struct Forward {
             mk.gemm_bf16(rc, nP, half_d, qpairs + r0 * half_d, half_d, KTb, ld_kt, S, nP, false,
                          fused_bf16 ? 1.0f : d.scale);
           else
-            mk.gemm(rc, nP, d.D, s.q.data() + r0 * d.D, d.D, KT, ld_kt, S, nP, false);
+            mk.gemm(rc, nP, d.D, qf + r0 * d.D, d.D, KT, ld_kt, S, nP, false);
           if (cls == 1 || n < nP)
             mask_tile(S, nP, rc, n, nP, cls == 1, rule, j0, [&](int64_t r) { return i0 + (r0 + r) % mq; });
           float* alpha = s.alpha.data() + r0;
@@ -306,7 +313,7 @@ struct Forward {
           if (fused_bf16)
             mk.softmax_step_bf16(S, nP, rc, nP, d.scale, s.m.data() + r0, s.l.data() + r0, alpha, s.pb.data(), nP / 2);
           else
-            mk.softmax_step(S, nP, rc, nP, s.m.data() + r0, s.l.data() + r0, alpha);
+            mk.softmax_step(S, nP, rc, nP, bf16 ? 1.0f : softmax_scale, s.m.data() + r0, s.l.data() + r0, alpha);
           if (!first) rescale_rows(acc, rc, alpha);
           if (bf16) {
             if (!fused_bf16) mk.pack_bf16(S, nP, rc, nP, s.pb.data(), nP / 2);
@@ -319,7 +326,8 @@ struct Forward {
       }
       if (first) std::fill_n(s.acc.data(), M * Dp, 0.0f);
       const int64_t row0 = set * sets.heads * mq;  // this set's first row among the item's G mq rows
-      if (nsplit == 1 && std::is_same_v<T, c10::BFloat16> && mk.store_rows_bf16 != nullptr) {
+      constexpr bool out_bf16 = std::is_same_v<T, c10::BFloat16>, out_f32 = std::is_same_v<T, float>;
+      if (nsplit == 1 && ((out_bf16 && mk.store_rows_bf16 != nullptr) || (out_f32 && mk.store_rows_f32 != nullptr))) {
         float* inv_l = s.alpha.data();
         for (int64_t r = 0; r < M; ++r) {
           const RowResult res = finish_softmax_row(s.m[r], s.l[r]);
@@ -328,8 +336,11 @@ struct Forward {
         }
         for (int64_t hh = 0; hh < sets.heads; ++hh) {
           T* o = out + ((b * d.Hq + h0 + hh) * d.Sq + i0) * d.D;
-          mk.store_rows_bf16(s.acc.data() + hh * mq * Dp, Dp, mq, d.D, inv_l + hh * mq, reinterpret_cast<uint16_t*>(o),
-                             d.D);
+          const float* a = s.acc.data() + hh * mq * Dp;
+          if constexpr (out_bf16)
+            mk.store_rows_bf16(a, Dp, mq, d.D, inv_l + hh * mq, reinterpret_cast<uint16_t*>(o), d.D);
+          else if constexpr (out_f32)
+            mk.store_rows_f32(a, Dp, mq, d.D, inv_l + hh * mq, o, d.D);
         }
       } else if (nsplit == 1) {
         for (int64_t r = 0; r < M; ++r) {

@@ -7,6 +7,7 @@
 #include <ATen/cuda/CUDAContext.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <cstdlib>
 
 #include "attention/attention_checks.h"
@@ -41,7 +42,22 @@ AttnParams make_params(const AttnDims& d, const at::Tensor& q, const at::Tensor&
   p.rule = token_rule(d);
   p.scale = d.scale;
   p.dtype = to_device_dtype(op, q.scalar_type());
+  p.splits = 1;
   return p;
+}
+
+// Flash-decoding: a forward grid with fewer thread blocks than the GPU has SMs (decoding: a few query
+// rows per head against a long cache) leaves most of the GPU idle, so each row's kept blocks are split
+// over enough thread blocks to give every SM two, with at least two entries of a full mask row per
+// split, and at most 64 splits. SPARSEOPS_ATTENTION_KV_SPLITS=n sets the count (1: no split; tests).
+int64_t kv_splits(const AttnParams& p, bool tensor_cores, const at::Tensor& q) {
+  constexpr int64_t kMaxSplits = 64;
+  if (const char* env = std::getenv("SPARSEOPS_ATTENTION_KV_SPLITS"); env != nullptr && env[0] != '\0')
+    return std::clamp<int64_t>(std::atoll(env), 1, kMaxSplits);
+  const int64_t blocks = attention_fwd_blocks(p, tensor_cores);
+  const int64_t sms = at::cuda::getDeviceProperties(q.device().index())->multiProcessorCount;
+  if (blocks == 0 || blocks >= sms) return 1;
+  return std::max<int64_t>(1, std::min({ceil_div(2 * sms, blocks), ceil_div(p.width, 2), kMaxSplits}));
 }
 
 // The tensor-core kernels when they take these inputs on this device; SPARSEOPS_ATTENTION_CUDA_CORES=1
@@ -85,12 +101,23 @@ std::tuple<at::Tensor, at::Tensor> block_sparse_attention_cuda(const at::Tensor&
   AttnParams p = make_params(d, qc, kc, vc, num, idx, op);
   p.out = out.mutable_data_ptr();
   p.lse = lse.mutable_data_ptr<float>();
-  if (use_tensor_cores(p, false, qc)) {
+  const bool tensor_cores = use_tensor_cores(p, false, qc);
+  p.splits = kv_splits(p, tensor_cores, qc);
+  at::Tensor part_out, part_lse;  // the splits' finished rows, merged into out / lse
+  if (p.splits > 1) {
+    const auto f32 = qc.options().dtype(at::kFloat);
+    part_out = at::empty({p.splits, d.B * d.Hq * d.Sq, d.D}, f32);
+    part_lse = at::empty({p.splits, d.B * d.Hq * d.Sq}, f32);
+    p.part_out = part_out.mutable_data_ptr<float>();
+    p.part_lse = part_lse.mutable_data_ptr<float>();
+  }
+  if (tensor_cores) {
     SPARSEOPS_CUDA_CHECK(launch_block_sparse_attention_tc(p, false, current_stream()));
   } else {
     check_cuda_core_smem(op, p, false, qc);
     SPARSEOPS_CUDA_CHECK(launch_block_sparse_attention_fwd(p, current_stream()));
   }
+  if (p.splits > 1) SPARSEOPS_CUDA_CHECK(launch_merge_splits(p, current_stream()));
   return {out, lse};
 }
 

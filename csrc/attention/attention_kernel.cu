@@ -19,7 +19,7 @@
 namespace sparseops::attention {
 namespace {
 
-constexpr int kRows = 8;   // warps (query rows) per thread block
+constexpr int kRows = kCudaCoreRowsPerBlock;  // warps (query rows) per thread block
 constexpr int kTile = 32;  // keys per shared-memory tile
 constexpr int kMaxDPerLane = 8;
 constexpr unsigned kFull = 0xffffffffu;
@@ -34,16 +34,19 @@ __device__ __forceinline__ float warp_sum(float x) {
   return x;
 }
 
-// Where this thread block's rows lie: q-block qb, rows [row_lo, row_hi) of the sequence.
+// Where this thread block's rows lie: q-block qb, rows [row_lo, row_hi) of the sequence, and which of
+// the row's KV splits it walks (AttnParams::splits).
 struct RowGroup {
-  int64_t qb, b, h, hkv, row_lo, row_hi, mrow;
+  int64_t qb, b, h, hkv, row_lo, row_hi, mrow, split;
 };
 
 __device__ __forceinline__ RowGroup row_group(const AttnParams& p) {
   const int64_t groups = (p.block_q + kRows - 1) / kRows;
+  const int64_t group = blockIdx.x / p.splits;
   RowGroup g;
-  g.qb = blockIdx.x / groups;
-  const int64_t rg = blockIdx.x % groups;
+  g.split = blockIdx.x % p.splits;
+  g.qb = group / groups;
+  const int64_t rg = group % groups;
   g.h = blockIdx.y;
   g.b = blockIdx.z;
   g.hkv = g.h / (p.Hq / p.Hkv);
@@ -91,10 +94,11 @@ __global__ void __launch_bounds__(kRows * 32) fwd_kernel(AttnParams p) {
 #pragma unroll
   for (int t = 0; t < kMaxDPerLane; ++t) acc[t] = 0.0f;
   float m = -INFINITY, l = 0.0f;
-  const int64_t cnt = readable_count(p.num[g.mrow], p.width);  // the mask is validated as it is read
+  // The mask is validated as it is read; this split's share of the row's entries.
+  const EntryRange entries = split_entries(readable_count(p.num[g.mrow], p.width), g.split, p.splits);
   const int32_t* list = p.idx + g.mrow * p.width;
   const int64_t kv_base = (g.b * p.Hkv + g.hkv) * p.Skv;
-  for (int64_t c = 0; c < cnt; ++c) {
+  for (int64_t c = entries.begin; c < entries.end; ++c) {
     const int64_t kb = list[c];
     if (!valid_kv_block(kb, p.nkv)) continue;
     const int64_t j0 = kb * p.block_k, nb = min(p.block_k, p.Skv - j0);
@@ -130,14 +134,43 @@ __global__ void __launch_bounds__(kRows * 32) fwd_kernel(AttnParams p) {
     }
   }
   if (!active) return;
-  T* out = static_cast<T*>(p.out);
   const RowResult res = finish_softmax_row(m, l);
+  if (p.splits > 1) {  // this split's fp32 partial row, merged afterwards (launch_merge_splits)
+    const int64_t prow = g.split * p.B * p.Hq * p.Sq + qrow;
+#pragma unroll
+    for (int t = 0; t < kMaxDPerLane; ++t) {
+      const int d = lane + 32 * t;
+      if (d < D) p.part_out[prow * D + d] = res.inv_l == 0.0f ? 0.0f : acc[t] * res.inv_l;
+    }
+    if (lane == 0) p.part_lse[prow] = res.lse;
+    return;
+  }
+  T* out = static_cast<T*>(p.out);
 #pragma unroll
   for (int t = 0; t < kMaxDPerLane; ++t) {
     const int d = lane + 32 * t;
     if (d < D) out[qrow * D + d] = from_float<T>(res.inv_l == 0.0f ? 0.0f : acc[t] * res.inv_l);
   }
   if (lane == 0) p.lse[qrow] = res.lse;
+}
+
+// out / lse from the forward's KV splits (attention_tile.h's merge rules), one thread per element.
+template <typename T>
+__global__ void merge_splits_kernel(AttnParams p) {
+  const int64_t rows = p.B * p.Hq * p.Sq, D = p.D;
+  T* out = static_cast<T*>(p.out);
+  for (int64_t e = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; e < rows * D;
+       e += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t row = e / D, d = e % D;
+    const float lse = merged_lse(p.part_lse + row, rows, p.splits);
+    float acc = 0.0f;
+    for (int64_t s = 0; s < p.splits; ++s) {
+      const float lse_s = p.part_lse[s * rows + row];
+      if (lse_s != -INFINITY) acc += split_weight(lse_s, lse) * p.part_out[(s * rows + row) * D + d];
+    }
+    out[e] = from_float<T>(lse == -INFINITY ? 0.0f : acc);
+    if (d == 0) p.lse[row] = lse;
+  }
 }
 
 template <typename T>
@@ -287,9 +320,22 @@ __global__ void select_kernel(TopkParams p) {
 int64_t attention_fwd_smem_bytes(int64_t D) { return (2 * kTile * (D + 1) + kRows * D) * 4; }
 int64_t attention_bwd_smem_bytes(int64_t D) { return (4 * kTile * (D + 1) + 2 * kRows * D) * 4; }
 
+// grid.x: the q-blocks' row groups times the KV splits (1 in the backward).
 static dim3 attention_grid(const AttnParams& p) {
   const int64_t groups = (p.block_q + kRows - 1) / kRows;
-  return dim3(static_cast<unsigned>(p.nq * groups), static_cast<unsigned>(p.Hq), static_cast<unsigned>(p.B));
+  return dim3(static_cast<unsigned>(p.nq * groups * p.splits), static_cast<unsigned>(p.Hq),
+              static_cast<unsigned>(p.B));
+}
+
+cudaError_t launch_merge_splits(const AttnParams& p, cudaStream_t stream) {
+  const int64_t total = p.B * p.Hq * p.Sq * p.D;
+  if (total == 0) return cudaSuccess;
+  const int64_t wanted = (total + 255) / 256;
+  const unsigned blocks = static_cast<unsigned>(wanted < 4096 ? wanted : 4096);
+  return SPARSEOPS_CUDA_DISPATCH(p.dtype, [&] {
+    merge_splits_kernel<scalar_t><<<blocks, 256, 0, stream>>>(p);
+    return cudaGetLastError();
+  });
 }
 
 cudaError_t launch_block_sparse_attention_fwd(const AttnParams& p, cudaStream_t stream) {

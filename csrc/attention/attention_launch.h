@@ -25,6 +25,13 @@ struct AttnParams {
   // forward outputs
   void* out;   // [B, Hq, Sq, D], dtype
   float* lse;  // [B, Hq, Sq]
+  // Forward KV split (flash-decoding, for grids too small to fill the GPU): with splits > 1, thread
+  // blocks split * ... walk split_entries(count, split, splits) of their mask row (attention_tile.h) and
+  // write their finished rows in fp32 to part_out [splits][B Hq Sq][D] and part_lse [splits][B Hq Sq]
+  // instead of out / lse; launch_merge_splits then combines them into out / lse. The backward takes 1.
+  int64_t splits;
+  float* part_out;
+  float* part_lse;
   // backward inputs/outputs
   const void* grad_out;  // [B, Hq, Sq, D], dtype
   const float* lse_in;   // [B, Hq, Sq]
@@ -38,6 +45,21 @@ struct AttnParams {
 // device's opt-in limit.
 int64_t attention_fwd_smem_bytes(int64_t D);
 int64_t attention_bwd_smem_bytes(int64_t D);
+
+// Query rows per thread block: the CUDA-core kernels (a warp per row) and the tensor-core ones (16 per
+// warp, 4 warps).
+constexpr int64_t kCudaCoreRowsPerBlock = 8;
+constexpr int64_t kTensorCoreRowsPerBlock = 64;
+
+// Thread blocks of the forward's grid before any KV split (the glue picks splits from it): one per
+// kCudaCoreRowsPerBlock / kTensorCoreRowsPerBlock rows of each q-block, per query head and batch.
+inline int64_t attention_fwd_blocks(const AttnParams& p, bool tensor_cores) {
+  const int64_t rows = tensor_cores ? kTensorCoreRowsPerBlock : kCudaCoreRowsPerBlock;
+  return p.nq * ((p.block_q + rows - 1) / rows) * p.Hq * p.B;
+}
+
+// Combines the forward's splits (part_out, part_lse) into out / lse (attention_kernel.cu; every dtype).
+cudaError_t launch_merge_splits(const AttnParams& p, cudaStream_t stream);
 
 // CUDA-core kernels (attention_kernel.cu): every dtype, D <= 256, any GPU.
 cudaError_t launch_block_sparse_attention_fwd(const AttnParams& p, cudaStream_t stream);

@@ -29,11 +29,13 @@ struct MicroKernels {
   // dst[c * ldd + r] = scale * src[r * lds + c] for r < rows, c < cols, and 0 for rows <= r < ldd: the
   // [cols x ldd] panel of K^T / V^T (gemm's B operand for q K^T and dO V^T).
   void (*transpose)(const float* src, int64_t lds, int64_t rows, int64_t cols, float scale, float* dst, int64_t ldd);
-  // One online-softmax step over the logits S[M x N] (N % kColAlign == 0; masked or padded entries are
-  // -inf). Per row r: m' = max(row_max[r], max_j S[r][j]); S[r][j] <- exp(S[r][j] - m');
-  // alpha[r] = exp(row_max[r] - m'); row_sum[r] = row_sum[r] * alpha[r] + sum_j S[r][j]; row_max[r] = m'.
-  // A row whose m' is -inf (nothing seen yet) gets P = 0, alpha = 1. A NaN logit makes its row NaN.
-  void (*softmax_step)(float* S, int64_t lds, int64_t M, int64_t N, float* row_max, float* row_sum, float* alpha);
+  // One online-softmax step over the logits scale * S[M x N] (scale > 0, so that masked -inf entries stay
+  // -inf; N % kColAlign == 0; masked or padded entries are -inf). Per row r: m' = max(row_max[r],
+  // max_j scale S[r][j]); S[r][j] <- exp(scale S[r][j] - m'); alpha[r] = exp(row_max[r] - m');
+  // row_sum[r] = row_sum[r] * alpha[r] + sum_j S[r][j]; row_max[r] = m'. A row whose m' is -inf (nothing
+  // seen yet) gets P = 0, alpha = 1. A NaN logit makes its row NaN.
+  void (*softmax_step)(float* S, int64_t lds, int64_t M, int64_t N, float scale, float* row_max, float* row_sum,
+                       float* alpha);
   // S[r][j] <- exp(S[r][j] - row_shift[r] - col_shift[j]) over M x N (N % kColAlign == 0); a null shift
   // is 0; an entry whose total shift is -inf (a row that attended to nothing) becomes 0.
   void (*exp_shift)(float* S, int64_t lds, int64_t M, int64_t N, const float* row_shift, const float* col_shift);
@@ -69,6 +71,9 @@ struct MicroKernels {
   // that attended to nothing), for r < M, c < N: the bf16 output rows.
   void (*store_rows_bf16)(const float* src, int64_t lds, int64_t M, int64_t N, const float* row_scale,
                           uint16_t* dst, int64_t ldd);
+  // The same for fp32 output rows.
+  void (*store_rows_f32)(const float* src, int64_t lds, int64_t M, int64_t N, const float* row_scale, float* dst,
+                         int64_t ldd);
   // softmax_step over the logits scale * S (scale > 0, so that masked -inf entries stay -inf), writing P
   // as bf16 pairs P[r][t] = (bf16(p[r][2t]), bf16(p[r][2t+1])), t < N / 2, instead of over S; row_sum adds
   // the fp32 p. The bf16 forward's A operand of P V, without a separate packing pass.

@@ -18,8 +18,10 @@
 // transposed mask is needed; summation order, and so the last bits of dK/dV, vary run to run).
 //
 // The head dim is padded with zeros to kD in {64, 128, 256} (forward) / {64, 128} (backward).
-// Extra memory: none beyond the outputs (forward); the glue's fp32 dK/dV accumulators (backward).
+// Extra memory: none beyond the outputs (forward; with a KV split, the glue's fp32 partial rows); the
+// glue's fp32 dK/dV accumulators (backward).
 #include <cuda_runtime.h>
+#include <type_traits>
 
 #include "attention/attention_launch.h"
 #include "attention/attention_mma.cuh"
@@ -33,6 +35,7 @@ struct Shape {
   static constexpr int kWarps = 4;
   static constexpr int kThreads = 32 * kWarps;
   static constexpr int kM = 16 * kWarps;          // query rows per thread block, 16 per warp
+  static_assert(kM == kTensorCoreRowsPerBlock, "the glue's grid size (attention_fwd_blocks)");
   static constexpr int kN = kD <= 128 ? 64 : 32;  // keys per step (fewer at D=256: registers)
   static constexpr int kLd = kD + 8;              // shared row stride of Q, K, V, dO tiles (elements)
   static constexpr int kLdP = kN + 8;             // shared row stride of the P and dS tiles (backward)
@@ -59,21 +62,24 @@ constexpr int kMinSm80SmemOptin = 99 * 1024;
 static_assert(fwd_smem_bytes<__half, 256>() <= kMinSm80SmemOptin, "forward tiles must fit every sm80+ GPU");
 static_assert(bwd_smem_bytes<__half, 128>() <= kMinSm80SmemOptin, "backward tiles must fit every sm80+ GPU");
 
-// Where a thread block's rows lie: q-block qb, rows [row_lo, row_hi) of the sequence (up to kM).
+// Where a thread block's rows lie: q-block qb, rows [row_lo, row_hi) of the sequence (up to kM), and
+// which of the row's KV splits it walks (AttnParams::splits).
 struct TileCoords {
-  int64_t qb, b, h, hkv, row_lo, row_hi, mrow;
+  int64_t qb, b, h, hkv, row_lo, row_hi, mrow, split;
 };
 
 __device__ __forceinline__ TileCoords tile_coords(const AttnParams& p, int kM) {
-  const int64_t tiles = (p.block_q + kM - 1) / kM;  // thread blocks per q-block
+  const int64_t tiles = (p.block_q + kM - 1) / kM;  // thread blocks per q-block (before splits)
+  const int64_t tile = blockIdx.x / p.splits;
   TileCoords c;
-  c.qb = blockIdx.x / tiles;
+  c.split = blockIdx.x % p.splits;
+  c.qb = tile / tiles;
   c.h = blockIdx.y;
   c.b = blockIdx.z;
   c.hkv = c.h / (p.Hq / p.Hkv);
   const int64_t i0 = c.qb * p.block_q, mq = min(p.block_q, p.Sq - i0);
-  c.row_lo = i0 + min((blockIdx.x % tiles) * kM, mq);
-  c.row_hi = i0 + min((blockIdx.x % tiles) * kM + kM, mq);
+  c.row_lo = i0 + min((tile % tiles) * kM, mq);
+  c.row_hi = i0 + min((tile % tiles) * kM + kM, mq);
   c.mrow = mask_row(c.b, c.h, c.qb, p.mask_b, p.mask_h, p.nq);
   return c;
 }
@@ -151,13 +157,17 @@ __device__ __forceinline__ void online_softmax_step(float (&s)[kN / 8][4], float
 
 // Row r's fragment values (f[nt][2r], f[nt][2r+1]) times `scale`, rounded to T, at columns < D of
 // `dst` (row stride D). D is a multiple of 8, so a column pair is either wholly in or out.
+// T = float: the split forward's fp32 partial rows (8-byte aligned pairs: D is even).
 template <typename T, int kCols>
 __device__ __forceinline__ void store_row_pairs(T* dst, const float (&f)[kCols / 8][4], int r, float scale, int D) {
   const int t = threadIdx.x % 4;
 #pragma unroll
   for (int nt = 0; nt < kCols / 8; ++nt) {
     const int col = nt * 8 + 2 * t;
-    if (col < D)
+    if (col >= D) continue;
+    if constexpr (std::is_same_v<T, float>)
+      *reinterpret_cast<float2*>(dst + col) = make_float2(f[nt][2 * r] * scale, f[nt][2 * r + 1] * scale);
+    else
       *reinterpret_cast<uint32_t*>(dst + col) = pack2<T>(f[nt][2 * r] * scale, f[nt][2 * r + 1] * scale);
   }
 }
@@ -188,13 +198,14 @@ __device__ __forceinline__ void add_keys_atomic(float* dst, const float (&f)[kD 
     }
 }
 
-// The KV steps a thread block walks: for each readable entry of its mask row, a valid block that the
-// token rule does not hide entirely, in steps of kN keys. visit(j0, n, all_visible) per step.
+// The KV steps a thread block walks: for each readable entry of its mask row (of its split's share),
+// a valid block that the token rule does not hide entirely, in steps of kN keys. visit(j0, n,
+// all_visible) per step.
 template <int kN, typename Visit>
 __device__ __forceinline__ void for_each_kv_step(const AttnParams& p, const TileCoords& c, Visit visit) {
-  const int64_t cnt = readable_count(p.num[c.mrow], p.width);
+  const EntryRange entries = split_entries(readable_count(p.num[c.mrow], p.width), c.split, p.splits);
   const int32_t* list = p.idx + c.mrow * p.width;
-  for (int64_t e = 0; e < cnt; ++e) {
+  for (int64_t e = entries.begin; e < entries.end; ++e) {
     const int64_t kb = list[e];
     if (!valid_kv_block(kb, p.nkv)) continue;
     const KeyRange keys = kv_block_keys(kb, p.block_k, p.Skv);
@@ -241,13 +252,19 @@ __global__ void __launch_bounds__(Shape<kD, false>::kThreads) fwd_tc_kernel(Attn
     pack_a<T, S::kN>(pa, s);
     warp_gemm_ab<T, kD, S::kN>(o, pa, Vs, S::kLd);
   });
-  T* out = static_cast<T*>(p.out);
+  // A split's rows go to its fp32 partials, merged afterwards (launch_merge_splits).
+  const int64_t part_row0 = c.split * p.B * p.Hq * p.Sq + q_row0;
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
     const RowResult res = finish_softmax_row(m[r], quad_sum(l[r]));
     if (rows.i[r] >= c.row_hi) continue;
-    store_row_pairs<T, kD>(out + (q_row0 + rows.i[r]) * p.D, o, r, res.inv_l, D);
-    if (threadIdx.x % 4 == 0) p.lse[q_row0 + rows.i[r]] = res.lse;
+    if (p.splits > 1) {
+      store_row_pairs<float, kD>(p.part_out + (part_row0 + rows.i[r]) * p.D, o, r, res.inv_l, D);
+      if (threadIdx.x % 4 == 0) p.part_lse[part_row0 + rows.i[r]] = res.lse;
+    } else {
+      store_row_pairs<T, kD>(static_cast<T*>(p.out) + (q_row0 + rows.i[r]) * p.D, o, r, res.inv_l, D);
+      if (threadIdx.x % 4 == 0) p.lse[q_row0 + rows.i[r]] = res.lse;
+    }
   }
 }
 
@@ -322,11 +339,13 @@ __global__ void __launch_bounds__(Shape<kD, true>::kThreads) bwd_tc_kernel(AttnP
     if (rows.i[r] < c.row_hi) store_row_pairs<T, kD>(dq_out + (q_row0 + rows.i[r]) * p.D, dq, r, p.scale, D);
 }
 
-// One thread block per (kM query rows of one q-block, query head, batch): grid.x walks the q-blocks'
-// row tiles (ceil(block_q / kM) per q-block; B and Hq <= 65535 are checked by the glue).
+// One thread block per (kM query rows of one q-block, KV split, query head, batch): grid.x walks the
+// q-blocks' row tiles (ceil(block_q / kM) per q-block) times the splits (1 in the backward); B and
+// Hq <= 65535 are checked by the glue.
 inline dim3 tc_grid(const AttnParams& p, int kM) {
   const int64_t tiles = (p.block_q + kM - 1) / kM;
-  return dim3(static_cast<unsigned>(p.nq * tiles), static_cast<unsigned>(p.Hq), static_cast<unsigned>(p.B));
+  return dim3(static_cast<unsigned>(p.nq * tiles * p.splits), static_cast<unsigned>(p.Hq),
+              static_cast<unsigned>(p.B));
 }
 
 template <typename T, int kD>

@@ -55,6 +55,31 @@ SPARSEOPS_HD RowResult finish_softmax_row(float m, float l) {
   return RowResult{1.0f / l, m + logf(l)};
 }
 
+// Flash-decoding: split s of `splits` walks the entries [begin, end) of a mask row's `count` kept
+// blocks (the CPU and CUDA forwards' KV split).
+struct EntryRange {
+  int64_t begin, end;
+};
+SPARSEOPS_HD EntryRange split_entries(int64_t count, int64_t split, int64_t splits) {
+  return EntryRange{count * split / splits, count * (split + 1) / splits};
+}
+
+// Combining the splits of a row, each finished on its own (a normalised row o_s and its lse_s, `stride`
+// apart): lse = log sum_s exp(lse_s) and the row is sum_s split_weight(lse_s, lse) o_s. A split that saw
+// nothing (lse_s = -inf) weighs 0 (skip it: its o_s is 0, or NaN from 0 * inf); no split saw anything:
+// -inf (zeros); a NaN lse_s gives NaN.
+SPARSEOPS_HD float merged_lse(const float* lse, int64_t stride, int64_t splits) {
+  float mx = -INFINITY;
+  for (int64_t s = 0; s < splits; ++s) mx = nan_max(mx, lse[s * stride]);
+  if (mx == -INFINITY || mx != mx) return mx;
+  float sum = 0.0f;
+  for (int64_t s = 0; s < splits; ++s) sum += softmax_weight(lse[s * stride], mx);
+  return mx + logf(sum);
+}
+SPARSEOPS_HD float split_weight(float lse_s, float lse) {
+  return lse_s == -INFINITY || lse == -INFINITY ? 0.0f : expf(lse_s - lse);
+}
+
 // Backward: P = exp(s - lse) from the saved log-sum-exp, 0 for hidden scores and empty rows.
 SPARSEOPS_HD float recomputed_prob(float s, float lse) { return lse == -INFINITY ? 0.0f : expf(s - lse); }
 

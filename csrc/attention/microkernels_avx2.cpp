@@ -95,17 +95,23 @@ void gemm_at_avx2(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, 
   gemm_any<true>(M, N, K, A, lda, B, ldb, C, ldc, accumulate);
 }
 
-void softmax_step_avx2(float* S, int64_t lds, int64_t M, int64_t N, float* row_max, float* row_sum, float* alpha) {
+void softmax_step_avx2(float* S, int64_t lds, int64_t M, int64_t N, float scale, float* row_max, float* row_sum,
+                       float* alpha) {
+  const __m256 sc = _mm256_set1_ps(scale);
   for (int64_t r = 0; r < M; ++r) {
     float* s = S + r * lds;
-    __m256 mx = _mm256_set1_ps(row_max[r]);
-    __m256 nan = _mm256_cmp_ps(mx, mx, _CMP_UNORD_Q);
+    __m256 mx = _mm256_set1_ps(kNegInf);
+    __m256 nan = _mm256_setzero_ps();
     for (int64_t j = 0; j < N; j += 8) {
       const __m256 v = _mm256_loadu_ps(s + j);
       nan = _mm256_or_ps(nan, _mm256_cmp_ps(v, v, _CMP_UNORD_Q));
       mx = _mm256_max_ps(mx, v);
     }
-    const float m_new = _mm256_movemask_ps(nan) ? std::numeric_limits<float>::quiet_NaN() : hmax256(mx);
+    // scale > 0: the largest scaled logit is scale times the largest logit (rounding is monotone).
+    const float m_old = row_max[r];
+    const float m_blk = hmax256(mx) * scale;
+    const float m_new = _mm256_movemask_ps(nan) || std::isnan(m_old) ? std::numeric_limits<float>::quiet_NaN()
+                                                                     : (m_blk > m_old ? m_blk : m_old);
     if (m_new == kNegInf) {
       std::memset(s, 0, sizeof(float) * N);
       alpha[r] = 1.0f;
@@ -114,11 +120,11 @@ void softmax_step_avx2(float* S, int64_t lds, int64_t M, int64_t N, float* row_m
     const __m256 mv = _mm256_set1_ps(m_new);
     __m256 sum = _mm256_setzero_ps();
     for (int64_t j = 0; j < N; j += 8) {
-      const __m256 p = simd::exp_avx2(_mm256_sub_ps(_mm256_loadu_ps(s + j), mv));
+      const __m256 p = simd::exp_avx2(_mm256_fmsub_ps(_mm256_loadu_ps(s + j), sc, mv));
       _mm256_storeu_ps(s + j, p);
       sum = _mm256_add_ps(sum, p);
     }
-    const float a = _mm256_cvtss_f32(simd::exp_avx2(_mm256_set1_ps(row_max[r] - m_new)));
+    const float a = _mm256_cvtss_f32(simd::exp_avx2(_mm256_set1_ps(m_old - m_new)));
     alpha[r] = a;
     row_sum[r] = row_sum[r] * a + hsum256(sum);
     row_max[r] = m_new;
@@ -142,9 +148,13 @@ void exp_shift_avx2(float* S, int64_t lds, int64_t M, int64_t N, const float* ro
 }  // namespace
 
 MicroKernels microkernels_avx2() {
-  return {gemm_avx2, gemm_at_avx2, simd::transpose_scaled_avx, softmax_step_avx2, exp_shift_avx2,
-          nullptr,   nullptr,      nullptr,                    nullptr,           nullptr,
-          nullptr,   nullptr,      nullptr,                    nullptr};
+  MicroKernels k{};  // the bf16 products and the fused glue stay null: fp32 products and the glue's own loops
+  k.gemm = gemm_avx2;
+  k.gemm_at = gemm_at_avx2;
+  k.transpose = simd::transpose_scaled_avx;
+  k.softmax_step = softmax_step_avx2;
+  k.exp_shift = exp_shift_avx2;
+  return k;
 }
 
 }  // namespace sparseops::attention::cpu

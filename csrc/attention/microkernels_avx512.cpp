@@ -94,17 +94,23 @@ void gemm_at_avx512(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda
   gemm_any<true>(M, N, K, A, lda, B, ldb, C, ldc, accumulate);
 }
 
-void softmax_step_avx512(float* S, int64_t lds, int64_t M, int64_t N, float* row_max, float* row_sum, float* alpha) {
+void softmax_step_avx512(float* S, int64_t lds, int64_t M, int64_t N, float scale, float* row_max, float* row_sum,
+                         float* alpha) {
+  const __m512 sc = _mm512_set1_ps(scale);
   for (int64_t r = 0; r < M; ++r) {
     float* s = S + r * lds;
-    __m512 mx = _mm512_set1_ps(row_max[r]);
-    __mmask16 nan = _mm512_cmp_ps_mask(mx, mx, _CMP_UNORD_Q);
+    __m512 mx = _mm512_set1_ps(kNegInf);
+    __mmask16 nan = 0;
     for (int64_t j = 0; j < N; j += 16) {
       const __m512 v = _mm512_loadu_ps(s + j);
       nan |= _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
       mx = _mm512_max_ps(mx, v);
     }
-    const float m_new = nan ? std::numeric_limits<float>::quiet_NaN() : _mm512_reduce_max_ps(mx);
+    // scale > 0: the largest scaled logit is scale times the largest logit (rounding is monotone).
+    const float m_old = row_max[r];
+    const float m_blk = _mm512_reduce_max_ps(mx) * scale;
+    const float m_new = nan || std::isnan(m_old) ? std::numeric_limits<float>::quiet_NaN()
+                                                 : (m_blk > m_old ? m_blk : m_old);
     if (m_new == kNegInf) {
       std::memset(s, 0, sizeof(float) * N);
       alpha[r] = 1.0f;
@@ -113,11 +119,11 @@ void softmax_step_avx512(float* S, int64_t lds, int64_t M, int64_t N, float* row
     const __m512 mv = _mm512_set1_ps(m_new);
     __m512 sum = _mm512_setzero_ps();
     for (int64_t j = 0; j < N; j += 16) {
-      const __m512 p = simd::exp_avx512(_mm512_sub_ps(_mm512_loadu_ps(s + j), mv));
+      const __m512 p = simd::exp_avx512(_mm512_fmsub_ps(_mm512_loadu_ps(s + j), sc, mv));
       _mm512_storeu_ps(s + j, p);
       sum = _mm512_add_ps(sum, p);
     }
-    const float a = _mm512_cvtss_f32(simd::exp_avx512(_mm512_set1_ps(row_max[r] - m_new)));
+    const float a = _mm512_cvtss_f32(simd::exp_avx512(_mm512_set1_ps(m_old - m_new)));
     alpha[r] = a;
     row_sum[r] = row_sum[r] * a + _mm512_reduce_add_ps(sum);
     row_max[r] = m_new;
@@ -307,6 +313,20 @@ void store_rows_bf16_avx512(const float* src, int64_t lds, int64_t M, int64_t N,
   }
 }
 
+void store_rows_f32_avx512(const float* src, int64_t lds, int64_t M, int64_t N, const float* row_scale, float* dst,
+                           int64_t ldd) {
+  for (int64_t r = 0; r < M; ++r) {
+    const float* s = src + r * lds;
+    float* d = dst + r * ldd;
+    const bool zero = row_scale[r] == 0.0f;
+    const __m512 f = _mm512_set1_ps(row_scale[r]);
+    for (int64_t c = 0; c < N; c += 16) {
+      const __mmask16 m = tail_mask(N - c);
+      _mm512_mask_storeu_ps(d + c, m, zero ? _mm512_setzero_ps() : _mm512_mul_ps(_mm512_maskz_loadu_ps(m, s + c), f));
+    }
+  }
+}
+
 void softmax_step_bf16_avx512(const float* S, int64_t lds, int64_t M, int64_t N, float scale, float* row_max,
                               float* row_sum, float* alpha, uint32_t* P, int64_t ldp) {
   constexpr float kLog2e = 1.44269504088896341f;
@@ -356,10 +376,22 @@ void softmax_step_bf16_avx512(const float* S, int64_t lds, int64_t M, int64_t N,
 }  // namespace
 
 MicroKernels microkernels_avx512() {
-  return {gemm_avx512,         gemm_at_avx512,   simd::transpose_scaled_avx, softmax_step_avx512, exp_shift_avx512,
-          gemm_bf16_avx512,    pack_bf16_avx512, pair_rows_bf16_avx512,       transpose_pairs_bf16_avx512,
-          pack_bf16_t_avx512,  scale_rows_avx512, store_rows_bf16_avx512,     softmax_step_bf16_avx512,
-          nullptr};
+  MicroKernels k{};  // the members not set here stay null (only AMX releases tiles)
+  k.gemm = gemm_avx512;
+  k.gemm_at = gemm_at_avx512;
+  k.transpose = simd::transpose_scaled_avx;
+  k.softmax_step = softmax_step_avx512;
+  k.exp_shift = exp_shift_avx512;
+  k.gemm_bf16 = gemm_bf16_avx512;
+  k.pack_bf16 = pack_bf16_avx512;
+  k.pair_rows_bf16 = pair_rows_bf16_avx512;
+  k.transpose_pairs_bf16 = transpose_pairs_bf16_avx512;
+  k.pack_bf16_t = pack_bf16_t_avx512;
+  k.scale_rows = scale_rows_avx512;
+  k.store_rows_bf16 = store_rows_bf16_avx512;
+  k.store_rows_f32 = store_rows_f32_avx512;
+  k.softmax_step_bf16 = softmax_step_bf16_avx512;
+  return k;
 }
 
 }  // namespace sparseops::attention::cpu

@@ -49,13 +49,16 @@ void transpose_portable(const float* src, int64_t lds, int64_t rows, int64_t col
     for (int64_t c = 0; c < cols; ++c) std::memset(dst + c * ldd + rows, 0, sizeof(float) * (ldd - rows));
 }
 
-void softmax_step_portable(float* S, int64_t lds, int64_t M, int64_t N, float* row_max, float* row_sum,
+void softmax_step_portable(float* S, int64_t lds, int64_t M, int64_t N, float scale, float* row_max, float* row_sum,
                            float* alpha) {
   for (int64_t r = 0; r < M; ++r) {
     float* s = S + r * lds;
-    float mx = row_max[r];
+    float mx = kNegInf;
     for (int64_t j = 0; j < N; ++j) mx = (s[j] > mx || std::isnan(s[j])) ? s[j] : mx;  // NaN sticks
-    const float m_new = std::isnan(row_max[r]) ? row_max[r] : mx;
+    // scale > 0: the largest scaled logit is scale times the largest logit (rounding is monotone).
+    const float m_blk = mx * scale, m_old = row_max[r];
+    const float m_new = std::isnan(m_old) || std::isnan(m_blk) ? std::numeric_limits<float>::quiet_NaN()
+                                                               : (m_blk > m_old ? m_blk : m_old);
     if (m_new == kNegInf) {
       std::memset(s, 0, sizeof(float) * N);
       alpha[r] = 1.0f;
@@ -63,10 +66,10 @@ void softmax_step_portable(float* S, int64_t lds, int64_t M, int64_t N, float* r
     }
     float sum = 0.0f;
     for (int64_t j = 0; j < N; ++j) {
-      s[j] = std::exp(s[j] - m_new);
+      s[j] = std::exp(s[j] * scale - m_new);
       sum += s[j];
     }
-    alpha[r] = std::exp(row_max[r] - m_new);
+    alpha[r] = std::exp(m_old - m_new);
     row_sum[r] = row_sum[r] * alpha[r] + sum;
     row_max[r] = m_new;
   }
@@ -86,9 +89,13 @@ void exp_shift_portable(float* S, int64_t lds, int64_t M, int64_t N, const float
 }  // namespace
 
 MicroKernels microkernels_portable() {
-  return {gemm_portable, gemm_at_portable, transpose_portable, softmax_step_portable, exp_shift_portable,
-          nullptr,       nullptr,          nullptr,            nullptr,             nullptr,
-          nullptr,       nullptr,          nullptr,            nullptr};
+  MicroKernels k{};  // the bf16 products and the fused glue stay null: fp32 products and the glue's own loops
+  k.gemm = gemm_portable;
+  k.gemm_at = gemm_at_portable;
+  k.transpose = transpose_portable;
+  k.softmax_step = softmax_step_portable;
+  k.exp_shift = exp_shift_portable;
+  return k;
 }
 
 }  // namespace sparseops::attention::cpu

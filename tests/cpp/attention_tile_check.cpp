@@ -87,6 +87,55 @@ static void check_online_softmax(std::mt19937& gen) {
     CHECK(std::fabs(recomputed_prob(s[j], res.lse) - std::exp(s[j] - mmax) / sum) < 1e-5);
 }
 
+// Splitting a row's kept blocks, finishing each split on its own and merging them with the shared rules
+// equals the row done in one pass; the splits cover the entries once.
+static void check_split_merge(std::mt19937& gen) {
+  std::normal_distribution<float> nd(0.0f, 3.0f);
+  for (int splits = 1; splits <= 7; ++splits) {
+    for (int count = 0; count <= 9; ++count) {
+      int64_t next = 0;
+      for (int s = 0; s < splits; ++s) {
+        const EntryRange r = split_entries(count, s, splits);
+        CHECK(r.begin == next && r.end >= r.begin);
+        next = r.end;
+      }
+      CHECK(next == count);
+    }
+  }
+  float sc[24], v[24];
+  for (int j = 0; j < 24; ++j) {
+    sc[j] = j < 8 ? -INFINITY : nd(gen);  // the first split sees nothing
+    v[j] = nd(gen);
+  }
+  float lse[3], o[3];
+  for (int s = 0; s < 3; ++s) {
+    float m = -INFINITY, l = 0.0f, acc = 0.0f;
+    for (int j = 8 * s; j < 8 * s + 8; ++j) m = nan_max(m, sc[j]);
+    for (int j = 8 * s; j < 8 * s + 8; ++j) {
+      l += softmax_weight(sc[j], m);
+      acc += softmax_weight(sc[j], m) * v[j];
+    }
+    const RowResult res = finish_softmax_row(m, l);
+    lse[s] = res.lse;
+    o[s] = acc * res.inv_l;
+  }
+  const float total = merged_lse(lse, 1, 3);
+  float row = 0.0f;
+  for (int s = 0; s < 3; ++s) row += split_weight(lse[s], total) * o[s];
+  double mmax = -INFINITY, sum = 0.0, dot = 0.0;
+  for (int j = 0; j < 24; ++j) mmax = std::fmax(mmax, sc[j]);
+  for (int j = 0; j < 24; ++j) {
+    sum += std::exp(sc[j] - mmax);
+    dot += std::exp(sc[j] - mmax) * v[j];
+  }
+  CHECK(std::fabs(row - dot / sum) < 1e-4 * (1.0 + std::fabs(dot / sum)));
+  CHECK(std::fabs(total - (mmax + std::log(sum))) < 1e-4 * (1.0 + std::fabs(total)));
+  const float none[2] = {-INFINITY, -INFINITY}, with_nan[2] = {1.0f, NAN};
+  CHECK(std::isinf(merged_lse(none, 1, 2)) && merged_lse(none, 1, 2) < 0);  // nothing seen: -inf (zeros)
+  CHECK(split_weight(-INFINITY, -INFINITY) == 0.0f && split_weight(-INFINITY, 1.0f) == 0.0f);
+  CHECK(std::isnan(merged_lse(with_nan, 1, 2)) && std::isnan(split_weight(1.0f, merged_lse(with_nan, 1, 2))));
+}
+
 static void check_edge_cases() {
   const RowResult empty = finish_softmax_row(-INFINITY, 0.0f);  // a row that saw nothing
   CHECK(empty.inv_l == 0.0f && std::isinf(empty.lse) && empty.lse < 0);
@@ -105,6 +154,7 @@ int main() {
   check_block_rule(gen);
   check_mask_reading();
   for (int t = 0; t < 200; ++t) check_online_softmax(gen);
+  for (int t = 0; t < 50; ++t) check_split_merge(gen);
   check_edge_cases();
   if (failures == 0) std::printf("all attention tile checks passed\n");
   return failures == 0 ? 0 : 1;

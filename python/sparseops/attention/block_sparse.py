@@ -68,7 +68,10 @@ def block_sparse_attention(
     block twice. Set ``SPARSEOPS_CHECK_MASK=1`` to get the CPU's checks and errors on CUDA too (one
     device-to-host copy and sync per call). CUDA kernels: tensor cores (mma.sync) on sm80+ for
     fp16/bf16 with D a multiple of 8 (backward: D <= 128) and 16-byte aligned data; CUDA cores otherwise
-    (fp32 included).
+    (fp32 included). When the forward's grid has fewer thread blocks than the GPU has SMs (decoding),
+    each row's kept blocks are split over up to 64 thread blocks and the partial rows merged with their
+    lse (flash-decoding), which takes ``splits * B*Hq*Sq*(D+1)`` floats more
+    (``SPARSEOPS_ATTENTION_KV_SPLITS=n`` sets the split count).
 
     CPU precision: fp32 accumulation everywhere. bf16 inputs on AVX-512 BF16 CPUs multiply in bf16 pairs
     (q K^T and P V, with P rounded to bf16); on CPUs with AMX-BF16 those products run on AMX tiles, and so
