@@ -94,23 +94,34 @@ void gemm_at_avx512(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda
   gemm_any<true>(M, N, K, A, lda, B, ldb, C, ldc, accumulate);
 }
 
+// The online softmax's new running max of a row for the logits scale * s[0, N) (scale > 0: the largest
+// scaled logit is scale times the largest logit, rounding being monotone); NaN when a logit or m_old is.
+inline float next_row_max(const float* s, int64_t N, float scale, float m_old) {
+  __m512 mx = _mm512_set1_ps(kNegInf);
+  __mmask16 nan = 0;
+  for (int64_t j = 0; j < N; j += 16) {
+    const __m512 v = _mm512_loadu_ps(s + j);
+    nan |= _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
+    mx = _mm512_max_ps(mx, v);
+  }
+  const float m_blk = _mm512_reduce_max_ps(mx) * scale;
+  return nan || std::isnan(m_old) ? std::numeric_limits<float>::quiet_NaN() : (m_blk > m_old ? m_blk : m_old);
+}
+
+// A row's bookkeeping once its probabilities (summing to `sum`) were taken against m_new.
+inline void close_row_step(float m_new, __m512 sum, float& row_max, float& row_sum, float& alpha) {
+  const float a = _mm512_cvtss_f32(simd::exp_avx512(_mm512_set1_ps(row_max - m_new)));
+  alpha = a;
+  row_sum = row_sum * a + _mm512_reduce_add_ps(sum);
+  row_max = m_new;
+}
+
 void softmax_step_avx512(float* S, int64_t lds, int64_t M, int64_t N, float scale, float* row_max, float* row_sum,
                          float* alpha) {
   const __m512 sc = _mm512_set1_ps(scale);
   for (int64_t r = 0; r < M; ++r) {
     float* s = S + r * lds;
-    __m512 mx = _mm512_set1_ps(kNegInf);
-    __mmask16 nan = 0;
-    for (int64_t j = 0; j < N; j += 16) {
-      const __m512 v = _mm512_loadu_ps(s + j);
-      nan |= _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
-      mx = _mm512_max_ps(mx, v);
-    }
-    // scale > 0: the largest scaled logit is scale times the largest logit (rounding is monotone).
-    const float m_old = row_max[r];
-    const float m_blk = _mm512_reduce_max_ps(mx) * scale;
-    const float m_new = nan || std::isnan(m_old) ? std::numeric_limits<float>::quiet_NaN()
-                                                 : (m_blk > m_old ? m_blk : m_old);
+    const float m_new = next_row_max(s, N, scale, row_max[r]);
     if (m_new == kNegInf) {
       std::memset(s, 0, sizeof(float) * N);
       alpha[r] = 1.0f;
@@ -123,10 +134,7 @@ void softmax_step_avx512(float* S, int64_t lds, int64_t M, int64_t N, float scal
       _mm512_storeu_ps(s + j, p);
       sum = _mm512_add_ps(sum, p);
     }
-    const float a = _mm512_cvtss_f32(simd::exp_avx512(_mm512_set1_ps(m_old - m_new)));
-    alpha[r] = a;
-    row_sum[r] = row_sum[r] * a + _mm512_reduce_add_ps(sum);
-    row_max[r] = m_new;
+    close_row_step(m_new, sum, row_max[r], row_sum[r], alpha[r]);
   }
 }
 
@@ -297,34 +305,34 @@ void scale_rows_avx512(float* A, int64_t lda, int64_t M, int64_t N, const float*
   }
 }
 
-// vcvtneps2bf16 rounds to nearest even, as c10::BFloat16 does, but flushes subnormal results to zero.
-void store_rows_bf16_avx512(const float* src, int64_t lds, int64_t M, int64_t N, const float* row_scale, uint16_t* dst,
-                            int64_t ldd) {
+// dst row r = row_scale[r] * src row r (zeros where row_scale[r] == 0), 16 columns at a time through
+// store(dst + c, mask, values).
+template <typename Out, typename Store>
+void store_scaled_rows(const float* src, int64_t lds, int64_t M, int64_t N, const float* row_scale, Out* dst,
+                       int64_t ldd, Store store) {
   for (int64_t r = 0; r < M; ++r) {
     const float* s = src + r * lds;
-    uint16_t* d = dst + r * ldd;
     const bool zero = row_scale[r] == 0.0f;
     const __m512 f = _mm512_set1_ps(row_scale[r]);
     for (int64_t c = 0; c < N; c += 16) {
       const __mmask16 m = tail_mask(N - c);
-      const __m512 v = zero ? _mm512_setzero_ps() : _mm512_mul_ps(_mm512_maskz_loadu_ps(m, s + c), f);
-      _mm256_mask_storeu_epi16(d + c, m, (__m256i)_mm512_cvtneps_pbh(v));
+      store(dst + r * ldd + c, m, zero ? _mm512_setzero_ps() : _mm512_mul_ps(_mm512_maskz_loadu_ps(m, s + c), f));
     }
   }
 }
 
+// vcvtneps2bf16 rounds to nearest even, as c10::BFloat16 does, but flushes subnormal results to zero.
+void store_rows_bf16_avx512(const float* src, int64_t lds, int64_t M, int64_t N, const float* row_scale, uint16_t* dst,
+                            int64_t ldd) {
+  store_scaled_rows(src, lds, M, N, row_scale, dst, ldd, [](uint16_t* d, __mmask16 m, __m512 v) {
+    _mm256_mask_storeu_epi16(d, m, (__m256i)_mm512_cvtneps_pbh(v));
+  });
+}
+
 void store_rows_f32_avx512(const float* src, int64_t lds, int64_t M, int64_t N, const float* row_scale, float* dst,
                            int64_t ldd) {
-  for (int64_t r = 0; r < M; ++r) {
-    const float* s = src + r * lds;
-    float* d = dst + r * ldd;
-    const bool zero = row_scale[r] == 0.0f;
-    const __m512 f = _mm512_set1_ps(row_scale[r]);
-    for (int64_t c = 0; c < N; c += 16) {
-      const __mmask16 m = tail_mask(N - c);
-      _mm512_mask_storeu_ps(d + c, m, zero ? _mm512_setzero_ps() : _mm512_mul_ps(_mm512_maskz_loadu_ps(m, s + c), f));
-    }
-  }
+  store_scaled_rows(src, lds, M, N, row_scale, dst, ldd,
+                    [](float* d, __mmask16 m, __m512 v) { _mm512_mask_storeu_ps(d, m, v); });
 }
 
 void softmax_step_bf16_avx512(const float* S, int64_t lds, int64_t M, int64_t N, float scale, float* row_max,
@@ -334,18 +342,7 @@ void softmax_step_bf16_avx512(const float* S, int64_t lds, int64_t M, int64_t N,
   for (int64_t r = 0; r < M; ++r) {
     const float* s = S + r * lds;
     uint32_t* p = P + r * ldp;
-    __m512 mx = _mm512_set1_ps(kNegInf);
-    __mmask16 nan = 0;
-    for (int64_t j = 0; j < N; j += 16) {
-      const __m512 v = _mm512_loadu_ps(s + j);
-      nan |= _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
-      mx = _mm512_max_ps(mx, v);
-    }
-    // scale > 0: the largest scaled logit is scale times the largest logit (rounding is monotone).
-    const float m_old = row_max[r];
-    const float m_blk = _mm512_reduce_max_ps(mx) * scale;
-    const float m_new = nan || std::isnan(m_old) ? std::numeric_limits<float>::quiet_NaN()
-                                                 : (m_blk > m_old ? m_blk : m_old);
+    const float m_new = next_row_max(s, N, scale, row_max[r]);
     if (m_new == kNegInf) {
       std::memset(p, 0, sizeof(uint32_t) * (N / 2));
       alpha[r] = 1.0f;
@@ -366,10 +363,7 @@ void softmax_step_bf16_avx512(const float* S, int64_t lds, int64_t M, int64_t N,
       sum = _mm512_add_ps(sum, p0);
       _mm256_storeu_si256(reinterpret_cast<__m256i*>(p + j / 2), (__m256i)_mm512_cvtneps_pbh(p0));
     }
-    const float a = _mm512_cvtss_f32(simd::exp_avx512(_mm512_set1_ps(m_old - m_new)));
-    alpha[r] = a;
-    row_sum[r] = row_sum[r] * a + _mm512_reduce_add_ps(sum);
-    row_max[r] = m_new;
+    close_row_step(m_new, sum, row_max[r], row_sum[r], alpha[r]);
   }
 }
 
