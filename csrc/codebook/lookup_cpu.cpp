@@ -14,6 +14,9 @@
 //    (duplicate or near-identical codes, e.g. a codebook initialised from data) puts the others in its
 //    task's spill buffer; the task compares them exactly at its end and keeps only the winner. Should
 //    the buffer fill up, the task re-collects such a row's codes within the bound from the packed block.
+// In few dimensions (l2, D <= 8, many codes and rows) steps 2-3 become a pruned search instead: a k-d tree
+// over the codes (code_tree.h), a block of rows scanning only the leaves within reach of its rows (see
+// run_tree); same candidates, same re-check, same answer.
 // Extra memory: O(N + K) -- |c|^2 and the inverse norms (K floats/doubles), |z|^2 (N floats), the
 // candidate records (N x splits x 80 B) -- plus one packed code superblock (<= 16 MiB, less when the
 // codebook is smaller) and per thread one packed query block (<= 256 x D fp32) and a 384 KiB spill
@@ -24,12 +27,15 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <limits>
+#include <numeric>
 #include <type_traits>
 #include <utility>
 #include <vector>
 
+#include "codebook/code_tree.h"
 #include "codebook/lookup_bound.h"
 #include "codebook/lookup_checks.h"
 #include "codebook/lookup_cpu_kernels.h"
@@ -116,6 +122,28 @@ constexpr double kUnit = 0x1p-24;       // fp32 unit roundoff
 constexpr double kUnitTensorCore = 0x1p-23;  // fp32 sums that may truncate (lookup_bound.h)
 constexpr int64_t kRoundedScreenMinD = 64;  // see Lookup::run
 constexpr int64_t kSpillCap = 1 << 15;  // spilled candidates per task (see cpu::Spill): 384 KiB per thread
+// The pruned search (code_tree.h): leaves of kTreeLeaf codes (a multiple of every ISA's tile width; 32 and
+// 64 spent more on box tests than they saved, 256 scanned too much), used by default for l2 lookups with
+// D <= kTreeMaxD, K >= kTreeMinK and N >= K / kTreeRowsPerCode, where it beat the brute-force scan (Zen 4,
+// 2 threads, Gaussian codes: K = 262144, D = 8: 1.2x at N = 4096, 2.9x at N = 16384; D = 10 and K = 16384
+// lost, and the build (~25 ms at K = 262144) does not pay for fewer rows). Queries go in blocks of
+// cpu::kRowPad rows, kTreeBlocksPerTask blocks a task.
+constexpr int64_t kTreeLeaf = 128;
+constexpr int64_t kTreeMaxD = 8;
+constexpr int64_t kTreeMinK = 65536;
+constexpr int64_t kTreeRowsPerCode = 64;
+constexpr int64_t kTreeBlocksPerTask = 8;
+static_assert(kTreeLeaf % cpu::kNrAvx512 == 0 && kTreeLeaf % cpu::kNrAvx2 == 0 && kTreeLeaf % cpu::kNrPortable == 0);
+
+// SPARSEOPS_CODEBOOK_TREE: "0" never uses the pruned search, "1" uses it for every l2 lookup (tests), unset
+// or empty: the measured default above. Read per call.
+int tree_override() {
+  const char* env = std::getenv("SPARSEOPS_CODEBOOK_TREE");
+  if (env == nullptr || env[0] == '\0') return -1;
+  if (std::strcmp(env, "0") == 0 || std::strcmp(env, "1") == 0) return env[0] - '0';
+  TORCH_WARN_ONCE("sparseops: ignoring SPARSEOPS_CODEBOOK_TREE=\"", env, "\" (expected 0 or 1); using the default");
+  return -1;
+}
 
 int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 
@@ -137,6 +165,8 @@ struct Lookup {
   std::vector<double> zinv;     // cosine: 1 / max(|z|, eps)
   std::vector<uint8_t> zero_row;  // cosine: z_i == 0 (cos is 0 for every code: all tie, code 0 wins)
   std::vector<float> margin;    // per row: bound on twice the fp32 error of the expanded distance
+  std::vector<float> zz;        // the pruned search: per row |z|^2 in fp32
+  bool tree_search = false;
   float maxc2 = 0.0f;
   // fp32/fp16 inputs screened with bf16-rounded values (VDPBF16PS; see run()): the margin then also
   // covers the rounding of z and c to bf16.
@@ -208,6 +238,7 @@ struct Lookup {
     if (rounded_screen && !centred_codebook()) rounded_screen = false;
 
     margin.resize(N);
+    if (tree_search) zz.resize(N);
     // AMX's tile products (bf16 scans on CPUs with AMX-BF16) get the tensor-core accumulation bound.
     const bool amx = bf16_scan_on_amx && (rounded_screen || std::is_same_v<T, c10::BFloat16>);
     const double unit = amx ? kUnitTensorCore : kUnit;
@@ -226,6 +257,7 @@ struct Lookup {
           s64 += static_cast<double>(v) * v;
         }
         if (!std::isfinite(s64) || (!cosine && !std::isfinite(s))) note_bad(bad, i);
+        if (tree_search) zz[i] = s;
         // |e~ - e| <= gamma_D (3 |c|^2 + |z|^2) for the candidate and for the best: 2x, with slack.
         double zz = s;
         if (cosine) {
@@ -314,6 +346,13 @@ struct Lookup {
 
   void run(int64_t* out_idx, float* out_dist) {
     const ScanIsa isa = scan_isa();
+    const int forced = tree_override();
+    tree_search = !cosine && (forced == 1 || (forced == -1 && D <= kTreeMaxD && K >= kTreeMinK && N * kTreeRowsPerCode >= K));
+    if (tree_search) {  // fp32 screen of exact fp32 values (bf16 / fp16 inputs convert exactly)
+      prepare();
+      run_tree(isa, out_idx, out_dist);
+      return;
+    }
     bool bf16_scan = false;
 #if SPARSEOPS_X86_KERNELS
     // l2 with D >= kRoundedScreenMinD on AVX-512 BF16: fp32/fp16 inputs are ranked with bf16-rounded
@@ -367,6 +406,184 @@ struct Lookup {
     finish(cands, splits, n_pad, out_idx, out_dist);
   }
 
+  // ---- the pruned search for few dimensions (code_tree.h) ------------------------------------------
+  // The codes are reordered into the tree's leaves and packed once; the queries are ordered by the leaf
+  // they descend to and taken in blocks of kRowPad rows. A block walks the tree depth first, the child
+  // on its side of the split first, and scans a leaf (one ISA scan call over its tiles, the same fused
+  // candidate test as the brute-force scan) only when some row's box distance to it is within that
+  // row's cut: a code can be a candidate of row i (e < thr_i) only if its true distance is below
+  // thr_i + margin_i + |z_i|^2 (the margin is twice the screen's error bound), so a leaf whose box is
+  // farther for every row holds none, and the exact re-check sees the same candidates as after a full
+  // scan. Extra memory: the tree (code_tree.h), the packed codes (K x D fp32, all of them: a leaf is
+  // read in any order) and the query order (N int64).
+  void run_tree(ScanIsa isa, int64_t* out_idx, float* out_dist) const {
+    const int64_t nr = scan_nr(isa);
+    CodeTree tree;
+    {
+      std::vector<float> c32(static_cast<size_t>(K * D));
+      at::parallel_for(0, K * D, 1 << 16, [&](int64_t b, int64_t e) {
+        for (int64_t j = b; j < e; ++j) c32[j] = static_cast<float>(cb[j]);
+      });
+      tree = build_code_tree(c32.data(), K, D, kTreeLeaf);
+    }
+    const int64_t ntiles = (K + nr - 1) / nr;
+    AlignedVector<float> panel(static_cast<size_t>(ntiles * nr * D));
+    std::vector<float> cnb(static_cast<size_t>(ntiles * nr));
+    at::parallel_for(0, ntiles, 256, [&](int64_t t0, int64_t t1) {
+      for (int64_t t = t0; t < t1; ++t) {
+        for (int64_t j = 0; j < nr; ++j) {
+          const int64_t p = t * nr + j;
+          for (int64_t d = 0; d < D; ++d) panel[(t * D + d) * nr + j] = p < K ? tree.points[p * D + d] : 0.0f;
+          cnb[p] = p < K ? cn[tree.order[p]] : std::numeric_limits<float>::infinity();
+        }
+      }
+    });
+    const std::vector<int64_t> rows = rows_by_leaf(tree);
+    std::vector<RowCands> cands(static_cast<size_t>(N));
+    const int64_t blocks = (N + cpu::kRowPad - 1) / cpu::kRowPad;
+    const int64_t tasks = (blocks + kTreeBlocksPerTask - 1) / kTreeBlocksPerTask;
+    const int64_t threads = std::max<int64_t>(1, at::get_num_threads());
+    std::atomic<int64_t> next{0};
+    at::parallel_for(0, threads, 1, [&](int64_t, int64_t) {
+      TreeBlock blk(D);
+      std::vector<int32_t> sp_row(kSpillCap), sp_idx(kSpillCap);
+      std::vector<float> sp_val(kSpillCap);
+      cpu::Spill spill{blk.rc, kSpillCap, 0, sp_row.data(), sp_idx.data(), sp_val.data()};
+      std::vector<int64_t> found;
+      for (int64_t task = next++; task < tasks; task = next++) {
+        for (int64_t b = task * kTreeBlocksPerTask; b < std::min(blocks, (task + 1) * kTreeBlocksPerTask); ++b) {
+          const int64_t r0 = b * cpu::kRowPad, count = std::min<int64_t>(cpu::kRowPad, N - r0);
+          blk.load(*this, rows.data() + r0, count);
+          search_block(isa, tree, panel.data(), cnb.data(), blk, spill);
+          for (int64_t r = 0; r < count; ++r) {  // scan positions -> codes
+            for (int32_t j = 0; j < blk.rc[r].count; ++j) blk.rc[r].idx[j] = tree.order[blk.rc[r].idx[j]];
+          }
+          resolve_spill(count, blk.rc, spill, found, [&](int32_t r) { return rows[r0 + r]; },
+                        [&](int32_t p) { return tree.order[p]; });
+          for (int64_t r = 0; r < count; ++r) cands[rows[r0 + r]] = blk.rc[r];
+        }
+      }
+    });
+    finish(cands, 1, N, out_idx, out_dist);
+  }
+
+  // The rows of z ordered by the first position of the leaf each descends to (a counting sort over the
+  // leaves), so that a block's rows search nearby leaves.
+  std::vector<int64_t> rows_by_leaf(const CodeTree& tree) const {
+    const int64_t leaves = (K + kTreeLeaf - 1) / kTreeLeaf;
+    std::vector<int32_t> leaf(static_cast<size_t>(N));
+    at::parallel_for(0, N, 256, [&](int64_t b, int64_t e) {
+      std::vector<float> zf(static_cast<size_t>(D));
+      for (int64_t i = b; i < e; ++i) {
+        for (int64_t d = 0; d < D; ++d) zf[d] = static_cast<float>(z[i * D + d]);
+        leaf[i] = static_cast<int32_t>(tree.leaf_of(zf.data()) / kTreeLeaf);
+      }
+    });
+    std::vector<int64_t> start(static_cast<size_t>(leaves + 1), 0);
+    for (int64_t i = 0; i < N; ++i) ++start[leaf[i] + 1];
+    std::partial_sum(start.begin(), start.end(), start.begin());
+    std::vector<int64_t> rows(static_cast<size_t>(N));
+    for (int64_t i = 0; i < N; ++i) rows[start[leaf[i]]++] = i;
+    return rows;
+  }
+
+  // One block of the pruned search: its rows packed for the scan, and what the box tests need.
+  struct TreeBlock {
+    using F4 = float __attribute__((vector_size(16)));  // GCC/Clang vector extension: SSE2 / NEON
+    static constexpr int64_t kHalves = cpu::kRowPad / 4;
+    int64_t D, count = 0;
+    AlignedVector<float> zs;  // [kRowPad][D] -2 z, padding rows zero
+    std::vector<F4> zt;       // [D][kHalves]: z transposed, rows in vector lanes
+    std::vector<float> qlo, qhi, mean;  // [D] over the block's rows: its box, and its centre for the child order
+    float zz[cpu::kRowPad];
+    F4 cut[kHalves];
+    float cut_max = 0.0f;
+    std::vector<int64_t> stack;
+    RowCands rc[cpu::kRowPad];
+    explicit TreeBlock(int64_t dims)
+        : D(dims), zs(cpu::kRowPad * dims), zt(dims * kHalves), qlo(dims), qhi(dims), mean(dims) {}
+
+    void load(const Lookup& job, const int64_t* rows, int64_t n) {
+      count = n;
+      std::fill(zs.begin(), zs.end(), 0.0f);
+      for (int64_t r = 0; r < cpu::kRowPad; ++r) {
+        RowCands& c = rc[r];
+        c.thr = c.best = std::numeric_limits<float>::infinity();
+        c.margin = r < n ? job.margin[rows[r]] : 0.0f;
+        c.count = c.overflow = 0;
+        zz[r] = r < n ? job.zz[rows[r]] : 0.0f;
+        for (int64_t d = 0; d < D; ++d) {
+          const float v = static_cast<float>(job.z[rows[std::min(r, n - 1)] * D + d]);  // padding: the last row
+          zt[d * kHalves + r / 4][r % 4] = v;
+          if (r < n) zs[r * D + d] = -2.0f * v;
+          qlo[d] = r == 0 ? v : std::min(qlo[d], v);
+          qhi[d] = r == 0 ? v : std::max(qhi[d], v);
+          mean[d] = (r == 0 ? 0.0f : mean[d]) + (r < n ? v / static_cast<float>(n) : 0.0f);
+        }
+      }
+      update_cuts();
+    }
+
+    // Row r's cut on the squared distance to a box (see run_tree), with 1e-5 relative slack for the fp32
+    // sums of the cut and the box distance; +inf until the row's first candidate; -1 for padding rows.
+    void update_cuts() {
+      cut_max = -1.0f;
+      for (int64_t r = 0; r < cpu::kRowPad; ++r) {
+        const float c = r < count ? (rc[r].thr + rc[r].margin + zz[r]) * (1.0f + 1e-5f) : -1.0f;
+        cut[r / 4][r % 4] = c;
+        cut_max = std::max(cut_max, c);
+      }
+    }
+
+    // Whether some row's squared distance to node n's box is within its cut: first the distance between
+    // the block's box and the node's (no row is nearer) against the largest cut, then row by row.
+    bool reaches(const CodeTree& t, int64_t n) const {
+      const float* lo = t.lo.data() + n * D;
+      const float* hi = t.hi.data() + n * D;
+      float s = 0.0f;
+      for (int64_t d = 0; d < D; ++d) {
+        const float g = std::max(std::max(lo[d] - qhi[d], qlo[d] - hi[d]), 0.0f);
+        s += g * g;
+      }
+      if (s > cut_max) return false;
+      F4 acc[kHalves] = {};
+      for (int64_t d = 0; d < D; ++d) {
+        const F4 l = F4{} + lo[d], h = F4{} + hi[d];
+        for (int64_t q = 0; q < kHalves; ++q) {
+          const F4 x = zt[d * kHalves + q], below = l - x, above = x - h;
+          F4 g = below > above ? below : above;
+          g = g > 0.0f ? g : F4{};
+          acc[q] += g * g;
+        }
+      }
+      for (int64_t q = 0; q < kHalves; ++q) {
+        const auto in = acc[q] <= cut[q];
+        if ((in[0] | in[1] | in[2] | in[3]) != 0) return true;
+      }
+      return false;
+    }
+  };
+
+  void search_block(ScanIsa isa, const CodeTree& t, const float* panel, const float* cnb, TreeBlock& blk,
+                    cpu::Spill& spill) const {
+    blk.stack.assign(1, 0);
+    while (!blk.stack.empty()) {
+      const int64_t n = blk.stack.back();
+      blk.stack.pop_back();
+      if (!blk.reaches(t, n)) continue;
+      if (t.is_leaf(n)) {
+        const int64_t p0 = t.begin[n], tiles = (t.end[n] - p0 + scan_nr(isa) - 1) / scan_nr(isa);
+        run_scan(isa, blk.zs.data(), cpu::kRowPad, D, panel + p0 * D, cnb + p0, tiles, static_cast<int32_t>(p0),
+                 blk.rc, &spill);
+        blk.update_cuts();
+        continue;
+      }
+      const bool left_near = blk.mean[t.split_dim[n]] < t.split_value[n];
+      blk.stack.push_back(left_near ? 2 * n + 2 : 2 * n + 1);  // the far child, popped last
+      blk.stack.push_back(left_near ? 2 * n + 1 : 2 * n + 2);
+    }
+  }
+
   // Step 2 over all superblocks, with packed elements E (kPair dims per step) and the scan function.
   template <typename E, int kPair, typename Scan>
   void scan_all(int64_t nr, int64_t mc, int64_t nqb, int64_t sb_codes, int64_t kc_tiles, int64_t splits,
@@ -405,7 +622,7 @@ struct Lookup {
             scan(zs.data(), rows_pad, steps, panel.data() + t * nr * width, cnb.data() + t * nr, te - t,
                  static_cast<int32_t>(sb0 + t * nr), rc, &spill);
           }
-          resolve_spill(r0, r1, rc, spill, found);
+          resolve_spill(r1 - r0, rc, spill, found, [r0](int32_t r) { return r0 + r; }, [](int32_t k) { return k; });
           for (int64_t i = r0; i < r1; ++i) {
             if (rc[i - r0].overflow == 0) continue;
             resolve_overflow<E, kPair>(i, zs.data() + (i - r0) * width, steps, panel.data() + st0 * nr * width,
@@ -482,13 +699,17 @@ struct Lookup {
   }
 
   // After a task: the spilled codes that still pass their row's final threshold join that row's exact
-  // comparison (keep_exact_winner); the buffer is emptied for the next task. rc: rows [r0, r1).
-  void resolve_spill(int64_t r0, int64_t r1, RowCands* rc, cpu::Spill& sp, std::vector<int64_t>& found) const {
+  // comparison (keep_exact_winner); the buffer is emptied for the next task. rc: `rows` rows, the r-th
+  // being z's row row_of(r); the spill holds scan positions, code_of(position) is the code (the pruned
+  // search scans reordered codes).
+  template <typename RowOf, typename CodeOf>
+  void resolve_spill(int64_t rows, RowCands* rc, cpu::Spill& sp, std::vector<int64_t>& found, RowOf row_of,
+                     CodeOf code_of) const {
     if (sp.size == 0) return;
     std::vector<std::pair<int32_t, int32_t>> kept;  // (row within rc, code), sorted to group by row
     for (int64_t j = 0; j < sp.size; ++j) {
       const int32_t row = sp.row[j];
-      if (row < r1 - r0 && sp.val[j] < rc[row].thr) kept.emplace_back(row, sp.idx[j]);
+      if (row < rows && sp.val[j] < rc[row].thr) kept.emplace_back(row, code_of(sp.idx[j]));
     }
     sp.size = 0;
     std::sort(kept.begin(), kept.end());
@@ -496,7 +717,7 @@ struct Lookup {
       size_t b = a;
       found.clear();
       while (b < kept.size() && kept[b].first == kept[a].first) found.push_back(kept[b++].second);
-      keep_exact_winner(r0 + kept[a].first, found, rc[kept[a].first]);
+      keep_exact_winner(row_of(kept[a].first), found, rc[kept[a].first]);
       a = b;
     }
   }
