@@ -1,7 +1,7 @@
 """codebook_lookup's pruned CPU search (a k-d tree over the codes, csrc/codebook/code_tree.h) gives the
 brute-force scan's indices and distances bit for bit: it only skips leaves that cannot hold a candidate,
 and the exact float64 re-check decides as before. SPARSEOPS_CODEBOOK_TREE=1 forces it on for every l2
-lookup, =0 off (the default picks it for D <= 8 with many codes and rows). Also run under the AVX2 and
+lookup, =0 off (the default picks it for D <= 10 with many codes and rows). Also run under the AVX2 and
 portable scans, in subprocesses (the ISA is fixed at import)."""
 from __future__ import annotations
 
@@ -74,10 +74,10 @@ def test_tree_equals_brute_force_and_reference(brute):
 
 
 def test_tree_by_default_for_few_dims_many_codes(monkeypatch):
-    # D <= 8, K >= 65536, N >= K / 64: the default takes the pruned search; the answer is the brute force's
+    # D <= 10, K >= 65536, N >= max(2048, K / 128): the default takes the pruned search; same answer
     gen = torch.Generator().manual_seed(3)
     c = torch.randn(65536, 8, generator=gen)
-    z = torch.randn(1100, 8, generator=gen)
+    z = torch.randn(2100, 8, generator=gen)
     i_default, d_default = _indices_and_dist(z, c)
     monkeypatch.setenv("SPARSEOPS_CODEBOOK_TREE", "0")
     i_brute, d_brute = _indices_and_dist(z, c)

@@ -1,6 +1,7 @@
 // codebook_lookup's scan, AVX2 + FMA (compiled with -mavx2 -mfma; lookup_cpu.cpp calls it when the CPU
 // has AVX2 but not the AVX-512 set): tiles of 4 query rows x 16 codes (8 accumulators + 4 thresholds in
-// the 16 ymm registers). No torch headers (see lookup_cpu_kernels.h).
+// the 16 ymm registers). Also the pruned search's box test (AVX-512 CPUs use it too). No torch headers (see
+// lookup_cpu_kernels.h).
 #include <immintrin.h>
 
 #include <cstdint>
@@ -34,6 +35,21 @@ void scan_avx2(const float* zs, int64_t rows, int64_t D, const float* panel, con
                int32_t k0, RowCands* rc, Spill* spill) {
   static_assert(V256::kW * 2 == kNrAvx2);
   scan_tiles<V256, 4, 2>(zs, rows, D, panel, cn, ntiles, k0, rc, spill);
+}
+
+bool box_within_cut_avx2(const float* lo, const float* hi, const float* zt, const float* cut, int64_t D) {
+  static_assert(kRowPad == 8, "one ymm register holds the block's rows");
+  const __m256 zero = _mm256_setzero_ps();
+  __m256 acc[2] = {zero, zero};  // two chains: half the FMA latency on the path to the branch
+  for (int64_t d = 0; d < D; ++d) {
+    const __m256 x = _mm256_loadu_ps(zt + d * kRowPad);
+    const __m256 below = _mm256_sub_ps(_mm256_broadcast_ss(lo + d), x);
+    const __m256 above = _mm256_sub_ps(x, _mm256_broadcast_ss(hi + d));
+    const __m256 g = _mm256_max_ps(_mm256_max_ps(below, above), zero);
+    acc[d & 1] = _mm256_fmadd_ps(g, g, acc[d & 1]);
+  }
+  const __m256 s = _mm256_add_ps(acc[0], acc[1]);
+  return _mm256_movemask_ps(_mm256_cmp_ps(s, _mm256_loadu_ps(cut), _CMP_LE_OQ)) != 0;
 }
 
 }  // namespace sparseops::codebook::cpu

@@ -14,7 +14,7 @@
 //    (duplicate or near-identical codes, e.g. a codebook initialised from data) puts the others in its
 //    task's spill buffer; the task compares them exactly at its end and keeps only the winner. Should
 //    the buffer fill up, the task re-collects such a row's codes within the bound from the packed block.
-// In few dimensions (l2, D <= 8, many codes and rows) steps 2-3 become a pruned search instead: a k-d tree
+// In few dimensions (l2, D <= 10, many codes and rows) steps 2-3 become a pruned search instead: a k-d tree
 // over the codes (code_tree.h), a block of rows scanning only the leaves within reach of its rows (see
 // run_tree); same candidates, same re-check, same answer.
 // Extra memory: O(N + K) -- |c|^2 and the inverse norms (K floats/doubles), |z|^2 (N floats), the
@@ -124,14 +124,17 @@ constexpr int64_t kRoundedScreenMinD = 64;  // see Lookup::run
 constexpr int64_t kSpillCap = 1 << 15;  // spilled candidates per task (see cpu::Spill): 384 KiB per thread
 // The pruned search (code_tree.h): leaves of kTreeLeaf codes (a multiple of every ISA's tile width; 32 and
 // 64 spent more on box tests than they saved, 256 scanned too much), used by default for l2 lookups with
-// D <= kTreeMaxD, K >= kTreeMinK and N >= K / kTreeRowsPerCode, where it beat the brute-force scan (Zen 4,
-// 2 threads, Gaussian codes: K = 262144, D = 8: 1.2x at N = 4096, 2.9x at N = 16384; D = 10 and K = 16384
-// lost, and the build (~25 ms at K = 262144) does not pay for fewer rows). Queries go in blocks of
-// cpu::kRowPad rows, kTreeBlocksPerTask blocks a task.
+// D <= kTreeMaxD, K >= kTreeMinK, N >= kTreeMinN and N >= K / kTreeCodesPerRow, where it beat the
+// brute-force scan (Zen 4, 2 threads, Gaussian codes and queries, N = 16384 unless said): K = 262144:
+// 3.7x (D = 8), 4.7x (D = 6), 1.8x (D = 10), 1.2x (D = 12), 0.6x (D = 16); D = 8: 1.35x at K = 262144,
+// N = 2048, 0.74x at N = 1024; 1.8x at K = 65536, a tie at K = 16384; 3.9x at K = 2^20 but 0.58x at
+// N = 2048 (its build took ~300 ms). Queries go in blocks of cpu::kRowPad rows, kTreeBlocksPerTask blocks
+// a task.
 constexpr int64_t kTreeLeaf = 128;
-constexpr int64_t kTreeMaxD = 8;
+constexpr int64_t kTreeMaxD = 10;
 constexpr int64_t kTreeMinK = 65536;
-constexpr int64_t kTreeRowsPerCode = 64;
+constexpr int64_t kTreeMinN = 2048;
+constexpr int64_t kTreeCodesPerRow = 128;
 constexpr int64_t kTreeBlocksPerTask = 8;
 static_assert(kTreeLeaf % cpu::kNrAvx512 == 0 && kTreeLeaf % cpu::kNrAvx2 == 0 && kTreeLeaf % cpu::kNrPortable == 0);
 
@@ -347,7 +350,8 @@ struct Lookup {
   void run(int64_t* out_idx, float* out_dist) {
     const ScanIsa isa = scan_isa();
     const int forced = tree_override();
-    tree_search = !cosine && (forced == 1 || (forced == -1 && D <= kTreeMaxD && K >= kTreeMinK && N * kTreeRowsPerCode >= K));
+    tree_search = !cosine && (forced == 1 || (forced == -1 && D <= kTreeMaxD && K >= kTreeMinK && N >= kTreeMinN &&
+                                             N * kTreeCodesPerRow >= K));
     if (tree_search) {  // fp32 screen of exact fp32 values (bf16 / fp16 inputs convert exactly)
       prepare();
       run_tree(isa, out_idx, out_dist);
@@ -489,36 +493,34 @@ struct Lookup {
 
   // One block of the pruned search: its rows packed for the scan, and what the box tests need.
   struct TreeBlock {
-    using F4 = float __attribute__((vector_size(16)));  // GCC/Clang vector extension: SSE2 / NEON
-    static constexpr int64_t kHalves = cpu::kRowPad / 4;
+    static constexpr int64_t R = cpu::kRowPad;
     int64_t D, count = 0;
-    AlignedVector<float> zs;  // [kRowPad][D] -2 z, padding rows zero
-    std::vector<F4> zt;       // [D][kHalves]: z transposed, rows in vector lanes
-    std::vector<float> qlo, qhi, mean;  // [D] over the block's rows: its box, and its centre for the child order
-    float zz[cpu::kRowPad];
-    F4 cut[kHalves];
-    float cut_max = 0.0f;
+    AlignedVector<float> zs;  // [R][D] -2 z, padding rows zero
+    std::vector<float> zt;    // [D][R]: z transposed (the box test's lanes), padding rows copy the last row
+    std::vector<float> mean;  // [D] over the block's rows: which child to visit first
+    float zz[R];
+    float cut[R];
     std::vector<int64_t> stack;
-    RowCands rc[cpu::kRowPad];
-    explicit TreeBlock(int64_t dims)
-        : D(dims), zs(cpu::kRowPad * dims), zt(dims * kHalves), qlo(dims), qhi(dims), mean(dims) {}
+    RowCands rc[R];
+    explicit TreeBlock(int64_t dims) : D(dims), zs(R * dims), zt(dims * R), mean(dims) {}
 
     void load(const Lookup& job, const int64_t* rows, int64_t n) {
       count = n;
       std::fill(zs.begin(), zs.end(), 0.0f);
-      for (int64_t r = 0; r < cpu::kRowPad; ++r) {
+      std::fill(mean.begin(), mean.end(), 0.0f);
+      for (int64_t r = 0; r < R; ++r) {
         RowCands& c = rc[r];
         c.thr = c.best = std::numeric_limits<float>::infinity();
         c.margin = r < n ? job.margin[rows[r]] : 0.0f;
         c.count = c.overflow = 0;
         zz[r] = r < n ? job.zz[rows[r]] : 0.0f;
         for (int64_t d = 0; d < D; ++d) {
-          const float v = static_cast<float>(job.z[rows[std::min(r, n - 1)] * D + d]);  // padding: the last row
-          zt[d * kHalves + r / 4][r % 4] = v;
-          if (r < n) zs[r * D + d] = -2.0f * v;
-          qlo[d] = r == 0 ? v : std::min(qlo[d], v);
-          qhi[d] = r == 0 ? v : std::max(qhi[d], v);
-          mean[d] = (r == 0 ? 0.0f : mean[d]) + (r < n ? v / static_cast<float>(n) : 0.0f);
+          const float v = static_cast<float>(job.z[rows[std::min(r, n - 1)] * D + d]);
+          zt[d * R + r] = v;
+          if (r < n) {
+            zs[r * D + d] = -2.0f * v;
+            mean[d] += v / static_cast<float>(n);
+          }
         }
       }
       update_cuts();
@@ -527,40 +529,27 @@ struct Lookup {
     // Row r's cut on the squared distance to a box (see run_tree), with 1e-5 relative slack for the fp32
     // sums of the cut and the box distance; +inf until the row's first candidate; -1 for padding rows.
     void update_cuts() {
-      cut_max = -1.0f;
-      for (int64_t r = 0; r < cpu::kRowPad; ++r) {
-        const float c = r < count ? (rc[r].thr + rc[r].margin + zz[r]) * (1.0f + 1e-5f) : -1.0f;
-        cut[r / 4][r % 4] = c;
-        cut_max = std::max(cut_max, c);
-      }
+      for (int64_t r = 0; r < R; ++r)
+        cut[r] = r < count ? (rc[r].thr + rc[r].margin + zz[r]) * (1.0f + 1e-5f) : -1.0f;
     }
 
-    // Whether some row's squared distance to node n's box is within its cut: first the distance between
-    // the block's box and the node's (no row is nearer) against the largest cut, then row by row.
-    bool reaches(const CodeTree& t, int64_t n) const {
+    // Whether some row's squared distance to node n's box is within its cut.
+    bool reaches(ScanIsa isa, const CodeTree& t, int64_t n) const {
       const float* lo = t.lo.data() + n * D;
       const float* hi = t.hi.data() + n * D;
-      float s = 0.0f;
+#if SPARSEOPS_X86_KERNELS
+      if (isa != ScanIsa::kPortable) return cpu::box_within_cut_avx2(lo, hi, zt.data(), cut, D);
+#endif
+      float s[R] = {};
       for (int64_t d = 0; d < D; ++d) {
-        const float g = std::max(std::max(lo[d] - qhi[d], qlo[d] - hi[d]), 0.0f);
-        s += g * g;
-      }
-      if (s > cut_max) return false;
-      F4 acc[kHalves] = {};
-      for (int64_t d = 0; d < D; ++d) {
-        const F4 l = F4{} + lo[d], h = F4{} + hi[d];
-        for (int64_t q = 0; q < kHalves; ++q) {
-          const F4 x = zt[d * kHalves + q], below = l - x, above = x - h;
-          F4 g = below > above ? below : above;
-          g = g > 0.0f ? g : F4{};
-          acc[q] += g * g;
+        for (int64_t r = 0; r < R; ++r) {
+          const float g = std::max(std::max(lo[d] - zt[d * R + r], zt[d * R + r] - hi[d]), 0.0f);
+          s[r] += g * g;
         }
       }
-      for (int64_t q = 0; q < kHalves; ++q) {
-        const auto in = acc[q] <= cut[q];
-        if ((in[0] | in[1] | in[2] | in[3]) != 0) return true;
-      }
-      return false;
+      bool any = false;
+      for (int64_t r = 0; r < R; ++r) any |= s[r] <= cut[r];
+      return any;
     }
   };
 
@@ -570,7 +559,7 @@ struct Lookup {
     while (!blk.stack.empty()) {
       const int64_t n = blk.stack.back();
       blk.stack.pop_back();
-      if (!blk.reaches(t, n)) continue;
+      if (!blk.reaches(isa, t, n)) continue;
       if (t.is_leaf(n)) {
         const int64_t p0 = t.begin[n], tiles = (t.end[n] - p0 + scan_nr(isa) - 1) / scan_nr(isa);
         run_scan(isa, blk.zs.data(), cpu::kRowPad, D, panel + p0 * D, cnb + p0, tiles, static_cast<int32_t>(p0),

@@ -62,4 +62,9 @@ void scan_amx_bf16(const uint16_t* zs, int64_t rows, int64_t steps, const uint16
 void scan_avx2(const float* zs, int64_t rows, int64_t D, const float* panel, const float* cn, int64_t ntiles,
                int32_t k0, RowCands* rc, Spill* spill);
 
+// The pruned search's box test (lookup_cpu.cpp, run_tree): whether some of the kRowPad rows (zt: [D][kRowPad],
+// rows in lanes) has its squared distance to the box [lo, hi] (D floats each) at most its cut (cut:
+// [kRowPad]). AVX2 + FMA (lookup_avx2.cpp; AVX-512 CPUs run it too).
+bool box_within_cut_avx2(const float* lo, const float* hi, const float* zt, const float* cut, int64_t D);
+
 }  // namespace sparseops::codebook::cpu
