@@ -1,9 +1,10 @@
 #pragma once
 // A k-d tree over the codes of a low-dimensional codebook, for codebook_lookup's pruned CPU search
 // (lookup_cpu.cpp). In a few dimensions the nearest code of a query lies in a handful of the tree's
-// leaves (K = 262144 Gaussian codes, D = 8: under 1% of the codes per query, ~4% for blocks of 8
-// queries), and a leaf whose box is farther than a query's current best can be skipped outright. In 16
-// dimensions and more nearly every leaf must be looked at, so the brute-force scan stays there.
+// leaves, and a leaf whose box is farther than a query's current best can be skipped outright (K = 262144
+// Gaussian codes, D = 8: about 1% of the codes are within reach of a query, a few % of a block of 8
+// nearby queries). From about 12 dimensions on nearly every leaf is within reach and the brute-force scan
+// is faster.
 //
 // Layout: the codes are reordered so that every leaf is a run of `leaf` consecutive positions starting at
 // a multiple of `leaf` (only the last leaf may be shorter); order[p] is the code at position p. Nodes are
@@ -31,9 +32,10 @@ struct CodeTree {
 };
 
 // Builds the tree over K codes of D dims (fp32, row-major) with leaves of `leaf` codes. Extra memory:
-// the reordered fp32 copy of the codes (K x D), the order (K int32) and ~2K / leaf nodes of 2 D floats
-// each; the build reorders in place and sorts (key, position) pairs of one node at a time (8 bytes per
-// code of the largest node). Parallel over the nodes of each level.
+// the reordered fp32 copy of the codes (K x D), the order (K int32) and up to ~4K / leaf node slots of
+// 2 D floats each; while building, a second copy of both (each level moves the codes from one to the
+// other) and 16 bytes per code of the nodes being split (sort keys and scratch). Parallel over the nodes
+// of each level.
 CodeTree build_code_tree(const float* codes, int64_t K, int64_t D, int64_t leaf);
 
 }  // namespace sparseops::codebook

@@ -74,7 +74,8 @@ def codebook_lookup(
     The precision and NaN/Inf policy are in this module's docstring. Extra memory (CPU): O(N + K) (norms,
     about 80 bytes of candidate state per row and code split), one packed block of codes (fp32, at most
     16 MiB, shared by the threads) and per thread <= 256 rows of ``z`` in fp32; the N x K distance matrix is
-    never formed. In few dimensions (l2, D <= 10, K >= 65536, N >= max(2048, K / 128)) the CPU instead builds a k-d
+    never formed. In few dimensions (l2, D <= 10, K >= 65536, N >= max(2048, K / 128); bf16 with AVX-512:
+    D <= 8, N >= max(8192, K / 32)) the CPU instead builds a k-d
     tree over the codes and skips the leaves that cannot hold the answer, with the same result bit for bit:
     it takes two fp32 copies of the codebook (K x D each; one for the build, one packed for the scan) and
     the tree (about K / 32 floats per dimension). ``SPARSEOPS_CODEBOOK_TREE=0`` / ``=1`` turns it off / on
