@@ -74,14 +74,13 @@ def codebook_lookup(
     The precision and NaN/Inf policy are in this module's docstring. Extra memory (CPU): O(N + K) (norms,
     about 80 bytes of candidate state per row and code split), one packed block of codes (fp32, at most
     16 MiB, shared by the threads) and per thread <= 256 rows of ``z`` in fp32; the N x K distance matrix is
-    never formed. In few dimensions (l2, D <= 10, K >= 65536, N >= max(2048, K / 128); bf16 with AVX-512:
-    D <= 8, N >= max(8192, K / 32)) the CPU instead builds a k-d
-    tree over the codes and skips the leaves that cannot hold the answer, with the same result bit for bit:
-    at its peak it holds two fp32 copies of the codebook while building (K x D each, plus a third for
-    fp16 / bf16 inputs), then one packed for the scan, and the tree (about K / 32 floats per dimension):
-    ~24 MiB at K = 262144, D = 8, fp32. ``SPARSEOPS_CODEBOOK_TREE=0`` / ``=1`` turns it off / on
-    for every l2 lookup. CUDA l2: bf16 copies of ``z`` and the codebook plus O(N + K); cosine: fp32
-    normalised copies.
+    never formed. In few dimensions (l2, D <= 10, K >= 65536, N >= max(2048, K / 128); bf16 with
+    AVX-512: D <= 8, N >= max(8192, K / 32)) the CPU instead builds a k-d tree over the codes and skips
+    the leaves that cannot hold the answer, with the same result bit for bit: at its peak it holds two
+    fp32 copies of the codebook while building (K x D each, plus a third for fp16 / bf16 inputs), then
+    one packed for the scan, and the tree (at most K / 16 floats per dimension): ~24 MiB at K = 262144,
+    D = 8, fp32. ``SPARSEOPS_CODEBOOK_TREE=0`` / ``=1`` turns it off / on for every l2 lookup. CUDA l2:
+    bf16 copies of ``z`` and the codebook plus O(N + K); cosine: fp32 normalised copies.
     """
     if not isinstance(z, Tensor) or not isinstance(codebook, Tensor):
         raise TypeError(f"codebook_lookup: expected z and codebook to be tensors (got {type(z).__name__}, "
