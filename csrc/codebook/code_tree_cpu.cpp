@@ -42,7 +42,7 @@ struct Buffer {
   int32_t* order;
 };
 
-// Grows the box [lo, hi) (D floats each) to hold x; `first`: the box is x alone.
+// Grows the box [lo, hi] (D floats each) to hold x; `first`: the box is x alone.
 void extend_box(float* lo, float* hi, const float* x, int64_t D, bool first) {
   for (int64_t d = 0; d < D; ++d) {
     lo[d] = first ? x[d] : std::min(lo[d], x[d]);
