@@ -293,6 +293,15 @@ void plan_row(const typename S::T* c, typename S::T hi, const typename S::T* h, 
 }
 
 template <typename S>
+void exp_shifted(const typename S::T* x, typename S::T shift, typename S::T* out, int64_t len) {
+  const typename S::V vs = S::set1(shift);
+  for (int64_t j = 0; j < len; j += S::kW) {
+    const auto k = S::tail(len - j);
+    S::store(k, out + j, S::exp(S::add(vs, S::load(k, x + j))));
+  }
+}
+
+template <typename S>
 typename S::T dual_row(const typename S::T* c, typename S::T hi, const typename S::T* h, typename S::T inv_eps,
                        const typename S::T* wr, typename S::T wi, typename S::T* colsum, int64_t len) {
   using T = typename S::T;
@@ -380,6 +389,12 @@ void plan_row_avx512(const float* c, float hi, const float* h, float inv_eps, fl
 }
 void plan_row_avx512(const double* c, double hi, const double* h, double inv_eps, double* out, int64_t len) {
   plan_row<F64>(c, hi, h, inv_eps, out, len);
+}
+void exp_shifted_avx512(const float* x, float shift, float* out, int64_t len) {
+  exp_shifted<F32>(x, shift, out, len);
+}
+void exp_shifted_avx512(const double* x, double shift, double* out, int64_t len) {
+  exp_shifted<F64>(x, shift, out, len);
 }
 float dual_row_avx512(const float* c, float hi, const float* h, float inv_eps, const float* wr, float wi, float* colsum, int64_t len) {
   return dual_row<F32>(c, hi, h, inv_eps, wr, wi, colsum, len);

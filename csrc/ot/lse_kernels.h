@@ -99,6 +99,12 @@ void plan_row_avx512(const double* c, double hi, const double* h, double inv_eps
 void plan_row_avx2(const float* c, float hi, const float* h, float inv_eps, float* out, int64_t len);
 void plan_row_avx2(const double* c, double hi, const double* h, double inv_eps, double* out, int64_t len);
 
+// out[t] = exp(shift + x[t]): the sparse plan's values at its selected columns (gathered into x).
+void exp_shifted_avx512(const float* x, float shift, float* out, int64_t len);
+void exp_shifted_avx512(const double* x, double shift, double* out, int64_t len);
+void exp_shifted_avx2(const float* x, float shift, float* out, int64_t len);
+void exp_shifted_avx2(const double* x, double shift, double* out, int64_t len);
+
 // Dual pass, one row: e_j = exp(hi + h[j] - c[j] * inv_eps); returns sum_j wr[j] * e_j and, when
 // colsum is not null, adds wi * e_j to colsum[j].
 float dual_row_avx512(const float* c, float hi, const float* h, float inv_eps, const float* wr, float wi, float* colsum, int64_t len);

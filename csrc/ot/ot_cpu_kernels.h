@@ -23,6 +23,7 @@ struct LseKernels {
   // Not typed by T (bytes), but kept with the loops of the pass that uses them.
   int64_t (*count_at_most)(const uint8_t* bucket, int64_t len, int b);
   int64_t (*split_by_bucket)(const uint8_t* bucket, int64_t len, int kb, int64_t* lt, int64_t* eq);
+  void (*exp_shifted)(const T* x, T shift, T* out, int64_t len);
   // Relative size of the largest term a row_exp may drop (a skipped vector, or an exp that underflows):
   // exp(-30) float / exp(-60) double for the SIMD variants, 0 (only underflow) for the portable one.
   T dropped;

@@ -185,6 +185,11 @@ void plan_row_portable(const T* c, T hi, const T* h, T inv_eps, T* out, int64_t 
 }
 
 template <typename T>
+void exp_shifted_portable(const T* x, T shift, T* out, int64_t len) {
+  for (int64_t j = 0; j < len; ++j) out[j] = std::exp(shift + x[j]);
+}
+
+template <typename T>
 T dual_row_portable(const T* c, T hi, const T* h, T inv_eps, const T* wr, T wi, T* colsum, int64_t len) {
   T sum = 0;
   for (int64_t j = 0; j < len; ++j) {
@@ -203,7 +208,8 @@ LseKernels<T> lse_kernels() {
                   &plan_row_portable<T>, &dual_row_portable<T>, &row_exp_portable<T>,
                   &axpy_portable<T>,     &axpy_rows_portable<T>, &dot_portable<T>, &min_or_nan_portable<T>,
                   &log_values_portable<T>,
-                  &distance_buckets_portable<T>, &count_at_most_portable, &split_by_bucket_portable, T(0)};
+                  &distance_buckets_portable<T>, &count_at_most_portable, &split_by_bucket_portable,
+                  &exp_shifted_portable<T>, T(0)};
 #if SPARSEOPS_X86_KERNELS
   using RowFn = T (*)(const T*, const T*, T, int64_t);
   using ColFn = void (*)(const T*, T, T, const T*, T*, T*, int64_t);
@@ -216,6 +222,7 @@ LseKernels<T> lse_kernels() {
   using MinFn = T (*)(const T*, int64_t);
   using ValuesFn = T (*)(const T*, const T*, T, T*, int64_t);
   using BucketsFn = void (*)(const T*, T, uint8_t*, int64_t);
+  using ExpShiftedFn = void (*)(const T*, T, T*, int64_t);
   const T dropped = std::is_same_v<T, float> ? T(9.4e-14) : T(8.8e-27);  // exp(-30), exp(-60): the skip rule
   if (cpu_use_avx512()) {
     k = {static_cast<RowFn>(&cpu::row_lse_avx512), static_cast<RowFn>(&cpu::row_max_avx512),
@@ -225,7 +232,7 @@ LseKernels<T> lse_kernels() {
          static_cast<DotFn>(&cpu::dot_avx512), static_cast<MinFn>(&cpu::min_or_nan_avx512),
          static_cast<ValuesFn>(&cpu::log_values_avx512),
          static_cast<BucketsFn>(&cpu::distance_buckets_avx512), &cpu::count_at_most_avx512,
-         &cpu::split_by_bucket_avx512, dropped};
+         &cpu::split_by_bucket_avx512, static_cast<ExpShiftedFn>(&cpu::exp_shifted_avx512), dropped};
   } else if (cpu_use_avx2()) {
     k = {static_cast<RowFn>(&cpu::row_lse_avx2), static_cast<RowFn>(&cpu::row_max_avx2),
          static_cast<ColFn>(&cpu::col_accum_avx2), static_cast<PlanFn>(&cpu::plan_row_avx2),
@@ -234,7 +241,7 @@ LseKernels<T> lse_kernels() {
          static_cast<DotFn>(&cpu::dot_avx2), static_cast<MinFn>(&cpu::min_or_nan_avx2),
          static_cast<ValuesFn>(&cpu::log_values_avx2),
          static_cast<BucketsFn>(&cpu::distance_buckets_avx2), &cpu::count_at_most_avx2,
-         &cpu::split_by_bucket_avx2, dropped};
+         &cpu::split_by_bucket_avx2, static_cast<ExpShiftedFn>(&cpu::exp_shifted_avx2), dropped};
   }
 #endif
   return k;
