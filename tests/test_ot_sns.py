@@ -129,6 +129,8 @@ def test_opcheck():
         _, row, col = _ops.ot_dual(a, b, C, f, g, 0.05)
     rf, rg = torch.randn(2, 9, dtype=torch.float64), torch.randn(2, 11, dtype=torch.float64)
     torch.library.opcheck(_ops.ot_newton_cg, (idx, val, a.detach() * row, b.detach() * col, rf, rg, 1e-6, 100, 1e-10))
+    torch.library.opcheck(_ops.sinkhorn_newton_sparse, (a, b, C, 0.05, 5, 10, 3, 1e-10, 100, 0))
+    torch.library.opcheck(_ops.sinkhorn_newton_sparse, (a, b, C[0], 0.05, 20, 4, 2, 1e-6, 100, 500))
 
 
 def test_compile_newton_kernels():
@@ -165,8 +167,48 @@ def test_bad_inputs():
         sparseops.ot.sinkhorn_newton_sparse(a[0], b[0], C[0], 0.05, density=2.0)
     with pytest.raises(ValueError, match=r"sinkhorn_newton_sparse: expected eps to be finite and > 0 \(got 0.0\)"):
         sparseops.ot.sinkhorn_newton_sparse(a[0], b[0], C[0], 0.0)
-    with pytest.raises(ValueError, match=r"sinkhorn_log: expected sum\(a\) == sum\(b\)"):
+    with pytest.raises(ValueError, match=r"sinkhorn_newton_sparse: expected sum\(a\) == sum\(b\)"):
         sparseops.ot.sinkhorn_newton_sparse(a[0], 2 * b[0], C[0], 0.05)
+    with pytest.raises(ValueError, match=r"sinkhorn_newton_sparse: expected cg_max_iter >= 1 \(got 0\)"):
+        sparseops.ot.sinkhorn_newton_sparse(a[0], b[0], C[0], 0.05, cg_max_iter=0)
+    with pytest.raises(ValueError, match=r"expected warmup_iters, max_newton and sinkhorn_budget >= 0 \(got 20, 50, -1\)"):
+        sparseops.ot.sinkhorn_newton_sparse(a[0], b[0], C[0], 0.05, sinkhorn_budget=-1)
+
+
+def test_raw_solver_op_validates_everything():
+    """The raw op is reachable without the Python wrapper: every setting and value it relies on is checked."""
+    a, b, C, _, _ = _potentials(1, 5, 4, torch.float64)
+    op = _ops.sinkhorn_newton_sparse
+    ok = (a, b, C, 0.05, 20, 10, 2, 1e-9, 100, 500)
+    for pos, value, message in [
+        (3, -1.0, r"expected eps to be finite and > 0 \(got -1\)"),
+        (4, -1, r"expected warmup_iters, max_newton and sinkhorn_budget >= 0 \(got -1, 10, 500\)"),
+        (6, 5, r"expected 1 <= k <= m = 4 \(got k=5\)"),
+        (6, 0, r"expected 1 <= k <= m = 4 \(got k=0\)"),
+        (7, float("nan"), r"expected tol to be finite and >= 0 \(got nan\)"),
+        (8, 0, r"expected cg_max_iter >= 1 \(got 0\)"),
+        (9, -3, r"expected warmup_iters, max_newton and sinkhorn_budget >= 0 \(got 20, 10, -3\)"),
+    ]:
+        args = list(ok)
+        args[pos] = value
+        with pytest.raises(RuntimeError, match="sinkhorn_newton_sparse: " + message):
+            op(*args)
+    bad_C = C.clone()
+    bad_C[0, 1, 2] = float("nan")
+    with pytest.raises(ValueError, match=r"sinkhorn_newton_sparse: expected C without NaN"):
+        op(a, b, bad_C, *ok[3:])
+    with pytest.raises(RuntimeError, match=r"sinkhorn_newton_sparse: expected C's last two dims to be \(n, m\) = \(5, 4\)"):
+        op(a, b, C[:, :, :3], *ok[3:])
+
+
+def test_zero_tol_runs_to_max_newton_and_warns():
+    """tol = 0 is reachable only by an exact solve: the Sinkhorn stage cannot predict it (no log(0)), the
+    Newton steps run to max_newton, and the result says it did not converge."""
+    a, b, C, _, _ = _potentials(1, 6, 5, torch.float64)
+    with pytest.warns(RuntimeWarning, match="did not reach tol=0 in max_newton=3 steps"):
+        res = sparseops.ot.sinkhorn_newton_sparse(a, b, C, 0.05, tol=0.0, max_newton=3)
+    assert int(res.n_iter[0]) == 3 and not bool(res.converged[0])
+    assert bool(torch.isfinite(res.err_history[0]).all()) and float(res.err_history[0, -1]) < 1e-8
 
 
 @pytest.mark.requires_cuda

@@ -2,8 +2,10 @@
 Hessian. After Tang, Shavlovsky, Rahmanian, Tardini, Thekumparampil, Xiao, Ying, "Accelerating Sinkhorn
 Algorithm with Sparse Newton Iterations" (ICLR 2024).
 
-Python face of the ``sparseops::ot_sparse_plan`` and ``ot_newton_cg`` ops (fake kernels here; kernels
-in ``csrc/ot/sns_*``), driving ``ot_dual`` (fused objective/gradient) and ``sinkhorn_log``.
+Python face of the ``sparseops::sinkhorn_newton_sparse`` op (the whole solve, one op call:
+``csrc/ot/sns_composite.cpp``, built from the ``sinkhorn_log`` warm start, ``ot_dual`` (fused
+objective/gradient) and the Newton kernels ``ot_sparse_plan`` and ``ot_newton_cg`` in
+``csrc/ot/sns_*``); the fake kernels of those three ops are here.
 
 The dual (balanced, conventions of :mod:`sparseops.ot.sinkhorn`) is the concave function
     D(f, g) = <a, f> + <b, g> - eps (sum_ij P_ij(f, g) - sum(a) sum(b)),
@@ -27,108 +29,12 @@ import torch
 from torch import Tensor
 
 from .. import _build  # noqa: F401  (loads the extension that defines the ops)
-from ._problem import batch_problem, check_eps
+from ._problem import batch_problem, check_eps, fake_problem_shapes
 from .sinkhorn import OTResult, _fake_potentials
 
 _ops = torch.ops.sparseops
 
 __all__ = ["sinkhorn_newton_sparse"]
-
-
-def _dual_state(a: Tensor, b: Tensor, C: Tensor, f: Tensor, g: Tensor, eps: float, mass_ab: float):
-    """(objective, marginal error, P1, P^T1) at (f, g): one fused pass over C."""
-    mass, row, col = _ops.ot_dual(a, b, C, f, g, eps)
-    r, c = a * row, b * col
-    # Few and fused torch calls: at n ~ 300 each call's overhead is worth a tenth of the pass over C.
-    marginal_terms = float(torch.dot(a.view(-1), f.view(-1)) + torch.dot(b.view(-1), g.view(-1)))
-    obj = marginal_terms - eps * (float(mass.sum()) - mass_ab)
-    err = float(torch.dist(a, r, 1) + torch.dist(b, c, 1))
-    return obj, err, r, c
-
-
-# The continued Sinkhorn solve runs in chunks of at most this many iterations, re-estimating its rate
-# after each: Sinkhorn's rate slows as it goes (fast early progress predicts too little), and a chunk
-# whose rate no longer predicts tol within the budget hands over to Newton steps.
-_SINKHORN_CHUNK = 100
-
-
-def _observed_rate(errs, every):
-    """The per-iteration linear rate of a marginal-error history sampled every `every` iterations, over
-    its later half (Sinkhorn's rate slows as it goes: the recent one predicts best); NaN when it cannot
-    be told."""
-    recent = errs[(len(errs) - 1) // 2:]
-    if len(recent) < 2 or not recent[0] > 0:
-        return math.nan
-    return (recent[-1] / recent[0]) ** (1.0 / (every * (len(recent) - 1)))
-
-
-def _warm_start(a, b, C, eps, warmup_iters, tol, sinkhorn_budget):
-    """Stage 1: warmup_iters Sinkhorn iterations (tol applies: an easy problem may finish here), then,
-    while the observed linear rate predicts tol within the rest of sinkhorn_budget (large eps, where
-    Sinkhorn converges fast and a Newton step, ~4 passes over C plus CG, costs tens of iterations),
-    Sinkhorn continued in chunks. Returns (f, g, done): done = (dual objective, marginal error) as
-    Sinkhorn reported them when it reached tol (its g is computed from f, so the column marginals are
-    exact and its row error is the whole error), else None."""
-    w = max(1, warmup_iters)
-    every = max(1, w // 4)
-    f, g, cost, _, hist = _ops.sinkhorn_log(a, b, C, eps, w, tol, every)
-    errs = [float(e) for e in hist[0] if float(e) >= 0]
-    budget = int(sinkhorn_budget)
-    while True:
-        if errs and errs[-1] <= tol:
-            return f, g, (float(cost[0]), errs[-1])
-        rate = _observed_rate(errs, every)
-        if budget <= 0 or not (0 < rate < 1):
-            return f, g, None
-        needed = math.log(tol / errs[-1]) / math.log(rate)
-        if needed > budget:
-            return f, g, None
-        chunk = min(budget, _SINKHORN_CHUNK, 10 * math.ceil(1.25 * needed / 10) + 10)
-        every = 10
-        f, g, cost, _, hist = _ops.sinkhorn_log(a, b, C, eps, chunk, tol, every, None, g)
-        errs = [errs[-1]] + [float(e) for e in hist[0] if float(e) >= 0]
-        budget -= chunk
-
-
-def _solve_one(a, b, C, eps, warmup_iters, max_newton, k, tol, cg_max_iter, sinkhorn_budget):
-    m = b.shape[1]
-    f, g, done = _warm_start(a, b, C, eps, warmup_iters, tol, sinkhorn_budget)
-    if done is not None:  # Sinkhorn reached tol: no Newton step, and no extra pass over C for the state
-        obj, err = done
-        return f, g, obj, 0, err, [err]
-    b = b * (a.sum() / b.sum())  # the warm start checked the masses; absorb a round-off mismatch as it does
-    mass_ab = float(a.sum() * b.sum())
-    obj, err, r, c = _dual_state(a, b, C, f, g, eps, mass_ab)
-    hist = [err]
-    steps = 0
-    while err > tol and steps < max_newton:
-        steps += 1
-        idx, val = _ops.ot_sparse_plan(a, b, C, f, g, eps, k)
-        shift = 1e-10 * max(float(r.max()), float(c.max()))
-        # Forcing term: min(0.1, err) keeps the steps quadratic; a step whose error needs to fall only
-        # by tol / err (the last one) needs no tighter a solve than a tenth of that.
-        cg_tol = min(0.1, max(err, 0.1 * tol / err))
-        grad_f, grad_g = a - r, b - c
-        df, dg, _ = _ops.ot_newton_cg(idx, val, r, c, eps * grad_f, eps * grad_g, shift, cg_max_iter, cg_tol)
-        slope = float(torch.dot(grad_f.view(-1), df.view(-1)) + torch.dot(grad_g.view(-1), dg.view(-1)))
-        t, accepted = 1.0, False
-        for _ in range(30):
-            fn, gn = f + t * df, g + t * dg
-            obj_n, err_n, r_n, c_n = _dual_state(a, b, C, fn, gn, eps, mass_ab)
-            if math.isfinite(obj_n) and (obj_n >= obj + 1e-4 * t * slope or err_n < err):
-                accepted = True
-                break
-            t *= 0.5
-        slow = not accepted or t < 0.25 or err_n > 0.5 * err
-        if accepted:
-            f, g, obj, err, r, c = fn, gn, obj_n, err_n, r_n, c_n
-        if slow:
-            k = min(m, 2 * k)  # the sparse Hessian was too crude (slow or failed step): keep more of P
-        if not accepted:
-            f, g, _, _, _ = _ops.sinkhorn_log(a, b, C, eps, 1, 0.0, 1, None, g)
-            obj, err, r, c = _dual_state(a, b, C, f, g, eps, mass_ab)
-        hist.append(err)
-    return f, g, obj, steps, err, hist
 
 
 def sinkhorn_newton_sparse(
@@ -165,7 +71,8 @@ def sinkhorn_newton_sparse(
         :class:`OTResult` with ``n_iter`` = Newton steps, ``err_history`` [B, max_newton + 1] (the error
         after the warm start, then after each step; NaN after the stop). ``cost`` is the dual objective,
         not differentiable (use :func:`sparseops.ot.sinkhorn` for gradients). Batch entries are solved
-        one after the other. A warning is emitted when some entry did not reach tol.
+        one after the other, each to its own stop, in one op call (the driver is C++). A warning is
+        emitted when some entry did not reach tol.
 
     Extra memory per Newton step: the sparse plan (n k values + indices), CG's by-column copy of it
     (~16 n k bytes on CPU) and ~12 (n + m) scalars; no n x m buffer. Each step reads C 2-3 times
@@ -181,29 +88,20 @@ def sinkhorn_newton_sparse(
         density = min(1.0, 8.0 / n)
     if not (0 < density <= 1):
         raise ValueError(f"{op}: expected 0 < density <= 1 (got {density})")
-    if warmup_iters < 0 or max_newton < 0:
-        raise ValueError(f"{op}: expected warmup_iters >= 0 and max_newton >= 0 (got {warmup_iters}, {max_newton})")
+    if warmup_iters < 0 or max_newton < 0 or sinkhorn_budget < 0:
+        raise ValueError(f"{op}: expected warmup_iters, max_newton and sinkhorn_budget >= 0 (got {warmup_iters}, "
+                         f"{max_newton}, {sinkhorn_budget})")
     if not (tol >= 0 and math.isfinite(tol)):
         raise ValueError(f"{op}: expected tol finite and >= 0 (got {tol})")
     k = max(1, min(m, math.ceil(density * m)))
     cg_max_iter = cg_max_iter if cg_max_iter is not None else 2 * (n + m)
-    fs, gs, costs, iters, hists = [], [], [], [], []
+    if cg_max_iter < 1:
+        raise ValueError(f"{op}: expected cg_max_iter >= 1 (got {cg_max_iter})")
     with torch.no_grad():
-        for e in range(a2.shape[0]):
-            Ce = C2 if C2.dim() == 2 else C2[e:e + 1]
-            ae, be = a2[e:e + 1], b2[e:e + 1]
-            f, g, obj, steps, err, hist = _solve_one(ae, be, Ce, eps, warmup_iters, max_newton, k, tol, cg_max_iter,
-                                                     sinkhorn_budget)
-            fs.append(f)
-            gs.append(g)
-            costs.append(obj)
-            iters.append(steps)
-            hists.append(hist + [math.nan] * (max_newton + 1 - len(hist)))
-    f, g = torch.cat(fs), torch.cat(gs)
-    cost = torch.tensor(costs, dtype=C2.dtype, device=C2.device)
-    n_iter = torch.tensor(iters, dtype=torch.int64, device=C2.device)
-    hist = torch.tensor(hists, dtype=C2.dtype, device=C2.device)
-    final = torch.tensor([h[s] for h, s in zip(hists, iters)], dtype=C2.dtype, device=C2.device)
+        f, g, cost, n_iter, hist = _ops.sinkhorn_newton_sparse(a2, b2, C2, eps, int(warmup_iters), int(max_newton), k,
+                                                               float(tol), int(cg_max_iter), int(sinkhorn_budget))
+    final = hist.gather(1, n_iter[:, None])[:, 0]
+    hist = hist.masked_fill(hist < 0, math.nan)  # the op marks the steps after the stop with -1
     converged = final <= tol
     if not bool(converged.all()):
         import warnings
@@ -214,6 +112,16 @@ def sinkhorn_newton_sparse(
     if unbatched:
         return OTResult(f[0], g[0], cost[0], n_iter[0], converged[0], hist[0], a, b, C, eps)
     return OTResult(f, g, cost, n_iter, converged, hist, a2, b2, C2, eps)
+
+
+@torch.library.register_fake("sparseops::sinkhorn_newton_sparse")
+def _sinkhorn_newton_sparse_fake(a, b, C, eps, warmup_iters, max_newton, k, tol, cg_max_iter, sinkhorn_budget):
+    op = "sinkhorn_newton_sparse"
+    B, n, m = fake_problem_shapes(op, a, b, C)
+    torch._check(1 <= k <= m, lambda: f"{op}: expected 1 <= k <= m = {m} (got k={k})")
+    torch._check(max_newton >= 0, lambda: f"{op}: expected max_newton >= 0 (got {max_newton})")
+    return (C.new_empty(B, n), C.new_empty(B, m), C.new_empty(B), C.new_empty(B, dtype=torch.int64),
+            C.new_empty(B, max_newton + 1))
 
 
 @torch.library.register_fake("sparseops::ot_sparse_plan")
