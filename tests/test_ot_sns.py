@@ -119,6 +119,24 @@ def test_sns_agrees_with_sinkhorn(dtype, sinkhorn_budget):
     assert sns.err_history.shape == (2, 51)
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+def test_batch_entries_solved_in_parallel_match_one_by_one(threads):
+    """On CPU small batch entries go to threads, one each: the result is that of solving them alone,
+    bit for bit (each entry is a deterministic chain of single-threaded kernels)."""
+    a, b, C, _, _ = _potentials(5, 30, 24, torch.float64, seed=7)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        batch = sparseops.ot.sinkhorn_newton_sparse(a, b, C, 0.01, tol=1e-10, sinkhorn_budget=0)
+    finally:
+        torch.set_num_threads(before)
+    for e in range(5):
+        one = sparseops.ot.sinkhorn_newton_sparse(a[e], b[e], C[e], 0.01, tol=1e-10, sinkhorn_budget=0)
+        assert torch.equal(one.f, batch.f[e]) and torch.equal(one.g, batch.g[e])
+        assert float(one.cost) == float(batch.cost[e]) and int(one.n_iter) == int(batch.n_iter[e]) > 0
+        torch.testing.assert_close(one.err_history, batch.err_history[e], equal_nan=True, rtol=0, atol=0)
+
+
 def test_opcheck():
     """Without requires_grad only: the Newton kernels are not differentiable (SNS runs them under
     no_grad; its cost is documented as not differentiable)."""

@@ -10,6 +10,7 @@
 // Extra memory: what the kernels take (see ot_sparse_plan and ot_newton_cg: no n x m buffer) and ~16
 // vectors of n or m scalars per batch entry.
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/library.h>
 
@@ -213,7 +214,8 @@ EntryResult solve_one(Problem p, const SnsSettings& s) {
 
 // Returns (f [B, n], g [B, m], cost [B] = the dual objective, n_iter [B] int64 = Newton steps,
 // err_history [B, max_newton + 1]: the error after the warm start, then after each step, -1 after the
-// stop, as sinkhorn_log's). Batch entries are solved one after the other, each to its own stop.
+// stop, as sinkhorn_log's). Each batch entry is solved to its own stop; on CPU small entries run in
+// parallel, one thread each.
 Tensors5 sinkhorn_newton_sparse(const Tensor& a, const Tensor& b, const Tensor& C, double eps, int64_t warmup_iters,
                                 int64_t max_newton, int64_t k, double tol, int64_t cg_max_iter, int64_t sinkhorn_budget) {
   constexpr const char* op = "sinkhorn_newton_sparse";
@@ -233,7 +235,7 @@ Tensors5 sinkhorn_newton_sparse(const Tensor& a, const Tensor& b, const Tensor& 
   Tensor f = at::empty({d.batch, d.n}, C.options()), g = at::empty({d.batch, d.m}, C.options());
   Tensor cost = at::empty({d.batch}, at::kDouble), n_iter = at::empty({d.batch}, at::kLong);
   Tensor history = at::full({d.batch, max_newton + 1}, -1.0, at::kDouble);
-  for (int64_t e = 0; e < d.batch; ++e) {
+  const auto solve_entry = [&](int64_t e) {
     const Problem p{a.narrow(0, e, 1), b.narrow(0, e, 1), d.shared_cost ? C : C.narrow(0, e, 1), eps};
     const EntryResult r = solve_one(p, s);
     f.narrow(0, e, 1).copy_(r.f);
@@ -241,6 +243,20 @@ Tensors5 sinkhorn_newton_sparse(const Tensor& a, const Tensor& b, const Tensor& 
     cost.mutable_data_ptr<double>()[e] = r.obj;
     n_iter.mutable_data_ptr<int64_t>()[e] = r.steps;
     std::copy(r.history.begin(), r.history.end(), history.mutable_data_ptr<double>() + e * (max_newton + 1));
+  };
+  // On CPU, batch entries go to threads when each entry's passes would run on one thread anyway
+  // (ot_row_grain: under 2^18 entries) or there are enough entries for every thread: an entry is a chain
+  // of small kernels (their own parallel_for runs inline here), and entries are independent.
+  const bool entries_in_parallel =
+      C.is_cpu() && d.batch > 1 && (ot_row_grain(d.n, d.m) == d.n || d.batch >= at::get_num_threads());
+  if (entries_in_parallel) {
+    // The dispatch guard is thread-local, hence repeated in each worker.
+    at::parallel_for(0, d.batch, 1, [&](int64_t e0, int64_t e1) {
+      at::AutoDispatchBelowADInplaceOrView below_autograd_in_worker;
+      for (int64_t e = e0; e < e1; ++e) solve_entry(e);
+    });
+  } else {
+    for (int64_t e = 0; e < d.batch; ++e) solve_entry(e);
   }
   return {f, g, cost.to(C.options()), n_iter.to(C.device()), history.to(C.options())};
 }

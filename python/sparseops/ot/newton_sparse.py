@@ -70,9 +70,10 @@ def sinkhorn_newton_sparse(
     Returns:
         :class:`OTResult` with ``n_iter`` = Newton steps, ``err_history`` [B, max_newton + 1] (the error
         after the warm start, then after each step; NaN after the stop). ``cost`` is the dual objective,
-        not differentiable (use :func:`sparseops.ot.sinkhorn` for gradients). Batch entries are solved
-        one after the other, each to its own stop, in one op call (the driver is C++). A warning is
-        emitted when some entry did not reach tol.
+        not differentiable (use :func:`sparseops.ot.sinkhorn` for gradients). Each batch entry is solved
+        to its own stop, in one op call (the driver is C++); on CPU, entries of under 2^18 costs (or at
+        least as many entries as threads) are solved in parallel, one thread each. A warning is emitted
+        when some entry did not reach tol.
 
     Extra memory per Newton step: the sparse plan (n k values + indices), CG's by-column copy of it
     (~16 n k bytes on CPU) and ~12 (n + m) scalars; no n x m buffer. Each step reads C 2-3 times
