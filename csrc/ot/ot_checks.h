@@ -189,10 +189,15 @@ inline void check_ot_newton_cg_inputs(const at::Tensor& idx, const at::Tensor& v
   TORCH_CHECK(std::isfinite(shift) && shift >= 0, op, ": expected shift to be finite and >= 0 (got ", shift, ")");
   TORCH_CHECK(max_iter >= 1, op, ": expected max_iter >= 1 (got ", max_iter, ")");
   TORCH_CHECK(std::isfinite(tol) && tol >= 0, op, ": expected tol to be finite and >= 0 (got ", tol, ")");
-  if (idx.numel() > 0) {
-    const int64_t lo = idx.min().item<int64_t>(), hi = idx.max().item<int64_t>();
-    TORCH_CHECK(lo >= 0 && hi < m, op, ": expected idx in [0, m) = [0, ", m, ") (got min ", lo, ", max ", hi, ")");
-  }
+}
+
+// idx in [0, m): a pass of its own on CUDA; the CPU kernel checks while it copies idx and calls this
+// only to name the bad range.
+inline void check_ot_newton_cg_idx_range(const at::Tensor& idx, int64_t m) {
+  if (idx.numel() == 0) return;
+  const auto [lo_t, hi_t] = at::aminmax(idx);
+  const int64_t lo = lo_t.item<int64_t>(), hi = hi_t.item<int64_t>();
+  TORCH_CHECK(lo >= 0 && hi < m, "ot_newton_cg: expected idx in [0, m) = [0, ", m, ") (got min ", lo, ", max ", hi, ")");
 }
 
 struct PointDims {

@@ -254,6 +254,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ot_newton_cg_cuda(const at::Tenso
                                                                  double shift, int64_t max_iter, double tol) {
   check_ot_newton_cg_inputs(idx, val, row_diag, col_diag, rhs_f, rhs_g, shift, max_iter, tol);
   check_device_type("ot_newton_cg", "val", val, at::kCUDA);
+  check_ot_newton_cg_idx_range(idx, col_diag.size(1));
   const c10::cuda::OptionalCUDAGuard guard(val.device());
   const int64_t B = idx.size(0), n = idx.size(1), k = idx.size(2), m = col_diag.size(1);
   const at::Tensor ic = idx.contiguous(), vc = val.contiguous();

@@ -4,6 +4,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <limits>
@@ -130,29 +131,36 @@ std::tuple<at::Tensor, at::Tensor> ot_sparse_plan_cpu(const at::Tensor& a, const
 // S = the sparse plan of one batch entry held twice, so that both halves of M x are gathers (a scatter
 // into y serialises on its stores): by rows as given (ELL, k per row) and by columns (CSR of S^T, built
 // by a counting sort). Indices are int32 (n k and m below 2^31, checked). Extra memory: n k (4 + 4 + 8) bytes
-// plus 4 (m + 1).
+// plus 8 (m + 1); each thread keeps its copy between calls (thread_hessian), as allocating and faulting in
+// fresh pages was most of a short solve's set-up.
 template <typename T>
 struct SparseHessian {
   int64_t n = 0, m = 0, k = 0;
   const T* val = nullptr;      // [n, k], as given
   std::vector<int32_t> col;    // [n, k]
-  std::vector<int32_t> start;  // [m + 1]: column j's entries are t in [start[j], start[j + 1])
+  std::vector<int32_t> start;  // [m + 2]: column j's entries are t in [start[j], start[j + 1])
+  std::vector<int32_t> fill;   // [m]: the counting sort's next free slot per column
   std::vector<int32_t> row;    // [n k]
   std::vector<T> tval;         // [n k]
 
-  void build(const int64_t* idx, const T* v, int64_t n_, int64_t m_, int64_t k_) {
+  // Returns false, leaving S unusable, when an index is outside [0, m): the range check rides on the
+  // counting pass instead of costing the caller a pass of its own.
+  bool build(const int64_t* idx, const T* v, int64_t n_, int64_t m_, int64_t k_) {
     n = n_, m = m_, k = k_, val = v;
     const int64_t nnz = n * k;
     col.resize(nnz);
     row.resize(nnz);
     tval.resize(nnz);
-    start.assign(m + 1, 0);
+    // Column counts; an index outside [0, m) is clamped to m and counted in the extra slot start[m + 1].
+    start.assign(m + 2, 0);
     for (int64_t t = 0; t < nnz; ++t) {
-      col[t] = static_cast<int32_t>(idx[t]);
-      ++start[col[t] + 1];
+      const uint64_t j = std::min(static_cast<uint64_t>(idx[t]), static_cast<uint64_t>(m));
+      col[t] = static_cast<int32_t>(j);
+      ++start[j + 1];
     }
+    if (start[m + 1] != 0) return false;
     for (int64_t j = 0; j < m; ++j) start[j + 1] += start[j];
-    std::vector<int32_t> fill(start.begin(), start.end() - 1);
+    fill.assign(start.begin(), start.begin() + m);
     for (int64_t i = 0; i < n; ++i) {
       for (int64_t t = 0; t < k; ++t) {
         const int32_t p = fill[col[i * k + t]]++;
@@ -160,6 +168,12 @@ struct SparseHessian {
         tval[p] = v[i * k + t];
       }
     }
+    return true;
+  }
+
+  // Frees the buffers of a large problem rather than holding them in an idle thread.
+  void release_if_larger_than(size_t bytes) {
+    if ((col.capacity() + row.capacity()) * sizeof(int32_t) + tval.capacity() * sizeof(T) > bytes) *this = {};
   }
 
   // out = S y (y: [m], out: [n]).
@@ -177,9 +191,14 @@ struct SparseHessian {
   // sum_p S_pj^2 w[p] for every column j (the Schur complement's diagonal).
   void column_square_sums(const T* w, T* out) const {
     for (int64_t j = 0; j < m; ++j) {
-      T acc = 0;
-      for (int32_t p = start[j]; p < start[j + 1]; ++p) acc += tval[p] * tval[p] * w[row[p]];
-      out[j] = acc;
+      T s0 = 0, s1 = 0;  // two chains: one waits an add latency per entry
+      int32_t p = start[j];
+      for (; p + 2 <= start[j + 1]; p += 2) {
+        s0 += tval[p] * tval[p] * w[row[p]];
+        s1 += tval[p + 1] * tval[p + 1] * w[row[p + 1]];
+      }
+      if (p < start[j + 1]) s0 += tval[p] * tval[p] * w[row[p]];
+      out[j] = s0 + s1;
     }
   }
 
@@ -198,6 +217,12 @@ struct SparseHessian {
   }
 };
 
+template <typename T>
+SparseHessian<T>& thread_hessian() {
+  thread_local SparseHessian<T> S;
+  return S;
+}
+
 // Solves (M + shift I) x = rhs, M = [[diag(rd), S], [S^T, diag(cd)]], per batch entry, on the Schur
 // complement of the row block: with Dr = diag(rd) + shift and Dc = diag(cd) + shift,
 //   (Dc - S^T Dr^-1 S) x_g = rhs_g - S^T Dr^-1 rhs_f,   x_f = Dr^-1 (rhs_f - S x_g),
@@ -208,7 +233,8 @@ struct SparseHessian {
 // symmetric positive semi-definite (diagonally dominant when rd, cd are the full plan's marginals and
 // S <= P entrywise); shift > 0 fixes the gauge (the direction (1, -1), M's null vector when S is the
 // full plan) and bounds the condition number. A row with rd + shift = 0 gets x_f = 0.
-// Extra memory: 2 n + 6 m scalars and the SparseHessian (~16 n k bytes) per thread.
+// Extra memory: 2 n + 6 m scalars and the SparseHessian (~16 n k bytes) per thread; a thread keeps its
+// SparseHessian for the next call when it is at most 8 MiB.
 std::tuple<at::Tensor, at::Tensor, at::Tensor> ot_newton_cg_cpu(const at::Tensor& idx, const at::Tensor& val,
                                                                 const at::Tensor& row_diag, const at::Tensor& col_diag,
                                                                 const at::Tensor& rhs_f, const at::Tensor& rhs_g,
@@ -222,13 +248,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ot_newton_cg_cpu(const at::Tensor
   const at::Tensor rfc = rhs_f.contiguous(), rgc = rhs_g.contiguous();
   at::Tensor xf = at::empty({B, n}, val.options()), xg = at::empty({B, m}, val.options());
   at::Tensor iters = at::zeros({B}, val.options().dtype(at::kLong));
+  std::atomic<bool> idx_out_of_range{false};
   const auto run = [&](auto tag) {
     using T = decltype(tag);
     at::parallel_for(0, B, 1, [&](int64_t e0, int64_t e1) {
       std::vector<T> dr_inv(n), tmp(n), y(m), r(m), z(m), p(m), q(m), dinv(m);
-      SparseHessian<T> S;
+      SparseHessian<T>& S = thread_hessian<T>();
       for (int64_t e = e0; e < e1; ++e) {
-        S.build(ic.const_data_ptr<int64_t>() + e * n * k, vc.const_data_ptr<T>() + e * n * k, n, m, k);
+        if (!S.build(ic.const_data_ptr<int64_t>() + e * n * k, vc.const_data_ptr<T>() + e * n * k, n, m, k)) {
+          idx_out_of_range = true;
+          break;
+        }
         const T* rd = rdc.const_data_ptr<T>() + e * n;
         const T* cd = cdc.const_data_ptr<T>() + e * m;
         const T* bf = rfc.const_data_ptr<T>() + e * n;
@@ -289,10 +319,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ot_newton_cg_cpu(const at::Tensor
         std::copy(y.begin(), y.end(), xg.mutable_data_ptr<T>() + e * m);
         iters.mutable_data_ptr<int64_t>()[e] = it;
       }
+      S.release_if_larger_than(size_t{8} << 20);
     });
   };
   AT_DISPATCH_SWITCH(val.scalar_type(), "ot_newton_cg", AT_DISPATCH_CASE(at::kFloat, [&] { run(float{}); })
                                                             AT_DISPATCH_CASE(at::kDouble, [&] { run(double{}); }));
+  if (idx_out_of_range) check_ot_newton_cg_idx_range(idx, m);  // raises, naming the bad range
   return {xf, xg, iters};
 }
 

@@ -76,8 +76,9 @@ def sinkhorn_newton_sparse(
         when some entry did not reach tol.
 
     Extra memory per Newton step: the sparse plan (n k values + indices), CG's by-column copy of it
-    (~16 n k bytes on CPU) and ~12 (n + m) scalars; no n x m buffer. Each step reads C 2-3 times
-    (objective and gradient, sparse plan, line search).
+    (~16 n k bytes on CPU; a thread keeps it for its next solve when at most 8 MiB) and ~12 (n + m)
+    scalars; no n x m buffer. Each step reads C 2-3 times (objective and gradient, sparse plan, line
+    search).
     """
     op = "sinkhorn_newton_sparse"
     a2, b2, C2, unbatched = batch_problem(op, a, b, C)
