@@ -24,6 +24,7 @@ finally:
 @dataclass(frozen=True)
 class TimingSettings:
     min_run_time: float  # seconds of timed calls per impl (CPU: blocked_autorange; GPU: reps budget)
+    rounds: int  # the impls of a case are timed in turn this many times, min_run_time / rounds each
     gpu_warmup: int  # untimed calls before the GPU measurement
     gpu_min_reps: int
     gpu_max_reps: int
@@ -32,9 +33,9 @@ class TimingSettings:
 
 
 # quick: everything registered must finish in under 2 minutes on 2 cores. smoke: for tests.
-FULL = TimingSettings(min_run_time=0.5, gpu_warmup=10, gpu_min_reps=20, gpu_max_reps=2000, stream_bytes=1 << 28, matmul_n=4096)
-QUICK = TimingSettings(min_run_time=0.1, gpu_warmup=3, gpu_min_reps=10, gpu_max_reps=500, stream_bytes=1 << 26, matmul_n=1024)
-SMOKE = TimingSettings(min_run_time=0.005, gpu_warmup=1, gpu_min_reps=3, gpu_max_reps=20, stream_bytes=1 << 22, matmul_n=256)
+FULL = TimingSettings(rounds=3, min_run_time=0.5, gpu_warmup=10, gpu_min_reps=20, gpu_max_reps=2000, stream_bytes=1 << 28, matmul_n=4096)
+QUICK = TimingSettings(rounds=2, min_run_time=0.1, gpu_warmup=3, gpu_min_reps=10, gpu_max_reps=500, stream_bytes=1 << 26, matmul_n=1024)
+SMOKE = TimingSettings(rounds=1, min_run_time=0.005, gpu_warmup=1, gpu_min_reps=3, gpu_max_reps=20, stream_bytes=1 << 22, matmul_n=256)
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,13 @@ class Timing:
     median_s: float
     iqr_s: float
     runs: int  # timed calls in total
+
+    @staticmethod
+    def of(samples: list[tuple[float, int]]) -> "Timing":
+        """From (seconds per call, calls) samples: the median and IQR per call over the samples."""
+        times = [t for t, _ in samples]
+        q = statistics.quantiles(times, n=4) if len(times) >= 2 else [times[0]] * 3
+        return Timing(median_s=statistics.median(times), iqr_s=q[2] - q[0], runs=sum(c for _, c in samples))
 
 
 class Timer:
@@ -62,26 +70,30 @@ class Timer:
     def method(self) -> str:
         if self.device == "cuda":
             return (
-                "CUDA events around each call, median over reps; "
+                f"CUDA events around each call, median over reps in {self.settings.rounds} interleaved rounds; "
                 f"{self.settings.gpu_warmup} warm-up calls excluded; L2 flushed (a {self._flush.numel() >> 20} MiB "
                 "buffer zeroed) before every timed call, outside the timed region"
             )
         return (
-            f"torch.utils.benchmark.Timer.blocked_autorange(min_run_time={self.settings.min_run_time}), "
-            f"median per call, num_threads={self.threads}; caches warm"
+            f"torch.utils.benchmark.Timer.blocked_autorange, {self.settings.min_run_time} s per impl in "
+            f"{self.settings.rounds} interleaved rounds (a case's impls take turns, so a slow spell of a shared "
+            f"machine weighs on all of them alike), median per call over the blocks, num_threads={self.threads}; "
+            "caches warm"
         )
 
     def __call__(self, fn: Callable[[], object]) -> Timing:
+        return Timing.of(self.samples(fn, self.settings.min_run_time))
+
+    def samples(self, fn: Callable[[], object], run_time: float) -> list[tuple[float, int]]:
+        """About run_time seconds of timed calls, as (seconds per call, calls) samples: CPU blocks of
+        blocked_autorange, or single CUDA calls."""
         if self.device == "cuda":
-            return self._time_cuda(fn)
-        return self._time_cpu(fn)
-
-    def _time_cpu(self, fn: Callable[[], object]) -> Timing:
+            return [(t, 1) for t in self._time_cuda(fn, run_time)]
         timer = torch_benchmark.Timer(stmt="fn()", globals={"fn": fn}, num_threads=self.threads)
-        m = timer.blocked_autorange(min_run_time=self.settings.min_run_time)
-        return Timing(median_s=m.median, iqr_s=m.iqr, runs=len(m.times) * m.number_per_run)
+        m = timer.blocked_autorange(min_run_time=run_time)
+        return [(t, m.number_per_run) for t in m.times]
 
-    def _time_cuda(self, fn: Callable[[], object]) -> Timing:
+    def _time_cuda(self, fn: Callable[[], object], run_time: float) -> list[float]:
         s = self.settings
         torch.cuda.synchronize()
         for _ in range(s.gpu_warmup):
@@ -89,10 +101,8 @@ class Timer:
         torch.cuda.synchronize()
         # One timed call to size the number of reps to the time budget.
         one = self._cuda_reps(fn, 1)[0]
-        reps = int(min(s.gpu_max_reps, max(s.gpu_min_reps, s.min_run_time / max(one, 1e-7))))
-        times = self._cuda_reps(fn, reps)
-        q = statistics.quantiles(times, n=4) if len(times) >= 2 else [times[0]] * 3
-        return Timing(median_s=statistics.median(times), iqr_s=q[2] - q[0], runs=reps)
+        reps = int(min(s.gpu_max_reps, max(s.gpu_min_reps, run_time / max(one, 1e-7))))
+        return self._cuda_reps(fn, reps)
 
     def _cuda_reps(self, fn: Callable[[], object], reps: int) -> list[float]:
         starts = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
