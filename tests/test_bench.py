@@ -153,3 +153,28 @@ def test_case_validation_messages():
     assert Case(params={"n": 4}, impls=impls, baseline="torch", flops=8).label == "n=4"
     with pytest.raises(ValueError, match="register: expected a non-empty family"):
         register("a/b", "c")
+
+
+def test_impls_take_turns_in_rounds(monkeypatch):
+    """On CPU a case's impls are timed round by round (A, B, A, B), so a slow spell of the machine weighs
+    on both; an impl whose one call outlasts the whole budget is timed in the first round only."""
+    import time
+
+    from sparseops.bench import timing
+    from sparseops.bench.cli import _run_case
+
+    calls: list[str] = []
+    timer = timing.Timer("cpu", 1, timing.TimingSettings(rounds=2, min_run_time=0.02, gpu_warmup=0, gpu_min_reps=1,
+                                                         gpu_max_reps=1, stream_bytes=1 << 10, matmul_n=8))
+
+    def samples(fn, run_time):
+        fn()
+        return [(run_time, 1)]
+
+    monkeypatch.setattr(timer, "samples", samples)
+    case = Case(label="turns", params={}, baseline="b", bytes=1,
+                impls={"sparseops": lambda: calls.append("a"), "b": lambda: calls.append("b"),
+                       "slow": lambda: (calls.append("slow"), time.sleep(0.03))})
+    rows = _run_case("testfam", "turns", case, timer, peaks=type("P", (), {"gbps": lambda self: 1.0})())
+    assert calls == ["a", "b", "slow"] + ["a", "b", "slow"] + ["a", "b"]  # first calls, round 1, round 2
+    assert {r["impl"]: r["runs"] for r in rows} == {"sparseops": 2, "b": 2, "slow": 1}

@@ -110,14 +110,14 @@ def _run_case(family: str, name: str, case: Case, timer: timing.Timer, peaks: "_
     # The impls take turns, round by round, so that a slow spell of a shared machine lands on all of them
     # (their ratios are what the tables claim); an impl whose one call outlasts its whole time budget (a
     # slow reference) is timed in the first round only.
-    settings = timer.settings
+    budget, rounds = timer.settings.min_run_time, timer.rounds
     samples: dict[str, list[tuple[float, int]]] = {impl: [] for impl in first_call_s}
-    for r in range(settings.rounds):
+    for r in range(rounds):
         for impl in list(samples):
-            if r > 0 and first_call_s[impl] >= settings.min_run_time:
+            if r > 0 and first_call_s[impl] >= budget:
                 continue
             try:
-                samples[impl] += timer.samples(case.impls[impl], settings.min_run_time / settings.rounds)
+                samples[impl] += timer.samples(case.impls[impl], budget / rounds)
             except Exception as exc:
                 rows[impl].update(status="error", reason=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc())
                 del samples[impl]

@@ -24,7 +24,7 @@ finally:
 @dataclass(frozen=True)
 class TimingSettings:
     min_run_time: float  # seconds of timed calls per impl (CPU: blocked_autorange; GPU: reps budget)
-    rounds: int  # the impls of a case are timed in turn this many times, min_run_time / rounds each
+    rounds: int  # CPU: the impls of a case are timed in turn this many times, min_run_time / rounds each
     gpu_warmup: int  # untimed calls before the GPU measurement
     gpu_min_reps: int
     gpu_max_reps: int
@@ -67,10 +67,16 @@ class Timer:
             self._flush = torch.empty(2 * l2, dtype=torch.uint8, device="cuda")
 
     @property
+    def rounds(self) -> int:
+        """Interleaved rounds per case: CPU only (GPU timings are steady, and the one-call GPU check has
+        no time for more warm-ups)."""
+        return self.settings.rounds if self.device == "cpu" else 1
+
+    @property
     def method(self) -> str:
         if self.device == "cuda":
             return (
-                f"CUDA events around each call, median over reps in {self.settings.rounds} interleaved rounds; "
+                "CUDA events around each call, median over reps; "
                 f"{self.settings.gpu_warmup} warm-up calls excluded; L2 flushed (a {self._flush.numel() >> 20} MiB "
                 "buffer zeroed) before every timed call, outside the timed region"
             )
