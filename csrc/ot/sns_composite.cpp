@@ -156,9 +156,19 @@ struct EntryResult {
   std::vector<double> history;  // the error after the warm start, then after each Newton step
 };
 
+// The share of P's mass the sparse Hessian may leave out at marginal error err. With it, Newton converges
+// linearly at a rate of a few times that share (measured: leaving out 1.6% gave ~9x per step), so the
+// share follows the error down (0.1 err keeps the steps quadratic), from at most 1e-2 (the damped steps
+// far from the solution gain nothing from a finer Hessian) to at least 1e-5 (enough for a last step).
+// Replaces doubling k after every step that did not halve the error, which at eps = 1e-3 doubled k
+// through the damped steps while the kept share was already 1 - 1e-6 (n = 300: 9 -> 7 steps; n = 2000:
+// 8 -> 4), and at eps = 1e-2 left k where steps converged only ~9x (11 -> 3 steps).
+double allowed_drop(double err) { return std::min(1e-2, std::max(1e-5, 0.1 * err)); }
+
 // Stage 2: Newton steps with a backtracking (Armijo) line search on the dual; the sparse Hessian keeps the
-// k largest entries of each row of P, k doubling after a slow or failed step (a failed one takes one
-// Sinkhorn iteration instead).
+// k largest entries of each row of P, k doubling until they hold all but allowed_drop(err) of its mass
+// (one more pass over C a doubling; k never shrinks) and after a failed step (which takes one Sinkhorn
+// iteration instead).
 EntryResult solve_one(Problem p, const SnsSettings& s) {
   const FamilyOps& ops = family_ops();
   const WarmStart w = warm_start(p, s);
@@ -173,7 +183,13 @@ EntryResult solve_one(Problem p, const SnsSettings& s) {
   int64_t k = s.k;
   while (state.err > s.tol && out.steps < s.max_newton) {
     ++out.steps;
-    const auto [idx, val] = ops.ot_sparse_plan.call(p.a, p.b, p.C, f, g, p.eps, k);
+    Tensor idx, val;
+    std::tie(idx, val) = ops.ot_sparse_plan.call(p.a, p.b, p.C, f, g, p.eps, k);
+    const double mass = state.r.sum().item<double>();
+    while (k < m && val.sum().item<double>() < (1 - allowed_drop(state.err)) * mass) {
+      k = std::min(m, 2 * k);
+      std::tie(idx, val) = ops.ot_sparse_plan.call(p.a, p.b, p.C, f, g, p.eps, k);
+    }
     const double shift = 1e-10 * std::max(state.r.max().item<double>(), state.c.max().item<double>());
     // Forcing term: min(0.1, err) keeps the steps quadratic; a step whose error needs to fall only by
     // tol / err (the last one) needs no tighter a solve than a tenth of that.
@@ -196,11 +212,10 @@ EntryResult solve_one(Problem p, const SnsSettings& s) {
       }
       t *= 0.5;
     }
-    const bool slow = !accepted || t < 0.25 || next.err > 0.5 * state.err;
     if (accepted) {
       f = f_next, g = g_next, state = next;
     }
-    if (slow) k = std::min(m, 2 * k);  // the sparse Hessian was too crude: keep more of P
+    if (!accepted || t < 0.25) k = std::min(m, 2 * k);  // the sparse Hessian may be too crude: keep more of P
     if (!accepted) {
       std::tie(f, g, std::ignore, std::ignore, std::ignore) =
           ops.sinkhorn_log.call(p.a, p.b, p.C, p.eps, 1, 0.0, 1, std::nullopt, g);

@@ -17,8 +17,11 @@ leaves P unchanged). CG (Jacobi-preconditioned, relative tolerance min(0.1, err)
 0.1 tol / err when that is looser: the last step need only reach tol; on CPU on the Schur
 complement of the row block, which takes far fewer iterations) solves it; a
 backtracking line search on D (Armijo, or a decrease of the marginal error near round-off level) picks
-the step. A step that fails, needs t < 1/4, or does not halve the marginal error doubles k (a failed one
-takes one Sinkhorn iteration instead): the density adapts to the problem from a sparse start.
+the step. Before each step k doubles until the kept entries hold all but min(1e-2, max(1e-5, 0.1 err))
+of P's mass (the dropped share sets the linear part of the convergence rate: coarse while the error is
+large, fine near the end so the steps stay quadratic); a step that fails or needs t < 1/4 also doubles
+k (a failed one takes one Sinkhorn iteration instead): the density adapts to the problem from a sparse
+start.
 """
 from __future__ import annotations
 
@@ -59,7 +62,8 @@ def sinkhorn_newton_sparse(
         warmup_iters: Sinkhorn iterations before the first Newton step (at least 1 is run).
         max_newton: at most this many Newton steps (per batch entry).
         density: fraction of each row of P kept in the sparse Hessian (default 8 / n, at least one
-            entry per row); doubled whenever a step fails or does not halve the marginal error.
+            entry per row); doubled while the kept entries miss more of P's mass than the error allows
+            (module docstring) and after a failed step.
         tol: stop when ``sum |P1 - a| + sum |P^T1 - b|`` <= tol.
         cg_max_iter: CG iterations per Newton step (default 2 (n + m)).
         sinkhorn_budget: after the warm start, while Sinkhorn's observed linear rate predicts tol within
