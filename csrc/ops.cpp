@@ -101,10 +101,11 @@ TORCH_LIBRARY(sparseops, m) {
   m.def("ot_newton_cg(Tensor idx, Tensor val, Tensor row_diag, Tensor col_diag, Tensor rhs_f, Tensor rhs_g, float shift, int max_iter, float tol) -> (Tensor, Tensor, Tensor)");
   // The whole Sinkhorn-Newton-Sparse solve (balanced): Sinkhorn warm start (warmup_iters, continued while
   // its rate predicts tol within sinkhorn_budget iterations), then up to max_newton Newton steps with the
-  // k largest plan entries per row (doubled after a slow step) and CG of at most cg_max_iter iterations.
+  // k largest plan entries per row (doubled while they miss too much of the plan's mass, and after a failed
+  // step) and CG of at most cg_max_iter iterations; g_init [B, m] (optional) starts the warm start.
   // Returns f [B, n], g [B, m], cost [B] (dual objective), n_iter [B] int64 (Newton steps), err_history
   // [B, max_newton + 1] (after the warm start, then after each step; -1 after the stop).
-  m.def("sinkhorn_newton_sparse(Tensor a, Tensor b, Tensor C, float eps, int warmup_iters, int max_newton, int k, float tol, int cg_max_iter, int sinkhorn_budget) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+  m.def("sinkhorn_newton_sparse(Tensor a, Tensor b, Tensor C, float eps, int warmup_iters, int max_newton, int k, float tol, int cg_max_iter, int sinkhorn_budget, Tensor? g_init=None) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
   // Point clouds x [B, n, d], y [B, m, d] with costs |x_i - y_j|_p^p (p = 1 or 2) recomputed tile by tile
   // inside the passes (memory O(n + m)); otherwise sinkhorn_log (same outputs and conventions).
   m.def("sinkhorn_points(Tensor x, Tensor y, Tensor a, Tensor b, float eps, int p=2, int max_iter=1000, float tol=1e-9, int check_every=10, float? rho=None) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");

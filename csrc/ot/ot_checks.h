@@ -112,6 +112,20 @@ struct SinkhornArgs {
   int64_t history = 0;  // err_history length: ceil(max_iter / check_every)
 };
 
+// g_init (optional): starting potentials g [B, m], finite, in C's dtype and on its device.
+inline void check_g_init(const char* op, const std::optional<at::Tensor>& g_init, const at::Tensor& C, const OtDims& d) {
+  if (!g_init.has_value()) return;
+  const at::Tensor& g = *g_init;
+  TORCH_CHECK_TYPE(g.scalar_type() == C.scalar_type(), op, ": expected g_init to have C's dtype ", C.scalar_type(),
+                   " (got ", g.scalar_type(), ")");
+  check_same_device(op, "g_init", g, "C", C);
+  TORCH_CHECK(g.dim() == 2 && g.size(0) == d.batch && g.size(1) == d.m, op, ": expected g_init of shape [B, m] = [",
+              d.batch, ", ", d.m, "] (got ", g.sizes(), ")");
+  const double gmin = g.min().item<double>(), gmax = g.max().item<double>();
+  TORCH_CHECK(std::isfinite(gmin) && std::isfinite(gmax), op, ": expected g_init to be finite (got min ", gmin, ", max ",
+              gmax, ")");
+}
+
 inline SinkhornArgs check_sinkhorn_log_inputs(const at::Tensor& a, const at::Tensor& b, const at::Tensor& C, double eps,
                                               int64_t max_iter, double tol, int64_t check_every,
                                               std::optional<double> rho, const std::optional<at::Tensor>& g_init) {
@@ -125,17 +139,7 @@ inline SinkhornArgs check_sinkhorn_log_inputs(const at::Tensor& a, const at::Ten
   if (rho.has_value()) {
     TORCH_CHECK(*rho > 0, op, ": expected rho > 0 (got ", *rho, "; None is balanced transport)");
   }
-  if (g_init.has_value()) {
-    const at::Tensor& g = *g_init;
-    TORCH_CHECK_TYPE(g.scalar_type() == C.scalar_type(), op, ": expected g_init to have C's dtype ", C.scalar_type(),
-                     " (got ", g.scalar_type(), ")");
-    check_same_device(op, "g_init", g, "C", C);
-    TORCH_CHECK(g.dim() == 2 && g.size(0) == s.dims.batch && g.size(1) == s.dims.m, op,
-                ": expected g_init of shape [B, m] = [", s.dims.batch, ", ", s.dims.m, "] (got ", g.sizes(), ")");
-    const double gmin = g.min().item<double>(), gmax = g.max().item<double>();
-    TORCH_CHECK(std::isfinite(gmin) && std::isfinite(gmax), op, ": expected g_init to be finite (got min ", gmin,
-                ", max ", gmax, ")");
-  }
+  check_g_init(op, g_init, C, s.dims);
   s.history = (max_iter + check_every - 1) / check_every;
   return s;
 }

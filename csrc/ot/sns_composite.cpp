@@ -123,12 +123,12 @@ struct WarmStart {
   double obj = 0, err = 0;
 };
 
-WarmStart warm_start(const Problem& p, const SnsSettings& s) {
+WarmStart warm_start(const Problem& p, const SnsSettings& s, const std::optional<Tensor>& g_init) {
   const FamilyOps& ops = family_ops();
   const int64_t w = std::max<int64_t>(1, s.warmup_iters);
   int64_t every = std::max<int64_t>(1, w / 4);
   auto [f, g, cost, n_iter, history] = ops.sinkhorn_log.call(p.a, p.b, p.C, p.eps, w, s.tol, every, std::nullopt,
-                                                              std::nullopt);
+                                                              g_init);
   std::vector<double> errs = reported_errors(history);
   int64_t budget = s.sinkhorn_budget;
   while (true) {
@@ -169,9 +169,9 @@ double allowed_drop(double err) { return std::min(1e-2, std::max(1e-5, 0.1 * err
 // k largest entries of each row of P, k doubling until they hold all but allowed_drop(err) of its mass
 // (one more pass over C a doubling; k never shrinks) and after a failed step (which takes one Sinkhorn
 // iteration instead).
-EntryResult solve_one(Problem p, const SnsSettings& s) {
+EntryResult solve_one(Problem p, const SnsSettings& s, const std::optional<Tensor>& g_init) {
   const FamilyOps& ops = family_ops();
-  const WarmStart w = warm_start(p, s);
+  const WarmStart w = warm_start(p, s, g_init);
   if (w.done) return {w.f, w.g, w.obj, 0, {w.err}};  // no Newton step, and no extra pass over C
   p.b = p.b * (p.a.sum() / p.b.sum());  // the warm start checked the masses; absorb a round-off mismatch as it does
   const double mass_ab = (p.a.sum() * p.b.sum()).item<double>();
@@ -230,9 +230,11 @@ EntryResult solve_one(Problem p, const SnsSettings& s) {
 // Returns (f [B, n], g [B, m], cost [B] = the dual objective, n_iter [B] int64 = Newton steps,
 // err_history [B, max_newton + 1]: the error after the warm start, then after each step, -1 after the
 // stop, as sinkhorn_log's). Each batch entry is solved to its own stop; on CPU small entries run in
-// parallel, one thread each.
+// parallel, one thread each. g_init [B, m] (optional, cost units: e.g. an earlier solve's g) is where the
+// warm start's Sinkhorn iterations begin instead of g = 0.
 Tensors5 sinkhorn_newton_sparse(const Tensor& a, const Tensor& b, const Tensor& C, double eps, int64_t warmup_iters,
-                                int64_t max_newton, int64_t k, double tol, int64_t cg_max_iter, int64_t sinkhorn_budget) {
+                                int64_t max_newton, int64_t k, double tol, int64_t cg_max_iter, int64_t sinkhorn_budget,
+                                const std::optional<Tensor>& g_init) {
   constexpr const char* op = "sinkhorn_newton_sparse";
   const OtDims d = check_problem_shapes(op, a, b, C);
   check_eps(op, eps);
@@ -242,6 +244,7 @@ Tensors5 sinkhorn_newton_sparse(const Tensor& a, const Tensor& b, const Tensor& 
   TORCH_CHECK(k >= 1 && k <= d.m, op, ": expected 1 <= k <= m = ", d.m, " (got k=", k, ")");
   TORCH_CHECK(cg_max_iter >= 1, op, ": expected cg_max_iter >= 1 (got ", cg_max_iter, ")");
   TORCH_CHECK(std::isfinite(tol) && tol >= 0, op, ": expected tol to be finite and >= 0 (got ", tol, ")");
+  check_g_init(op, g_init, C, d);
   check_problem_values(op, a, b, C);
   check_balanced_masses(op, a, b);
   // The kernels below are not differentiable (the cost is documented as not differentiable): skip autograd.
@@ -252,7 +255,7 @@ Tensors5 sinkhorn_newton_sparse(const Tensor& a, const Tensor& b, const Tensor& 
   Tensor history = at::full({d.batch, max_newton + 1}, -1.0, at::kDouble);
   const auto solve_entry = [&](int64_t e) {
     const Problem p{a.narrow(0, e, 1), b.narrow(0, e, 1), d.shared_cost ? C : C.narrow(0, e, 1), eps};
-    const EntryResult r = solve_one(p, s);
+    const EntryResult r = solve_one(p, s, g_init ? std::optional<Tensor>(g_init->narrow(0, e, 1)) : std::nullopt);
     f.narrow(0, e, 1).copy_(r.f);
     g.narrow(0, e, 1).copy_(r.g);
     cost.mutable_data_ptr<double>()[e] = r.obj;

@@ -69,3 +69,27 @@ def fake_problem_shapes(op: str, a: Tensor, b: Tensor, C: Tensor) -> tuple[int, 
         torch._check(C.shape[0] == B, lambda: f"{op}: expected C.size(0) == a.size(0) (batch)")
     torch._check(B >= 1 and n >= 1 and m >= 1, lambda: f"{op}: expected non-empty a [B, n] and b [B, m]")
     return B, n, m
+
+
+def batch_potential(op: str, name: str, g: Optional[Tensor], b: Tensor, unbatched: bool) -> Optional[Tensor]:
+    """A starting potential ``[m]`` (unbatched) or ``[B, m]`` as ``[B, m]``, checked against the batched
+    target marginal b [B, m] (its dtype, device and shape); None stays None."""
+    if g is None:
+        return None
+    if not isinstance(g, Tensor):
+        raise TypeError(f"{op}: expected {name} to be a Tensor or None (got {type(g).__name__})")
+    if g.dtype != b.dtype:
+        raise TypeError(f"{op}: expected {name} to have C's dtype {b.dtype} (got {g.dtype})")
+    if g.device != b.device:
+        raise ValueError(f"{op}: expected {name} on C's device {b.device} (got {g.device})")
+    want = (b.shape[1],) if unbatched else tuple(b.shape)
+    if tuple(g.shape) != want:
+        raise ValueError(f"{op}: expected {name} of shape {list(want)} like b (got {list(g.shape)})")
+    return g.unsqueeze(0) if unbatched else g
+
+
+def fake_g_init(op: str, g_init: Optional[Tensor], C: Tensor, B: int, m: int) -> None:
+    """check_g_init's shape and dtype checks (csrc/ot/ot_checks.h), for the fake kernels."""
+    if g_init is not None:
+        torch._check(g_init.dtype == C.dtype and g_init.dim() == 2 and g_init.shape[0] == B and g_init.shape[1] == m,
+                     lambda: f"{op}: expected g_init of shape [B, m] = [{B}, {m}] in C's dtype")

@@ -32,7 +32,7 @@ import torch
 from torch import Tensor
 
 from .. import _build  # noqa: F401  (loads the extension that defines the ops)
-from ._problem import batch_problem, check_eps, fake_problem_shapes
+from ._problem import batch_potential, batch_problem, check_eps, fake_g_init, fake_problem_shapes
 from .sinkhorn import OTResult, _fake_potentials
 
 _ops = torch.ops.sparseops
@@ -52,6 +52,7 @@ def sinkhorn_newton_sparse(
     tol: float = 1e-9,
     cg_max_iter: Optional[int] = None,
     sinkhorn_budget: int = 500,
+    g_init: Optional[Tensor] = None,
 ) -> OTResult:
     """Balanced entropic OT by Sinkhorn-Newton-Sparse (module docstring): converges to small marginal
     errors at small eps in tens of Newton steps where Sinkhorn needs thousands of iterations.
@@ -70,6 +71,9 @@ def sinkhorn_newton_sparse(
             this many more iterations (large eps), Sinkhorn continues, in chunks of up to 100 iterations
             that re-estimate the rate (Newton steps are left for what remains, n_iter = 0 when none are
             needed); 0 always goes to Newton.
+        g_init: ``[m]`` or ``[B, m]`` potentials to start from instead of g = 0, in cost units (e.g.
+            ``result.g`` of a solve of a nearby problem: a warm start for a sequence of related
+            problems); the warm start's Sinkhorn iterations begin there.
 
     Returns:
         :class:`OTResult` with ``n_iter`` = Newton steps, ``err_history`` [B, max_newton + 1] (the error
@@ -103,9 +107,10 @@ def sinkhorn_newton_sparse(
     cg_max_iter = cg_max_iter if cg_max_iter is not None else 2 * (n + m)
     if cg_max_iter < 1:
         raise ValueError(f"{op}: expected cg_max_iter >= 1 (got {cg_max_iter})")
+    g0 = batch_potential(op, "g_init", g_init, b2, unbatched)
     with torch.no_grad():
         f, g, cost, n_iter, hist = _ops.sinkhorn_newton_sparse(a2, b2, C2, eps, int(warmup_iters), int(max_newton), k,
-                                                               float(tol), int(cg_max_iter), int(sinkhorn_budget))
+                                                               float(tol), int(cg_max_iter), int(sinkhorn_budget), g0)
     final = hist.gather(1, n_iter[:, None])[:, 0]
     hist = hist.masked_fill(hist < 0, math.nan)  # the op marks the steps after the stop with -1
     converged = final <= tol
@@ -121,9 +126,11 @@ def sinkhorn_newton_sparse(
 
 
 @torch.library.register_fake("sparseops::sinkhorn_newton_sparse")
-def _sinkhorn_newton_sparse_fake(a, b, C, eps, warmup_iters, max_newton, k, tol, cg_max_iter, sinkhorn_budget):
+def _sinkhorn_newton_sparse_fake(a, b, C, eps, warmup_iters, max_newton, k, tol, cg_max_iter, sinkhorn_budget,
+                                 g_init=None):
     op = "sinkhorn_newton_sparse"
     B, n, m = fake_problem_shapes(op, a, b, C)
+    fake_g_init(op, g_init, C, B, m)
     torch._check(1 <= k <= m, lambda: f"{op}: expected 1 <= k <= m = {m} (got k={k})")
     torch._check(max_newton >= 0, lambda: f"{op}: expected max_newton >= 0 (got {max_newton})")
     return (C.new_empty(B, n), C.new_empty(B, m), C.new_empty(B), C.new_empty(B, dtype=torch.int64),

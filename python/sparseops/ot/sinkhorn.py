@@ -32,7 +32,7 @@ import torch
 from torch import Tensor
 
 from .. import _build  # noqa: F401  (loads the extension that defines the ops)
-from ._problem import batch_problem, check_eps, check_rho, fake_problem_shapes
+from ._problem import batch_potential, batch_problem, check_eps, check_rho, fake_g_init, fake_problem_shapes
 
 _ops = torch.ops.sparseops
 
@@ -92,6 +92,7 @@ def sinkhorn(
     tol: float = 1e-9,
     check_every: int = 10,
     rho: Optional[float] = None,
+    g_init: Optional[Tensor] = None,
 ) -> OTResult:
     """Entropic optimal transport by log-domain Sinkhorn iterations (fused, batched; CPU and CUDA).
 
@@ -109,6 +110,9 @@ def sinkhorn(
             marginals are exact after each g-update); unbalanced, ``max_i |f_i - f_i_previous|``.
         check_every: test convergence every this many iterations (the test itself costs no extra pass).
         rho: None (balanced) or the KL marginal relaxation strength (> 0) of unbalanced transport.
+        g_init: ``[m]`` or ``[B, m]`` potentials to start from instead of g = 0, in cost units (e.g.
+            ``result.g`` of a solve of a nearby problem: a warm start for a sequence of related
+            problems). Not differentiated.
 
     Returns:
         :class:`OTResult`; a warning is emitted when some batch entry did not converge (not under
@@ -133,7 +137,8 @@ def sinkhorn(
         raise ValueError(f"{op}: expected max_iter >= 1 and check_every >= 1 (got {max_iter}, {check_every})")
     if not (tol >= 0 and math.isfinite(tol)):
         raise ValueError(f"{op}: expected tol finite and >= 0 (got {tol})")
-    f, g, cost, n_iter, hist = _ops.sinkhorn_log(a2, b2, C2, eps, max_iter, float(tol), check_every, rho)
+    g0 = batch_potential(op, "g_init", g_init, b2, unbatched)
+    f, g, cost, n_iter, hist = _ops.sinkhorn_log(a2, b2, C2, eps, max_iter, float(tol), check_every, rho, g0)
     hist = torch.where(hist < 0, torch.full_like(hist, math.nan), hist)  # the op marks "no check" with -1
     last = torch.clamp((n_iter + check_every - 1) // check_every - 1, min=0)
     final_err = hist.gather(1, last.unsqueeze(1)).squeeze(1)
@@ -161,9 +166,7 @@ def _sinkhorn_log_fake(a, b, C, eps, max_iter=1000, tol=1e-9, check_every=10, rh
     torch._check(check_every >= 1, lambda: f"{op}: expected check_every >= 1 (got {check_every})")
     torch._check(tol >= 0 and math.isfinite(tol), lambda: f"{op}: expected tol to be finite and >= 0 (got {tol})")
     torch._check(rho is None or rho > 0, lambda: f"{op}: expected rho > 0 (got {rho})")
-    if g_init is not None:
-        torch._check(g_init.dtype == C.dtype and g_init.dim() == 2 and g_init.shape[0] == B and g_init.shape[1] == m,
-                     lambda: f"{op}: expected g_init of shape [B, m] = [{B}, {m}] in C's dtype")
+    fake_g_init(op, g_init, C, B, m)
     hist = (max_iter + check_every - 1) // check_every
     return (a.new_empty(B, n), a.new_empty(B, m), a.new_empty(B), a.new_empty(B, dtype=torch.int64),
             a.new_empty(B, hist))
