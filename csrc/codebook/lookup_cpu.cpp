@@ -8,7 +8,8 @@
 //    one only when there are too few query blocks to keep every thread busy), taken by the threads from
 //    an atomic counter. A task packs its rows as -2 z (fp32; cosine: normalised) and runs the ISA scan
 //    (lookup_tile.h: register tile + fused candidate test) over its codes in L2-sized blocks
-//    (KC x D fp32 <= 192 KiB).
+//    (KC x D fp32 <= 192 KiB). Screens other than fp32 pack bf16 pairs (AVX-512 BF16, AMX) or int16 grid
+//    values (AVX2: lookup_quant.h, after a probe of a few rows shows the codes are not crowded).
 // 3. Per row, the candidates of every split are re-checked exactly: float64 (z - c)^2 (cosine: 1 - cos),
 //    the smallest wins, ties to the lowest index. A row with more than kCap codes within its bound
 //    (duplicate or near-identical codes, e.g. a codebook initialised from data) puts the others in its
@@ -18,7 +19,7 @@
 // over the codes (code_tree.h), a block of rows scanning only the leaves within reach of its rows (see
 // run_tree); same candidates, same re-check, same answer.
 // Extra memory: O(N + K) -- |c|^2 and the inverse norms (K floats/doubles), |z|^2 (N floats), the
-// candidate records (N x splits x 80 B) -- plus one packed code superblock (<= 16 MiB, less when the
+// candidate records (N x splits x 88 B), the int16 screen's row grids (N doubles + N floats) -- plus one packed code superblock (<= 16 MiB, less when the
 // codebook is smaller) and per thread one packed query block (<= 256 x D fp32) and a 384 KiB spill
 // buffer; and the outputs.
 #include <ATen/Parallel.h>
@@ -39,6 +40,7 @@
 #include "codebook/lookup_bound.h"
 #include "codebook/lookup_checks.h"
 #include "codebook/lookup_cpu_kernels.h"
+#include "codebook/lookup_quant.h"
 #include "common/aligned_vector.h"
 #include "common/cpu_features.h"
 #include "common/dispatch.h"
@@ -121,6 +123,17 @@ constexpr double kEps = 1e-12;          // cosine: x / max(|x|, eps), as torch.n
 constexpr double kUnit = 0x1p-24;       // fp32 unit roundoff
 constexpr double kUnitTensorCore = 0x1p-23;  // fp32 sums that may truncate (lookup_bound.h)
 constexpr int64_t kRoundedScreenMinD = 64;  // see Lookup::run
+// The int16 screen (AVX2; Lookup::run): from D = 16 (Zen 3, one thread, random codes, N = 2048,
+// K = 16384: 1.17x the fp32 scan at D = 16, ~1.45x at D = 64-256, a tie at D = 8) to D = 4096 (finer
+// grids below; beyond, rows spread over many dims get coarse grids). kGridProbeRows rows, evenly spaced,
+// are screened against up to kGridProbeCodes codes first; more than kGridProbeMaxCands candidates per row
+// on average (crowded codes, e.g. a codebook initialised from image patches: hundreds) keeps the fp32
+// scan, whose tighter margin passes fewer.
+constexpr int64_t kGridScreenMinD = 16;
+constexpr int64_t kGridScreenMaxD = 4096;
+constexpr int64_t kGridProbeRows = 32;
+constexpr int64_t kGridProbeCodes = 4096;
+constexpr double kGridProbeMaxCands = 4.0;
 constexpr int64_t kSpillCap = 1 << 15;  // spilled candidates per task (see cpu::Spill): 384 KiB per thread
 // The pruned search (code_tree.h): leaves of kTreeLeaf codes (a multiple of every ISA's tile width; 32 and
 // 64 spent more on box tests than they saved, 256 scanned too much), used by default for l2 lookups with
@@ -145,6 +158,17 @@ int tree_override() {
   if (env == nullptr || env[0] == '\0') return -1;
   if (std::strcmp(env, "0") == 0 || std::strcmp(env, "1") == 0) return env[0] - '0';
   TORCH_WARN_ONCE("sparseops: ignoring SPARSEOPS_CODEBOOK_TREE=\"", env, "\" (expected 0 or 1); using the default");
+  return -1;
+}
+
+// SPARSEOPS_CODEBOOK_GRID: "0" never uses the int16 screen, "1" uses it for every l2 lookup on AVX2 with
+// D <= kGridScreenMaxD (tests: crowded, off-centre and extreme inputs), unset or empty: the rule above.
+// Read per call.
+int grid_override() {
+  const char* env = std::getenv("SPARSEOPS_CODEBOOK_GRID");
+  if (env == nullptr || env[0] == '\0') return -1;
+  if (std::strcmp(env, "0") == 0 || std::strcmp(env, "1") == 0) return env[0] - '0';
+  TORCH_WARN_ONCE("sparseops: ignoring SPARSEOPS_CODEBOOK_GRID=\"", env, "\" (expected 0 or 1); using the default");
   return -1;
 }
 
@@ -175,6 +199,15 @@ struct Lookup {
   // covers the rounding of z and c to bf16.
   bool rounded_screen = false;
   bool bf16_scan_on_amx = false;  // the bf16 screen runs on AMX tiles (its margin: kUnitTensorCore)
+  // l2 on AVX2 (no AVX-512 BF16), see run(): the int16 screen (lookup_quant.h) with grid steps code_step
+  // for the codebook and row_step[i] for -2 z_i; row_scale[i] = fp32(row_step[i] * code_step).
+  bool grid_screen = false;
+  int grid_forced = -1;  // SPARSEOPS_CODEBOOK_GRID (grid_override)
+  double code_step = 0.0;
+  double code_grid_norm = 0.0;  // bound on max_k |cq_k|_2
+  double max_code_l1 = 0.0;     // max_k |c_k|_1
+  std::vector<double> row_step;
+  std::vector<float> row_scale;
 
   // Whether the codebook is roughly centred: |mean c|^2 <= E|c|^2 / 2 over an evenly spaced sample of at
   // most 4096 codes. Off-centre data make bf16's rounding (relative to |z| |c|) large against the gaps
@@ -214,6 +247,13 @@ struct Lookup {
   }
 
   void prepare() {
+    prepare_codes();
+    prepare_rows();
+  }
+
+  // Per code: |c|^2 in fp32 (cosine: the inverse norms), their max; whether the rounded / int16 screens
+  // stay on (centred_codebook) and the int16 screen's codebook grid. NaN/Inf is an error naming the row.
+  void prepare_codes() {
     cn.assign(K, 1.0f);
     if (cosine) cinv.resize(K);
     std::atomic<int64_t> bad{std::numeric_limits<int64_t>::max()};
@@ -239,7 +279,43 @@ struct Lookup {
                 "(got NaN or Inf, or a squared norm beyond float32, in codebook row ", bad.load(), ")");
     maxc2 = cosine ? 1.0f : *std::max_element(cn.begin(), cn.end());
     if (rounded_screen && !centred_codebook()) rounded_screen = false;
+    if (grid_screen && grid_forced != 1 && !centred_codebook()) grid_screen = false;
+    if (grid_screen) {  // the codebook's grid from max |c_kd|, max_k |c_k|_2; max_k |c_k|_1 for the margin
+      struct Stats {
+        double max_abs = 0.0, max_l1 = 0.0, max_l2sq = 0.0;
+      };
+      const Stats st = at::parallel_reduce(0, K, 256, Stats{}, [&](int64_t b, int64_t e, Stats acc) {
+        for (int64_t k = b; k < e; ++k) {
+          double l1 = 0.0, l2sq = 0.0;
+          for (int64_t d = 0; d < D; ++d) {
+            const double v = std::fabs(static_cast<double>(static_cast<float>(cb[k * D + d])));
+            acc.max_abs = std::max(acc.max_abs, v);
+            l1 += v;
+            l2sq += v * v;
+          }
+          acc.max_l1 = std::max(acc.max_l1, l1);
+          acc.max_l2sq = std::max(acc.max_l2sq, l2sq);
+        }
+        return acc;
+      }, [](Stats a, Stats b) {
+        return Stats{std::max(a.max_abs, b.max_abs), std::max(a.max_l1, b.max_l1), std::max(a.max_l2sq, b.max_l2sq)};
+      });
+      const double shape = st.max_abs > 0.0 ? std::sqrt(st.max_l2sq) / st.max_abs : 1.0;
+      const double levels = code_levels(shape);
+      code_step = grid_step(st.max_abs, levels);
+      code_grid_norm = grid_norm_bound(levels, shape, D);
+      max_code_l1 = st.max_l1;
+    }
+  }
 
+  // Per row: |z|^2 and the screen's margin (and, for the screens that need them, |z|^2 in fp32, cosine's
+  // 1 / |z|, the int16 screen's grid); NaN/Inf in z is an error naming the row. After prepare_codes().
+  void prepare_rows() {
+    std::atomic<int64_t> bad{std::numeric_limits<int64_t>::max()};
+    if (grid_screen) {
+      row_step.resize(N);
+      row_scale.resize(N);
+    }
     margin.resize(N);
     if (tree_search) zz.resize(N);
     // AMX's tile products (bf16 scans on CPUs with AMX-BF16) get the tensor-core accumulation bound.
@@ -253,11 +329,13 @@ struct Lookup {
       for (int64_t i = b; i < e; ++i) {
         const T* zr = z + i * D;
         float s = 0.0f;
-        double s64 = 0.0;
+        double s64 = 0.0, l1 = 0.0, max_abs = 0.0;
         for (int64_t d = 0; d < D; ++d) {
           const float v = static_cast<float>(zr[d]);
           s += v * v;
           s64 += static_cast<double>(v) * v;
+          l1 += std::fabs(static_cast<double>(v));
+          max_abs = std::max(max_abs, std::fabs(static_cast<double>(v)));
         }
         if (!std::isfinite(s64) || (!cosine && !std::isfinite(s))) note_bad(bad, i);
         if (tree_search) zz[i] = s;
@@ -269,11 +347,53 @@ struct Lookup {
           zz = 1.0;  // normalised; the normalisation's own rounding is covered by the extra 4 terms below
         }
         // lookup_bound.h: fp32 sums, flushed denormals (VDPBF16PS), bf16 rounding when rounded_screen.
-        margin[i] = static_cast<float>(screen_margin(D, unit, maxc2, zz, rounded_screen));
+        double bound = screen_margin(D, unit, maxc2, zz, rounded_screen);
+        if (grid_screen) {  // -2 z_i on its own grid; the grids' error on top (lookup_quant.h)
+          const double shape = max_abs > 0.0 ? std::sqrt(s64) / max_abs : 1.0;
+          row_step[i] = grid_step(2.0 * max_abs, row_levels(shape, code_grid_norm, D));
+          row_scale[i] = static_cast<float>(row_step[i] * code_step);
+          bound += quant_margin(row_step[i], code_step, 2.0 * l1, max_code_l1, D, row_scale[i]);
+        }
+        margin[i] = static_cast<float>(std::min(bound, 3.0e38));
       }
     });
     TORCH_CHECK(bad.load() == std::numeric_limits<int64_t>::max(), "codebook_lookup: expected finite z values "
                 "(got NaN or Inf, or a squared norm beyond float32, in row ", bad.load(), " of z flattened to [N, D])");
+  }
+
+  // Whether the int16 screen keeps few candidates on these inputs (see kGridProbeRows): kGridProbeRows
+  // rows spread over z, screened against the first kGridProbeCodes codes. Costs ~1.6% of the scan at
+  // N = 2048 (less for larger N or K) and the packing of those codes.
+  bool grid_screen_pays() const {
+#if SPARSEOPS_X86_KERNELS
+    constexpr int64_t nr = cpu::kNrAvx2Grid;
+    const int64_t codes = std::min(K, kGridProbeCodes), steps = (D + 1) / 2, width = 2 * steps;
+    const int64_t ntiles = (codes + nr - 1) / nr;
+    AlignedVector<int16_t> panel(static_cast<size_t>(ntiles * nr * width));
+    std::vector<float> cnb(static_cast<size_t>(ntiles * nr));
+    pack_codes<int16_t, 2>(0, codes, nr, steps, panel.data(), cnb.data());
+    AlignedVector<int16_t> zs(static_cast<size_t>(kGridProbeRows * width));
+    std::vector<RowCands> rc(kGridProbeRows);
+    for (int64_t s = 0; s < kGridProbeRows; ++s) {
+      const int64_t i = s * N / kGridProbeRows;
+      pack_rows<int16_t, 2>(i, i + 1, 1, steps, zs.data() + s * width);
+      rc[s].thr = rc[s].best = std::numeric_limits<float>::infinity();
+      rc[s].margin = margin[i];
+      rc[s].scale = row_scale[i];
+      rc[s].count = rc[s].overflow = 0;
+    }
+    constexpr int64_t cap = kGridProbeRows * 64;  // more spilled candidates than this is crowded anyway
+    std::vector<int32_t> sp_row(cap), sp_idx(cap);
+    std::vector<float> sp_val(cap);
+    cpu::Spill spill{rc.data(), cap, 0, sp_row.data(), sp_idx.data(), sp_val.data()};
+    cpu::scan_avx2_i16(zs.data(), kGridProbeRows, steps, panel.data(), cnb.data(), ntiles, 0, rc.data(), &spill);
+    int64_t cands = 0;
+    for (const RowCands& r : rc) cands += r.overflow ? cap : r.count;
+    for (int64_t j = 0; j < spill.size; ++j) cands += spill.val[j] < rc[spill.row[j]].thr;
+    return static_cast<double>(cands) <= kGridProbeMaxCands * kGridProbeRows;
+#else
+    return false;
+#endif
   }
 
   // The packed element for value v: fp32, or the bits of bf16(v), rounded to nearest even (exact for bf16
@@ -289,15 +409,18 @@ struct Lookup {
     }
   }
 
-  // Rows [r0, r1) as -2 z (cosine: -2 z / |z|) into zs [rows_pad][steps * kPair] (dims past D and rows
-  // past r1: zeros).
+  // Rows [r0, r1) as -2 z (cosine: -2 z / |z|; int16: on the row's grid) into zs [rows_pad][steps * kPair]
+  // (dims past D and rows past r1: zeros).
   template <typename E, int kPair>
   void pack_rows(int64_t r0, int64_t r1, int64_t rows_pad, int64_t steps, E* zs) const {
     const int64_t width = steps * kPair;
     for (int64_t i = r0; i < r1; ++i) {
       const T* zr = z + i * D;
       E* out = zs + (i - r0) * width;
-      if (cosine) {
+      if constexpr (std::is_same_v<E, int16_t>) {
+        const double inv = row_step[i] > 0.0 ? 1.0 / row_step[i] : 0.0;
+        for (int64_t d = 0; d < D; ++d) out[d] = to_grid(-2.0f * static_cast<float>(zr[d]), inv);
+      } else if (cosine) {
         const float inv = static_cast<float>(zinv[i]);
         for (int64_t d = 0; d < D; ++d) out[d] = elem<E>(-2.0f * (static_cast<float>(zr[d]) * inv));
       } else {
@@ -308,12 +431,13 @@ struct Lookup {
     std::fill(zs + (r1 - r0) * width, zs + rows_pad * width, E(0));
   }
 
-  // Codes [k0, k1) into panel [ntiles][steps][nr][kPair] and cnb [ntiles * nr]; padding codes: zeros and
-  // +inf, padding dims zeros.
+  // Codes [k0, k1) into panel [ntiles][steps][nr][kPair] (int16: on the codebook's grid) and cnb
+  // [ntiles * nr]; padding codes: zeros and +inf, padding dims zeros.
   template <typename E, int kPair>
   void pack_codes(int64_t k0, int64_t k1, int64_t nr, int64_t steps, E* panel, float* cnb) const {
     const int64_t ntiles = (k1 - k0 + nr - 1) / nr;
     const int64_t width = steps * kPair;
+    const double inv_code_step = code_step > 0.0 ? 1.0 / code_step : 0.0;
     for (int64_t t = 0; t < ntiles; ++t) {
       E* p = panel + t * width * nr;
       for (int64_t j = 0; j < nr; ++j) {
@@ -325,7 +449,12 @@ struct Lookup {
           const float scale = cosine ? static_cast<float>(cinv[k]) : 1.0f;
           for (; d < D; ++d) {
             const float v = static_cast<float>(c[d]);
-            dst[(d / kPair) * nr * kPair + d % kPair] = elem<E>(cosine ? v * scale : v);
+            E& out = dst[(d / kPair) * nr * kPair + d % kPair];
+            if constexpr (std::is_same_v<E, int16_t>) {
+              out = to_grid(v, inv_code_step);
+            } else {
+              out = elem<E>(cosine ? v * scale : v);
+            }
           }
         }
         for (; d < width; ++d) dst[(d / kPair) * nr * kPair + d % kPair] = E(0);
@@ -378,20 +507,35 @@ struct Lookup {
                 (std::is_same_v<T, c10::BFloat16> || D >= kRoundedScreenMinD);
     rounded_screen = bf16_scan && !std::is_same_v<T, c10::BFloat16>;
     bf16_scan_on_amx = bf16_scan && cpu_use_amx_bf16();
+    // On AVX2 (no VDPBF16PS): the int16 screen, VPMADDWD at twice the fp32 FMA's products
+    // (lookup_quant.h), for any input dtype; prepare_codes() keeps the fp32 scan for an off-centre codebook, and
+    // grid_screen_pays() for a crowded one.
+    grid_forced = grid_override();
+    grid_screen = isa == ScanIsa::kAvx2 && !cosine && D <= kGridScreenMaxD && grid_forced != 0 &&
+                  (grid_forced == 1 || (D >= kGridScreenMinD && N >= 2 * kGridProbeRows));
 #endif
     prepare();
+#if SPARSEOPS_X86_KERNELS
+    if (grid_screen && grid_forced != 1 && !grid_screen_pays()) {  // back to fp32, with the fp32 margins
+      grid_screen = false;
+      prepare_rows();
+    }
+#endif
     if (!std::is_same_v<T, c10::BFloat16>) bf16_scan = rounded_screen;
-    const int64_t nr = scan_nr(isa);
+    const int64_t nr = grid_screen ? cpu::kNrAvx2Grid : scan_nr(isa);
     const int64_t threads = std::max<int64_t>(1, at::get_num_threads());
     // Query blocks of <= 256 rows, at least ~4 tasks per thread; with too few blocks, each superblock's
     // codes are split too (every split keeps its own candidates; the re-check merges them).
     const int64_t mc = std::clamp<int64_t>(round_up((N + 4 * threads - 1) / (4 * threads), cpu::kRowPad),
                                            cpu::kRowPad, 256);
     const int64_t nqb = (N + mc - 1) / mc;
-    // Codes per superblock: packed once, shared by all threads (<= 16 MiB); per L2 block: <= 192 KiB.
-    const int64_t sb_codes = std::min(round_up(K, nr), std::max(nr, (int64_t{1} << 22) / D / nr * nr));
+    // Codes per superblock: packed once, shared by all threads (<= 16 MiB); per L2 block: <= 192 KiB
+    // (int16 codes take half the bytes of fp32 ones: twice the codes).
+    const int64_t per_4_bytes = grid_screen ? 2 : 1;
+    const int64_t sb_codes =
+        std::min(round_up(K, nr), std::max(nr, (int64_t{1} << 22) * per_4_bytes / D / nr * nr));
     const int64_t sb_tiles = sb_codes / nr;
-    const int64_t kc_tiles = std::clamp<int64_t>(49152 / D / nr, 1, 4096 / nr);
+    const int64_t kc_tiles = std::clamp<int64_t>(49152 * per_4_bytes / D / nr, 1, 4096 / nr);
     int64_t splits = 1;
     if (nqb < 4 * threads) splits = std::clamp<int64_t>((4 * threads + nqb - 1) / nqb, 1, std::max<int64_t>(1, sb_tiles / 8));
     const int64_t n_pad = round_up(N, cpu::kRowPad);
@@ -402,6 +546,7 @@ struct Lookup {
         const int64_t i = j % n_pad;
         r.thr = r.best = std::numeric_limits<float>::infinity();
         r.margin = i < N ? margin[i] : 0.0f;
+        r.scale = grid_screen && i < N ? row_scale[i] : 0.0f;
         r.count = r.overflow = 0;
       }
     });
@@ -409,6 +554,11 @@ struct Lookup {
     if (bf16_scan) {  // bf16 pair dots: twice the fp32 FMA rate
       scan_all<uint16_t, 2>(nr, mc, nqb, sb_codes, kc_tiles, splits, n_pad, cands,
                             cpu_use_amx_bf16() ? cpu::scan_amx_bf16 : cpu::scan_avx512_bf16);
+      finish(cands, splits, n_pad, out_idx, out_dist);
+      return;
+    }
+    if (grid_screen) {
+      scan_all<int16_t, 2>(nr, mc, nqb, sb_codes, kc_tiles, splits, n_pad, cands, cpu::scan_avx2_i16);
       finish(cands, splits, n_pad, out_idx, out_dist);
       return;
     }
@@ -528,6 +678,7 @@ struct Lookup {
         RowCands& c = rc[r];
         c.thr = c.best = std::numeric_limits<float>::infinity();
         c.margin = r < n ? job.margin[rows[r]] : 0.0f;
+        c.scale = 0.0f;  // the pruned search scans in fp32
         c.count = c.overflow = 0;
         zz[r] = r < n ? job.zz[rows[r]] : 0.0f;
         for (int64_t d = 0; d < D; ++d) {
@@ -665,12 +816,22 @@ struct Lookup {
     float acc[cpu::kNrAvx512];
     for (int64_t t = 0; t < ntiles; ++t) {
       const E* p = panel + t * steps * nr * kPair;
-      for (int64_t j = 0; j < nr; ++j) acc[j] = cnb[t * nr + j];
-      for (int64_t d = 0; d < steps; ++d) {
-        for (int q = 0; q < kPair; ++q) {
-          const float zd = to_float(zrow[d * kPair + q]);
-          const E* pd = p + d * nr * kPair + q;
-          for (int64_t j = 0; j < nr; ++j) acc[j] += zd * to_float(pd[j * kPair]);
+      if constexpr (std::is_same_v<E, int16_t>) {  // the scan's exact integer dot, and its e to the bit
+        int32_t dot[cpu::kNrAvx512] = {};
+        for (int64_t d = 0; d < steps * kPair; ++d) {
+          const int32_t zd = zrow[d];
+          const E* pd = p + (d / kPair) * nr * kPair + d % kPair;
+          for (int64_t j = 0; j < nr; ++j) dot[j] += zd * pd[j * kPair];
+        }
+        for (int64_t j = 0; j < nr; ++j) acc[j] = std::fma(static_cast<float>(dot[j]), r.scale, cnb[t * nr + j]);
+      } else {
+        for (int64_t j = 0; j < nr; ++j) acc[j] = cnb[t * nr + j];
+        for (int64_t d = 0; d < steps; ++d) {
+          for (int q = 0; q < kPair; ++q) {
+            const float zd = to_float(zrow[d * kPair + q]);
+            const E* pd = p + d * nr * kPair + q;
+            for (int64_t j = 0; j < nr; ++j) acc[j] += zd * to_float(pd[j * kPair]);
+          }
         }
       }
       for (int64_t j = 0; j < nr; ++j) {

@@ -22,6 +22,7 @@ struct RowCands {
   float thr;       // a code is offered when e < thr (+inf until the first code)
   float best;      // smallest e seen
   float margin;    // the row's error bound
+  float scale;     // the int16 screen: the fp32 product of the row's and the codebook's grid steps
   int32_t count;   // valid entries in idx/val
   int32_t overflow;
   int32_t idx[kCap];
@@ -44,6 +45,7 @@ struct Spill {
 // Codes per register tile (panel width) and the row padding every variant accepts.
 constexpr int kNrAvx512 = 32;
 constexpr int kNrAvx2 = 16;
+constexpr int kNrAvx2Grid = 24;  // the int16 screen's tile: 4 rows x 24 codes
 constexpr int kNrPortable = 8;
 constexpr int kRowPad = 8;
 
@@ -61,6 +63,11 @@ void scan_amx_bf16(const uint16_t* zs, int64_t rows, int64_t steps, const uint16
                    int64_t ntiles, int32_t k0, RowCands* rc, Spill* spill);
 void scan_avx2(const float* zs, int64_t rows, int64_t D, const float* panel, const float* cn, int64_t ntiles,
                int32_t k0, RowCands* rc, Spill* spill);
+// int16 l2 variant (AVX2, lookup_quant.h): zs [rows][steps][2] = -2 z on each row's grid, panel
+// [ntiles][steps][24][2] codes on the codebook's grid (D padded to 2 * steps by zeros); e = float(dot) *
+// rc[row].scale + cn.
+void scan_avx2_i16(const int16_t* zs, int64_t rows, int64_t steps, const int16_t* panel, const float* cn,
+                   int64_t ntiles, int32_t k0, RowCands* rc, Spill* spill);
 
 // The pruned search's box test (lookup_cpu.cpp, run_tree): whether some of the kRowPad rows (zt: [D][kRowPad],
 // rows in lanes) has its squared distance to the box [lo, hi] (D floats each) at most its cut (cut:

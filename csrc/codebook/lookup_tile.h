@@ -4,15 +4,29 @@
 // can never be picked by the linker for another file (the ODR hazard of shared inline helpers).
 // Include <cstdint> and the kernels header before the anonymous namespace.
 //
-// V provides: E (the packed element: float, or uint16_t for bf16 pairs), kPair (dims per step: 1, or 2 for
-// a bf16 pair dot), F (vector of kW floats), P/B (a panel vector / a broadcast z step), load_panel(p),
-// bcast_z(p), dot(acc, b, p) = acc + sum over the step's dims of z * c, lt(a, b) -> lane bitmask of a < b,
-// load(p) / store(p, v) for floats.
+// V provides: E (the packed element: float, uint16_t for bf16 pairs, int16_t for grid pairs), kPair (dims
+// per step: 1, or 2 for a pair dot), F (vector of kW floats), P/B (a panel vector / a broadcast z step),
+// load_panel(p), bcast_z(p), dot(acc, b, p) = acc + sum over the step's dims of z * c, lt(a, b) -> lane
+// bitmask of a < b, load(p) / store(p, v) for floats. A V on integer grids (the int16 screen,
+// lookup_quant.h) also provides Acc (its exact integer accumulator), zero() (an accumulator of zeros) and
+// to_e(acc, scale, cn) (the expanded distance from the integer dot).
 //
-// Tile: MR query rows x NV vectors of codes, accumulators initialised with |c|^2 by the first
-// d-step's FMA. The argmin is fused: each tile only compares its MR x NV accumulators with the rows'
+// Tile: MR query rows x NV vectors of codes, fp32 accumulators initialised with |c|^2 by the first
+// d-step's FMA (grid V: integer accumulators from zero, turned into e at the tile's end). The argmin is fused: each tile only compares its MR x NV values of e with the rows'
 // thresholds (one compare per vector) and branches to offer() in the rare case a lane beats one; the
 // thresholds live in registers.
+
+template <class V>
+concept GridScan = requires { typename V::Acc; };
+
+template <class V>
+struct AccOf {
+  using type = typename V::F;
+};
+template <GridScan V>
+struct AccOf<V> {
+  using type = typename V::Acc;
+};
 
 // Offers code k with expanded distance e to a row: keeps it when e < thr, tightens thr to best + margin
 // and drops the entries that no longer pass it. When all kCap slots are taken the code goes to the spill
@@ -81,23 +95,27 @@ void scan_tiles(const typename V::E* __restrict__ zs, int64_t rows, int64_t step
     for (int m = 0; m < MR; ++m) thr[m] = V::bcast(&r[m].thr);
     for (int64_t t = 0; t < ntiles; ++t) {
       const typename V::E* p = panel + t * D * NR * K2;
-      F acc[MR][NV];
-      {
-        F c[NV];
+      typename AccOf<V>::type acc[MR][NV];
+      int64_t d0 = 0;
+      if constexpr (GridScan<V>) {  // exact integer sums from zero
+#pragma GCC unroll 16
+        for (int m = 0; m < MR; ++m) {
+#pragma GCC unroll 16
+          for (int v = 0; v < NV; ++v) acc[m][v] = V::zero();
+        }
+      } else {  // the first step's FMA starts from |c|^2
         P pv[NV];
 #pragma GCC unroll 16
-        for (int v = 0; v < NV; ++v) {
-          c[v] = V::load(cn + t * NR + v * W);
-          pv[v] = V::load_panel(p + v * W * K2);
-        }
+        for (int v = 0; v < NV; ++v) pv[v] = V::load_panel(p + v * W * K2);
 #pragma GCC unroll 16
         for (int m = 0; m < MR; ++m) {
           const auto b = V::bcast_z(z + m * D * K2);
 #pragma GCC unroll 16
-          for (int v = 0; v < NV; ++v) acc[m][v] = V::dot(c[v], b, pv[v]);
+          for (int v = 0; v < NV; ++v) acc[m][v] = V::dot(V::load(cn + t * NR + v * W), b, pv[v]);
         }
+        d0 = 1;
       }
-      for (int64_t d = 1; d < D; ++d) {
+      auto step = [&](int64_t d) {
         P pv[NV];
 #pragma GCC unroll 16
         for (int v = 0; v < NV; ++v) pv[v] = V::load_panel(p + (d * NR + v * W) * K2);
@@ -107,12 +125,25 @@ void scan_tiles(const typename V::E* __restrict__ zs, int64_t rows, int64_t step
 #pragma GCC unroll 16
           for (int v = 0; v < NV; ++v) acc[m][v] = V::dot(acc[m][v], b, pv[v]);
         }
+      };
+      for (int64_t d = d0; d < D; ++d) step(d);
+      F ev[MR][NV];  // e (for fp32 / bf16 V: the accumulators themselves)
+#pragma GCC unroll 16
+      for (int m = 0; m < MR; ++m) {
+#pragma GCC unroll 16
+        for (int v = 0; v < NV; ++v) {
+          if constexpr (GridScan<V>) {
+            ev[m][v] = V::to_e(acc[m][v], V::bcast(&r[m].scale), V::load(cn + t * NR + v * W));
+          } else {
+            ev[m][v] = acc[m][v];
+          }
+        }
       }
       uint32_t any = 0;
 #pragma GCC unroll 16
       for (int m = 0; m < MR; ++m) {
 #pragma GCC unroll 16
-        for (int v = 0; v < NV; ++v) any |= V::lt(acc[m][v], thr[m]);
+        for (int v = 0; v < NV; ++v) any |= V::lt(ev[m][v], thr[m]);
       }
       if (__builtin_expect(any != 0, 0)) {
         // Rare: hand the lanes that beat a threshold to offer(), in increasing code order per row.
@@ -121,10 +152,10 @@ void scan_tiles(const typename V::E* __restrict__ zs, int64_t rows, int64_t step
         for (int m = 0; m < MR; ++m) {
           uint32_t hit = 0;
 #pragma GCC unroll 16
-          for (int v = 0; v < NV; ++v) hit |= V::lt(acc[m][v], thr[m]) << (v * W);
+          for (int v = 0; v < NV; ++v) hit |= V::lt(ev[m][v], thr[m]) << (v * W);
           if (hit == 0) continue;
 #pragma GCC unroll 16
-          for (int v = 0; v < NV; ++v) V::store(e + v * W, acc[m][v]);
+          for (int v = 0; v < NV; ++v) V::store(e + v * W, ev[m][v]);
           while (hit != 0) {
             const int lane = __builtin_ctz(hit);
             hit &= hit - 1;
