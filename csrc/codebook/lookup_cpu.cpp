@@ -19,9 +19,10 @@
 // over the codes (code_tree.h), a block of rows scanning only the leaves within reach of its rows (see
 // run_tree); same candidates, same re-check, same answer.
 // Extra memory: O(N + K) -- |c|^2 and the inverse norms (K floats/doubles), |z|^2 (N floats), the
-// candidate records (N x splits x 88 B), the int16 screen's row grids (N doubles + N floats) -- plus one packed code superblock (<= 16 MiB, less when the
-// codebook is smaller) and per thread one packed query block (<= 256 x D fp32) and a 384 KiB spill
-// buffer; and the outputs.
+// candidate records (N x splits x 88 B), the int16 screen's row grids (N doubles + N floats) -- plus one
+// packed code superblock (<= 16 MiB, less when the codebook is smaller; the int16 screen's probe: <= 2 MiB
+// before it) and per thread one packed query block (<= 256 x D fp32) and a 384 KiB spill buffer; and the
+// outputs.
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
@@ -362,12 +363,13 @@ struct Lookup {
   }
 
   // Whether the int16 screen keeps few candidates on these inputs (see kGridProbeRows): kGridProbeRows
-  // rows spread over z, screened against the first kGridProbeCodes codes. Costs ~1.6% of the scan at
-  // N = 2048 (less for larger N or K) and the packing of those codes.
+  // rows spread over z, screened against the first kGridProbeCodes codes (fewer for D > 256: <= 2 MiB
+  // packed). Costs ~1.6% of the scan at N = 2048 (less for larger N or K) and the packing of those codes.
   bool grid_screen_pays() const {
 #if SPARSEOPS_X86_KERNELS
     constexpr int64_t nr = cpu::kNrAvx2Grid;
-    const int64_t codes = std::min(K, kGridProbeCodes), steps = (D + 1) / 2, width = 2 * steps;
+    const int64_t steps = (D + 1) / 2, width = 2 * steps;
+    const int64_t codes = std::min({K, kGridProbeCodes, std::max<int64_t>(1, (int64_t{1} << 20) / width)});  // <= 2 MiB
     const int64_t ntiles = (codes + nr - 1) / nr;
     AlignedVector<int16_t> panel(static_cast<size_t>(ntiles * nr * width));
     std::vector<float> cnb(static_cast<size_t>(ntiles * nr));
