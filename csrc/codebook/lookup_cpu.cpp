@@ -819,11 +819,12 @@ struct Lookup {
     for (int64_t t = 0; t < ntiles; ++t) {
       const E* p = panel + t * steps * nr * kPair;
       if constexpr (std::is_same_v<E, int16_t>) {  // the scan's exact integer dot, and its e to the bit
+        static_assert(kPair == 2, "int16 codes come in pairs of dims");
         int32_t dot[cpu::kNrAvx512] = {};
-        for (int64_t d = 0; d < steps * kPair; ++d) {
-          const int32_t zd = zrow[d];
-          const E* pd = p + (d / kPair) * nr * kPair + d % kPair;
-          for (int64_t j = 0; j < nr; ++j) dot[j] += zd * pd[j * kPair];
+        for (int64_t st = 0; st < steps; ++st) {  // pairs of products: vectorises to PMADDWD
+          const int32_t z0 = zrow[2 * st], z1 = zrow[2 * st + 1];
+          const E* pd = p + st * nr * 2;
+          for (int64_t j = 0; j < nr; ++j) dot[j] += z0 * pd[2 * j] + z1 * pd[2 * j + 1];
         }
         for (int64_t j = 0; j < nr; ++j) acc[j] = std::fma(static_cast<float>(dot[j]), r.scale, cnb[t * nr + j]);
       } else {

@@ -31,7 +31,8 @@ struct AccOf<V> {
 // Offers code k with expanded distance e to a row: keeps it when e < thr, tightens thr to best + margin
 // and drops the entries that no longer pass it. When all kCap slots are taken the code goes to the spill
 // buffer (row = the row's index within the scan's rc), and when that is full too the row is flagged
-// (overflow): best/thr keep tracking either way, and the glue resolves the row after the task.
+// (overflow) and spills no more: best/thr keep tracking either way, and the glue resolves the row after
+// the task from the packed codes.
 inline void offer(RowCands& r, float e, int32_t k, int32_t row, Spill* sp) {
   if (!(e < r.thr)) return;
   if (e < r.best) {
@@ -48,10 +49,12 @@ inline void offer(RowCands& r, float e, int32_t k, int32_t row, Spill* sp) {
     r.count = kept;
   }
   if (r.count == kCap) {  // many codes within the error bound (duplicate or near-identical codes)
-    if (sp->size == sp->cap) {  // drop the entries that their rows' thresholds have passed by since
-      int64_t kept = 0;
+    if (r.overflow) return;  // the glue re-collects all its codes within the bound after the task
+    if (sp->size == sp->cap) {  // drop the entries that their rows' thresholds have passed by since, and
+      int64_t kept = 0;         // those of rows flagged since (each compaction that fails flags one row)
       for (int64_t j = 0; j < sp->size; ++j) {
-        if (sp->val[j] < sp->rows[sp->row[j]].thr) {
+        const RowCands& owner = sp->rows[sp->row[j]];
+        if (sp->val[j] < owner.thr && !owner.overflow) {
           sp->row[kept] = sp->row[j];
           sp->idx[kept] = sp->idx[j];
           sp->val[kept] = sp->val[j];
