@@ -10,13 +10,21 @@ a rigorous bound on twice that form's rounding error of the row's best
 (``4 (D + 8) 2^-24 (3 max|c|^2 + |z|^2)``, plus a term for flushed denormals). On AVX-512 BF16 CPUs, l2
 with D >= 64 and a roughly centred codebook (``|mean c|^2 <= E|c|^2 / 2``) screens fp32/fp16 inputs too
 with bf16-rounded ``-2 z`` and ``c`` (twice the fp32 FMA rate); the bound then also covers that rounding
-(``+ 4 (2^-7 + 2^-16) |z| max|c|``, with slack), so the re-check below still decides exactly. The candidates are then re-checked with the exact form
+(``+ 4 (2^-7 + 2^-16) |z| max|c|``, with slack), so the re-check below still decides exactly. On AVX2
+CPUs without AVX-512 BF16, l2 with 16 <= D <= 4096 and a roughly centred codebook ranks on integer grids
+instead: ``-2 z`` on one grid per row and ``c`` on one for the codebook, with steps chosen so that the int32
+dot of the int16 values is exact (Cauchy-Schwarz), at twice the fp32 FMA rate (VPMADDWD); the bound then
+also covers the grids' rounding (``sc/2 |2z|_1 + sz/2 (max|c|_1 + D sc/2)``, twice, with slack;
+``csrc/codebook/lookup_quant.h``). 32 rows screened first decide: more than 4 candidates per row (crowded
+codes) keeps the fp32 scan. ``SPARSEOPS_CODEBOOK_GRID=0`` / ``=1`` turns it off / on. The candidates are
+then re-checked with the exact form
 ``sum((z - c)^2)`` in float64 (cosine: ``1 - z.c / (|z| |c|)``), and the smallest wins, ties to the lowest
 index. So the result is the nearest code to float64 rounding, even for near-ties that the expanded form
 mis-orders, and it is the same on every ISA path (AVX-512, AVX2, portable). A row with more than 8
 candidates within the bound (duplicate or near-identical codes, common in codebooks initialised from
 data) spills the others into a per-thread buffer that is re-checked exactly after its block; only when
-that buffer (32768 entries) fills up are the row's codes re-collected from the packed block.
+that buffer (32768 entries) fills up are the row's codes re-collected from the packed block (and the
+row spills no more).
 ``dist`` is that float64 distance rounded to fp32.
 
 CUDA, l2: the same policy on tensor cores -- a bf16 WMMA screen of ``|c|^2 - 2 z.c`` (fp32 accumulation),
@@ -72,8 +80,9 @@ def codebook_lookup(
         float32 ``[...]`` (no gradient; compute ``((z - quantized) ** 2).sum(-1)`` for a differentiable one).
 
     The precision and NaN/Inf policy are in this module's docstring. Extra memory (CPU): O(N + K) (norms,
-    about 80 bytes of candidate state per row and code split), one packed block of codes (fp32, at most
-    16 MiB, shared by the threads) and per thread <= 256 rows of ``z`` in fp32; the N x K distance matrix is
+    about 88 bytes of candidate state per row and code split), one packed block of codes (fp32, or int16
+    / bf16 for the faster screens; at most 16 MiB, shared by the threads; before it, the int16 screen's
+    probe packs <= 2 MiB) and per thread <= 256 rows of ``z`` in fp32; the N x K distance matrix is
     never formed. In few dimensions (l2, D <= 10, K >= 65536, N >= max(2048, K / 128); bf16 with
     AVX-512: D <= 8, N >= max(8192, K / 32)) the CPU instead builds a k-d tree over the codes and skips
     the leaves that cannot hold the answer, with the same result bit for bit: at its peak it holds two
