@@ -153,22 +153,28 @@ constexpr int64_t kTreeBlocksPerTask = 8;
 static_assert(kTreeLeaf % cpu::kNrAvx512 == 0 && kTreeLeaf % cpu::kNrAvx2 == 0 && kTreeLeaf % cpu::kNrPortable == 0);
 
 // An on/off switch read from the environment per call: 0 or 1, or -1 when unset or empty (the default rule);
-// another value is ignored with a warning (once per process, for whichever switch is set wrong first).
-int env_switch(const char* name) {
+// another value is ignored with a warning (once per process and switch: `warned`).
+int env_switch(const char* name, std::atomic<bool>& warned) {
   const char* env = std::getenv(name);
   if (env == nullptr || env[0] == '\0') return -1;
   if (std::strcmp(env, "0") == 0 || std::strcmp(env, "1") == 0) return env[0] - '0';
-  TORCH_WARN_ONCE("sparseops: ignoring ", name, "=\"", env, "\" (expected 0 or 1); using the default");
+  if (!warned.exchange(true)) TORCH_WARN("sparseops: ignoring ", name, "=\"", env, "\" (expected 0 or 1); using the default");
   return -1;
 }
 
 // SPARSEOPS_CODEBOOK_TREE: "0" never uses the pruned search, "1" uses it for every l2 lookup (tests), unset
 // or empty: the measured default above.
-int tree_override() { return env_switch("SPARSEOPS_CODEBOOK_TREE"); }
+int tree_override() {
+  static std::atomic<bool> warned{false};
+  return env_switch("SPARSEOPS_CODEBOOK_TREE", warned);
+}
 
 // SPARSEOPS_CODEBOOK_GRID: "0" never uses the int16 screen, "1" uses it for every l2 lookup on AVX2 with
 // D <= kGridScreenMaxD (tests: crowded, off-centre and extreme inputs), unset or empty: the rule above.
-int grid_override() { return env_switch("SPARSEOPS_CODEBOOK_GRID"); }
+int grid_override() {
+  static std::atomic<bool> warned{false};
+  return env_switch("SPARSEOPS_CODEBOOK_GRID", warned);
+}
 
 int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 
