@@ -823,11 +823,12 @@ struct Lookup {
       const E* p = panel + t * steps * nr * kPair;
       if constexpr (std::is_same_v<E, int16_t>) {  // the scan's exact integer dot, and its e to the bit
         static_assert(kPair == 2, "int16 codes come in pairs of dims");
-        int32_t dot[cpu::kNrAvx512] = {};
-        for (int64_t st = 0; st < steps; ++st) {  // pairs of products: vectorises to PMADDWD
+        constexpr int64_t kNr = cpu::kNrAvx2Grid;  // == nr: a compile-time width vectorises (PMADDWD)
+        int32_t dot[kNr] = {};
+        for (int64_t st = 0; st < steps; ++st) {
           const int32_t z0 = zrow[2 * st], z1 = zrow[2 * st + 1];
-          const E* pd = p + st * nr * 2;
-          for (int64_t j = 0; j < nr; ++j) dot[j] += z0 * pd[2 * j] + z1 * pd[2 * j + 1];
+          const E* pd = p + st * kNr * 2;
+          for (int64_t j = 0; j < kNr; ++j) dot[j] += z0 * pd[2 * j] + z1 * pd[2 * j + 1];
         }
         for (int64_t j = 0; j < nr; ++j) acc[j] = std::fma(static_cast<float>(dot[j]), r.scale, cnb[t * nr + j]);
       } else {
