@@ -354,7 +354,9 @@ struct Lookup {
         double bound = screen_margin(D, unit, maxc2, zz, rounded_screen);
         if (grid_screen) {  // -2 z_i on its own grid; the grids' error on top (lookup_quant.h)
           const double shape = max_abs > 0.0 ? std::sqrt(s64) / max_abs : 1.0;
-          row_step[i] = grid_step(2.0 * max_abs, row_levels(shape, code_grid_norm, D));
+          const double levels = row_levels(shape, code_grid_norm, D);  // >= ~46000 / sqrt(D) for D <= 4096
+          TORCH_INTERNAL_ASSERT(levels >= 1.0, "codebook_lookup: int16 screen without a row grid");
+          row_step[i] = grid_step(2.0 * max_abs, levels);
           row_scale[i] = static_cast<float>(row_step[i] * code_step);
           bound += quant_margin(row_step[i], code_step, 2.0 * l1, max_code_l1, D, row_scale[i]);
         }
