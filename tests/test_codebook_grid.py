@@ -1,7 +1,7 @@
 """codebook_lookup's int16 screen (AVX2 CPUs: z and the codes on integer grids, VPMADDWD dots; see
 csrc/codebook/lookup_quant.h) forced on (SPARSEOPS_CODEBOOK_GRID=1) for inputs its default rule would
-keep away from it -- crowded, off-centre, tiny and huge values, zero rows, duplicates, D from 1 to 1024 --
-must still give the exact nearest code: the same indices and distances, bit for bit, as the fp32 scan
+keep away from it -- crowded, off-centre, tiny and huge values, zero rows, duplicates, D from 1 to 1024,
+l2 and cosine -- must still give the exact nearest code: the same indices and distances, bit for bit, as the fp32 scan
 (SPARSEOPS_CODEBOOK_GRID=0), and the float64 reference's indices. Runs in a subprocess capped to AVX2 (the
 ISA is fixed at import), so AVX-512 machines test it too."""
 from __future__ import annotations
@@ -47,14 +47,24 @@ def build_cases() -> dict[str, tuple]:
     c[::7] = 0.0
     cases["zero codes and ties"] = (torch.randn(30, 40, generator=gen), torch.cat([c, c]))
     cases["zero codebook"] = (torch.randn(5, 20, generator=gen), torch.zeros(30, 20))
+    cases = {name: (z, c, "l2") for name, (z, c) in cases.items()}
+    for n, k, d in [(9, 50, 5), (70, 301, 16), (33, 1000, 64), (9, 65, 1024)]:  # cosine: normalised grids
+        cases[f"cosine {n}x{k}x{d}"] = (torch.randn(n, d, generator=gen), torch.randn(k, d, generator=gen), "cosine")
+    for d in (8, 48):  # near-ties in angle (at D = 8 the grids' error dominates), any lengths, zero vectors
+        p = torch.randn(d, generator=gen)
+        p = p / p.norm()
+        near = (p + 0.001 * torch.randn(300, d, generator=gen)) * 100 * torch.rand(300, 1, generator=gen)
+        c = torch.cat([torch.randn(300, d, generator=gen), near, torch.zeros(3, d)])
+        z = torch.cat([(p + 0.001 * torch.randn(60, d, generator=gen)) * 1e-3, torch.zeros(2, d)])
+        cases[f"cosine near-ties D={d}"] = (z, c, "cosine")
     return cases
 
 
 def run_all(grid: str) -> dict:
     os.environ["SPARSEOPS_CODEBOOK_GRID"] = grid
     out = {}
-    for name, (z, c) in build_cases().items():
-        idx, _, dist = sparseops.codebook_lookup(z, c, return_dist=True)
+    for name, (z, c, metric) in build_cases().items():
+        idx, _, dist = sparseops.codebook_lookup(z, c, metric=metric, return_dist=True)
         out[name] = (idx, dist)
     return out
 
@@ -78,12 +88,12 @@ def test_grid_screen_exact_on_hard_inputs(tmp_path):
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
     res = torch.load(out)
-    for name, (z, c) in build_cases().items():
+    for name, (z, c, metric) in build_cases().items():
         (gi, gd), (fi, fd) = res["grid"][name], res["fp32"][name]
-        ref_idx, _, ref_dist = codebook_lookup_ref(z, c)
+        ref_idx, _, ref_dist = codebook_lookup_ref(z, c, metric)
         assert torch.equal(gi, ref_idx), name
         assert torch.equal(gi, fi) and torch.equal(gd, fd), name
-        torch.testing.assert_close(gd, ref_dist, rtol=1e-6, atol=0, msg=name)
+        torch.testing.assert_close(gd, ref_dist, rtol=1e-6, atol=1e-7 if metric == "cosine" else 0, msg=name)
 
 
 def test_grid_override_rejects_other_values(monkeypatch, capfd):

@@ -169,7 +169,7 @@ int tree_override() {
   return env_switch("SPARSEOPS_CODEBOOK_TREE", warned);
 }
 
-// SPARSEOPS_CODEBOOK_GRID: "0" never uses the int16 screen, "1" uses it for every l2 lookup on AVX2 with
+// SPARSEOPS_CODEBOOK_GRID: "0" never uses the int16 screen, "1" uses it for every lookup on AVX2 with
 // D <= kGridScreenMaxD (tests: crowded, off-centre and extreme inputs), unset or empty: the rule above.
 int grid_override() {
   static std::atomic<bool> warned{false};
@@ -283,16 +283,19 @@ struct Lookup {
                 "(got NaN or Inf, or a squared norm beyond float32, in codebook row ", bad.load(), ")");
     maxc2 = cosine ? 1.0f : *std::max_element(cn.begin(), cn.end());
     if (rounded_screen && !centred_codebook()) rounded_screen = false;
-    if (grid_screen && grid_forced != 1 && !centred_codebook()) grid_screen = false;
-    if (grid_screen) {  // the codebook's grid from max |c_kd|, max_k |c_k|_2; max_k |c_k|_1 for the margin
+    if (grid_screen && grid_forced != 1 && !cosine && !centred_codebook()) grid_screen = false;
+    if (grid_screen) {  // the codebook's grid from max |c_kd|, max_k |c_k|_2, max_k |c_k|_1 of the packed
+                        // values (cosine: normalised as pack_codes does)
       struct Stats {
         double max_abs = 0.0, max_l1 = 0.0, max_l2sq = 0.0;
       };
       const Stats st = at::parallel_reduce(0, K, 256, Stats{}, [&](int64_t b, int64_t e, Stats acc) {
         for (int64_t k = b; k < e; ++k) {
           double l1 = 0.0, l2sq = 0.0;
+          const float scale = cosine ? static_cast<float>(cinv[k]) : 1.0f;
           for (int64_t d = 0; d < D; ++d) {
-            const double v = std::fabs(static_cast<double>(static_cast<float>(cb[k * D + d])));
+            const float x = static_cast<float>(cb[k * D + d]);
+            const double v = std::fabs(static_cast<double>(cosine ? x * scale : x));
             acc.max_abs = std::max(acc.max_abs, v);
             l1 += v;
             l2sq += v * v;
@@ -353,12 +356,14 @@ struct Lookup {
         // lookup_bound.h: fp32 sums, flushed denormals (VDPBF16PS), bf16 rounding when rounded_screen.
         double bound = screen_margin(D, unit, maxc2, zz, rounded_screen);
         if (grid_screen) {  // -2 z_i on its own grid; the grids' error on top (lookup_quant.h)
+          // cosine: of the normalised row (pack_rows rounds z / |z| to fp32: 2^-20 of slack covers it)
+          const double norm = cosine ? zinv[i] * (1.0 + 0x1p-20) : 1.0;
           const double shape = max_abs > 0.0 ? std::sqrt(s64) / max_abs : 1.0;
           const double levels = row_levels(shape, code_grid_norm, D);  // >= ~46000 / sqrt(D) for D <= 4096
           TORCH_INTERNAL_ASSERT(levels >= 1.0, "codebook_lookup: int16 screen without a row grid");
-          row_step[i] = grid_step(2.0 * max_abs, levels);
+          row_step[i] = grid_step(2.0 * max_abs * norm, levels);
           row_scale[i] = static_cast<float>(row_step[i] * code_step);
-          bound += quant_margin(row_step[i], code_step, 2.0 * l1, max_code_l1, D, row_scale[i]);
+          bound += quant_margin(row_step[i], code_step, 2.0 * l1 * norm, max_code_l1, D, row_scale[i]);
         }
         margin[i] = static_cast<float>(std::min(bound, 3.0e38));
       }
@@ -426,7 +431,11 @@ struct Lookup {
       E* out = zs + (i - r0) * width;
       if constexpr (std::is_same_v<E, int16_t>) {
         const double inv = row_step[i] > 0.0 ? 1.0 / row_step[i] : 0.0;
-        for (int64_t d = 0; d < D; ++d) out[d] = to_grid(-2.0f * static_cast<float>(zr[d]), inv);
+        const float norm = cosine ? static_cast<float>(zinv[i]) : 1.0f;
+        for (int64_t d = 0; d < D; ++d) {
+          const float v = static_cast<float>(zr[d]);
+          out[d] = to_grid(-2.0f * (cosine ? v * norm : v), inv);
+        }
       } else if (cosine) {
         const float inv = static_cast<float>(zinv[i]);
         for (int64_t d = 0; d < D; ++d) out[d] = elem<E>(-2.0f * (static_cast<float>(zr[d]) * inv));
@@ -458,7 +467,7 @@ struct Lookup {
             const float v = static_cast<float>(c[d]);
             E& out = dst[(d / kPair) * nr * kPair + d % kPair];
             if constexpr (std::is_same_v<E, int16_t>) {
-              out = to_grid(v, inv_code_step);
+              out = to_grid(cosine ? v * scale : v, inv_code_step);
             } else {
               out = elem<E>(cosine ? v * scale : v);
             }
@@ -515,10 +524,10 @@ struct Lookup {
     rounded_screen = bf16_scan && !std::is_same_v<T, c10::BFloat16>;
     bf16_scan_on_amx = bf16_scan && cpu_use_amx_bf16();
     // On AVX2 (no VDPBF16PS): the int16 screen, VPMADDWD at twice the fp32 FMA's products
-    // (lookup_quant.h), for any input dtype; prepare_codes() keeps the fp32 scan for an off-centre codebook, and
-    // grid_screen_pays() for a crowded one.
+    // (lookup_quant.h), for any input dtype, l2 or cosine (on the normalised vectors); prepare_codes()
+    // keeps the fp32 scan for an off-centre l2 codebook, and grid_screen_pays() for a crowded one.
     grid_forced = grid_override();
-    grid_screen = isa == ScanIsa::kAvx2 && !cosine && D <= kGridScreenMaxD && grid_forced != 0 &&
+    grid_screen = isa == ScanIsa::kAvx2 && D <= kGridScreenMaxD && grid_forced != 0 &&
                   (grid_forced == 1 || (D >= kGridScreenMinD && N >= 2 * kGridProbeRows));
 #endif
     prepare();

@@ -1,12 +1,12 @@
 #pragma once
 // The int16 screen of codebook_lookup (CPUs with AVX2 but not AVX-512 BF16; lookup_avx2.cpp): VPMADDWD
-// multiplies 16 pairs of int16 per instruction, twice the products of an fp32 FMA, so l2 lookups with
-// D >= 64 rank the codes on integer grids instead of fp32:
-//   -2 z_i ~ sz_i zq_i (one grid per row),  c_k ~ sc cq_k (one grid for the codebook),
-// with grids fine enough to rank like fp32 on spread data yet coarse enough that the int32 sum
-// zq_i . cq_k over D dims is exact. The screen's expanded
-// distance is then  e = fma(float(zq . cq), float(sz_i sc), fp32 |c_k|^2); the grids' error enters the
-// row's candidate margin (quant_margin), and the exact float64 re-check decides as on every path.
+// multiplies 16 pairs of int16 per instruction, twice the products of an fp32 FMA, so lookups with
+// 16 <= D <= 4096 (lookup_cpu.cpp, Lookup::run) rank the codes on integer grids instead of fp32:
+//   -2 z_i ~ sz_i zq_i (one grid per row),  c_k ~ sc cq_k (one grid for the codebook)
+// (cosine: of the normalised vectors), with grids fine enough to rank like fp32 on spread data yet coarse
+// enough that the int32 sum zq_i . cq_k over D dims is exact. The screen's expanded distance is then
+// e = fma(float(zq . cq), float(sz_i sc), fp32 |c_k|^2 (cosine: 1)); the grids' error enters the row's
+// candidate margin (quant_margin), and the exact float64 re-check decides as on every path.
 // Host-only: plain arithmetic on doubles, tested through the lookup on every ISA path.
 #include <cmath>
 #include <cstdint>

@@ -11,8 +11,8 @@ a rigorous bound on twice that form's rounding error of the row's best
 with D >= 64 and a roughly centred codebook (``|mean c|^2 <= E|c|^2 / 2``) screens fp32/fp16 inputs too
 with bf16-rounded ``-2 z`` and ``c`` (twice the fp32 FMA rate); the bound then also covers that rounding
 (``+ 4 (2^-7 + 2^-16) |z| max|c|``, with slack), so the re-check below still decides exactly. On AVX2
-CPUs without AVX-512 BF16, l2 with 16 <= D <= 4096 and a roughly centred codebook ranks on integer grids
-instead: ``-2 z`` on one grid per row and ``c`` on one for the codebook, with steps chosen so that the int32
+CPUs without AVX-512 BF16, lookups with 16 <= D <= 4096 (l2 with a roughly centred codebook; cosine on
+the normalised vectors) rank on integer grids instead: ``-2 z`` on one grid per row and ``c`` on one for the codebook, with steps chosen so that the int32
 dot of the int16 values is exact (Cauchy-Schwarz), at twice the fp32 FMA rate (VPMADDWD); the bound then
 also covers the grids' rounding (``sc/2 |2z|_1 + sz/2 (max|c|_1 + D sc/2)``, twice, with slack;
 ``csrc/codebook/lookup_quant.h``). 32 rows screened first decide: more than 4 candidates per row (crowded
