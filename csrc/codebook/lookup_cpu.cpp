@@ -514,6 +514,7 @@ struct Lookup {
       return;
     }
     bool bf16_scan = false;
+    grid_forced = grid_override();  // read (and a bad value warned about) on every build
 #if SPARSEOPS_X86_KERNELS
     // l2 with D >= kRoundedScreenMinD on AVX-512 BF16: fp32/fp16 inputs are ranked with bf16-rounded
     // values too (twice the fp32 FMA rate), with a margin covering the rounding, so the exact re-check
@@ -526,7 +527,6 @@ struct Lookup {
     // On AVX2 (no VDPBF16PS): the int16 screen, VPMADDWD at twice the fp32 FMA's products
     // (lookup_quant.h), for any input dtype, l2 or cosine (on the normalised vectors); prepare_codes()
     // keeps the fp32 scan for an off-centre l2 codebook, and grid_screen_pays() for a crowded one.
-    grid_forced = grid_override();
     grid_screen = isa == ScanIsa::kAvx2 && D <= kGridScreenMaxD && grid_forced != 0 &&
                   (grid_forced == 1 || (D >= kGridScreenMinD && N >= 2 * kGridProbeRows));
 #endif
