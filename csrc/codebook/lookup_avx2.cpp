@@ -1,7 +1,7 @@
 // codebook_lookup's scan, AVX2 + FMA (compiled with -mavx2 -mfma; lookup_cpu.cpp calls it when the CPU
-// has AVX2 but not the AVX-512 set): tiles of 4 query rows x 16 codes (8 accumulators + 4 thresholds in
-// the 16 ymm registers), in fp32 or on int16 grids (lookup_quant.h). Also the pruned search's box test
-// (AVX-512 CPUs use it too). No torch headers (see lookup_cpu_kernels.h).
+// has AVX2 but not the AVX-512 set): tiles of 4 query rows x 16 codes in fp32 (8 accumulators + 4
+// thresholds in the 16 ymm registers), or 4 x 24 on int16 grids (lookup_quant.h: 12 integer
+// accumulators). Also the pruned search's box test (AVX-512 CPUs use it too). No torch headers (see lookup_cpu_kernels.h).
 #include <immintrin.h>
 
 #include <cstdint>

@@ -63,7 +63,7 @@ void scan_amx_bf16(const uint16_t* zs, int64_t rows, int64_t steps, const uint16
                    int64_t ntiles, int32_t k0, RowCands* rc, Spill* spill);
 void scan_avx2(const float* zs, int64_t rows, int64_t D, const float* panel, const float* cn, int64_t ntiles,
                int32_t k0, RowCands* rc, Spill* spill);
-// int16 l2 variant (AVX2, lookup_quant.h): zs [rows][steps][2] = -2 z on each row's grid, panel
+// int16 variant (AVX2, lookup_quant.h; l2 and cosine): zs [rows][steps][2] = -2 z on each row's grid, panel
 // [ntiles][steps][24][2] codes on the codebook's grid (D padded to 2 * steps by zeros); e = float(dot) *
 // rc[row].scale + cn.
 void scan_avx2_i16(const int16_t* zs, int64_t rows, int64_t steps, const int16_t* panel, const float* cn,

@@ -12,9 +12,9 @@
 // to_e(acc, scale, cn) (the expanded distance from the integer dot).
 //
 // Tile: MR query rows x NV vectors of codes, fp32 accumulators initialised with |c|^2 by the first
-// d-step's FMA (grid V: integer accumulators from zero, turned into e at the tile's end). The argmin is fused: each tile only compares its MR x NV values of e with the rows'
-// thresholds (one compare per vector) and branches to offer() in the rare case a lane beats one; the
-// thresholds live in registers.
+// d-step's FMA (grid V: integer accumulators from zero, turned into e at the tile's end). The argmin is
+// fused: each tile only compares its MR x NV values of e with the rows' thresholds (one compare per
+// vector) and branches to offer() in the rare case a lane beats one; the thresholds live in registers.
 
 template <class V>
 concept GridScan = requires { typename V::Acc; };
